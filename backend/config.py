@@ -1,0 +1,112 @@
+"""DetLab settings: one class, read from DETLAB_* environment variables once."""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "SettingsError", "get_settings"]
+
+ACCEPTED_DATABASES = ("sqlite://", "postgresql://", "postgresql+psycopg://")
+ACCEPTED_BROKERS = ("redis://", "rediss://", "filesystem://", "amqp://", "memory://")
+
+
+class SettingsError(RuntimeError):
+    """Raised when DETLAB_* settings are invalid; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Every DetLab setting. Defaults need no server: a SQLite file and a folder broker."""
+
+    model_config = SettingsConfigDict(env_prefix="DETLAB_", extra="ignore")
+
+    home: Path = Field(default=Path("var"), description="Folder for embedded defaults")
+    database_url: str = ""
+    broker_url: str = ""
+    artifact_root: Path | None = None
+    data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # A job that runs longer than this is redelivered to another worker.
+    visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=3600)
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.replace(",", ":").split(":") if part.strip()]
+        if isinstance(value, list) and any(Path(str(v)).resolve() == Path("/") for v in value):
+            raise ValueError("'/' is not accepted as a data root; name the folders that hold data")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database(cls, value: str) -> str:
+        if value and not value.startswith(ACCEPTED_DATABASES):
+            raise ValueError(f"{value!r} is not accepted; use a URL starting with one of "
+                             f"{', '.join(ACCEPTED_DATABASES)}")
+        if value.startswith("postgresql://"):
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        if value and not value.startswith(ACCEPTED_BROKERS):
+            raise ValueError(f"{value!r} is not accepted; use a URL starting with one of "
+                             f"{', '.join(ACCEPTED_BROKERS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        self.home = self.home.resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'detlab.db'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        self.artifact_root = (self.artifact_root or self.home / "artifacts").resolve()
+        if not self.data_roots:
+            self.data_roots = [self.home / "data"]
+        self.data_roots = [root.resolve() for root in self.data_roots]
+        return self
+
+    @property
+    def broker_folder(self) -> Path:
+        """Folder used by the filesystem:// broker (one folder for in and out)."""
+        return self.home / "broker"
+
+    def prepare_folders(self) -> None:
+        """Create the folders the embedded defaults write to."""
+        assert self.artifact_root is not None
+        for folder in (self.home, self.artifact_root, self.broker_folder, *self.data_roots):
+            if folder == self.home or folder.is_relative_to(self.home):
+                folder.mkdir(parents=True, exist_ok=True)
+
+
+def load_settings() -> Settings:
+    """Build settings from the environment, turning validation errors into one message."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "settings"
+            variable = f"DETLAB_{field.upper()}" if field != "settings" else "DETLAB_*"
+            problems.append(f"{variable}: {error['msg']}")
+        raise SettingsError("invalid DetLab settings:\n  " + "\n  ".join(problems)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, validated once."""
+    return load_settings()
+
+
+if __name__ == "__main__":  # `python -m backend.config` prints the effective settings
+    try:
+        print(get_settings().model_dump_json(indent=2))
+    except SettingsError as exc:
+        sys.exit(str(exc))

@@ -1,0 +1,27 @@
+"""Registered COCO-format datasets."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import DateTime, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from backend.db import Base, JSONType, utcnow
+
+__all__ = ["Dataset"]
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    train_ann: Mapped[str] = mapped_column(String(1024))
+    val_ann: Mapped[str] = mapped_column(String(1024))
+    train_images: Mapped[str] = mapped_column(String(1024))
+    val_images: Mapped[str] = mapped_column(String(1024))
+    # category names in id order, image/box counts and COCO size buckets per split
+    stats: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

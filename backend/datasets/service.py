@@ -1,0 +1,98 @@
+"""Dataset registration and lookup."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from backend.datasets.models import Dataset
+from backend.datasets.schemas import DatasetCreate
+from backend.datasets.validation import PathOutsideRoots, check_split, confine
+from backend.errors import Conflict, Invalid, NotFound
+
+__all__ = ["register", "list_datasets", "get", "image_file", "SPLITS"]
+
+SPLITS = ("train", "val")
+
+
+def register(*, session: Session, dataset_in: DatasetCreate, roots: list[Path]) -> Dataset:
+    """Validate a COCO dataset under the allowed roots and store it with its statistics."""
+    if session.scalar(select(Dataset.id).where(Dataset.name == dataset_in.name)) is not None:
+        raise Conflict(f"a dataset named {dataset_in.name!r} exists; choose another name")
+    paths: dict[str, Path] = {}
+    outside = []
+    for field in ("train_ann", "val_ann", "train_images", "val_images"):
+        try:
+            paths[field] = confine(getattr(dataset_in, field), roots)
+        except PathOutsideRoots as exc:
+            outside.append({"where": field, "problem": str(exc)})
+    if outside:
+        raise Invalid("dataset paths must lie under an allowed data root", problems=outside)
+    reports = [check_split(split, paths[f"{split}_ann"], paths[f"{split}_images"])
+               for split in SPLITS]
+    problems = [problem for report in reports for problem in report.problems]
+    if problems:
+        raise Invalid(f"dataset {dataset_in.name!r} is not a valid COCO dataset", problems=problems)
+    train, val = reports
+    if [c["name"] for c in train.categories] != [c["name"] for c in val.categories]:
+        raise Invalid("train and val splits have different categories; both must list the same "
+                      "categories in the same order")
+    dataset = Dataset(
+        name=dataset_in.name,
+        train_ann=str(paths["train_ann"]),
+        val_ann=str(paths["val_ann"]),
+        train_images=str(paths["train_images"]),
+        val_images=str(paths["val_images"]),
+        stats={"categories": train.categories, "train": train.stats, "val": val.stats},
+    )
+    session.add(dataset)
+    session.commit()
+    return dataset
+
+
+def list_datasets(*, session: Session, limit: int, offset: int) -> tuple[list[Dataset], int]:
+    """One page of datasets, newest first, and the total count."""
+    total = session.scalar(select(func.count(Dataset.id))) or 0
+    items = session.scalars(
+        select(Dataset).order_by(Dataset.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return list(items), total
+
+
+def get(*, session: Session, dataset_id: int) -> Dataset:
+    """The dataset with this id, or NotFound."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    return dataset
+
+
+@lru_cache(maxsize=64)
+def _file_names(ann_file: str, mtime_ns: int) -> dict[int, str]:
+    with open(ann_file, encoding="utf-8") as handle:
+        images = json.load(handle)["images"]
+    return {int(image["id"]): str(image["file_name"]) for image in images}
+
+
+def image_file(*, dataset: Dataset, image_id: int, split: str = "val") -> Path:
+    """Path of one image, confined to the split's image folder (symlinks resolved)."""
+    if split not in SPLITS:
+        raise Invalid(f"split {split!r} is not accepted; use one of {', '.join(SPLITS)}")
+    ann_file = dataset.train_ann if split == "train" else dataset.val_ann
+    image_dir = Path(dataset.train_images if split == "train" else dataset.val_images).resolve()
+    try:
+        names = _file_names(ann_file, Path(ann_file).stat().st_mtime_ns)
+    except OSError as exc:
+        raise NotFound(f"the annotation file of dataset {dataset.id} is gone ({exc})") from exc
+    file_name = names.get(image_id)
+    if file_name is None:
+        raise NotFound(f"image {image_id} is not in the {split} split of dataset {dataset.id}")
+    path = (image_dir / file_name).resolve()
+    # file names are data from a user's JSON: never serve anything outside the folder
+    if not path.is_relative_to(image_dir) or not path.is_file():
+        raise NotFound(f"image {image_id} has no file inside the dataset's {split} image folder")
+    return path

@@ -1,0 +1,365 @@
+"""Deterministic synthetic COCO detection dataset: coloured shapes on textured backgrounds.
+
+The demo and test dataset of DetLab. Every image draws its randomness from
+``(seed, split, index)``, so the same seed gives byte-identical annotations and images.
+Boxes are each shape's full extent (also where a later shape covers part of it); a
+shape is only placed where it leaves every earlier shape at least 30% visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = ["CLASS_NAMES", "ShapesPaths", "generate_shapes", "main"]
+
+# The confusable pairs come first so that any K >= 2 keeps a hard pair.
+CLASS_NAMES: tuple[str, ...] = ("square", "rectangle", "circle", "ellipse", "triangle", "cross")
+MAX_OBJECTS = 7
+PLACEMENT_ATTEMPTS = 12
+MIN_VISIBLE = 0.3  # a later shape may hide at most 70% of an earlier one
+NEAR_NEIGHBOUR = 0.35  # share of placements aimed at an existing shape, to make occlusion
+ELONGATION = (1.4, 2.2)  # rectangles and ellipses: clearly, but not hugely, non-square
+TILT_DEGREES = 15.0  # small tilts keep square/rectangle and circle/ellipse separable
+# (probability, min area, max area) in px² for a 256 px short side, straddling COCO's
+# small (< 32²) and large (> 96²) bounds with a margin for rasterisation.
+SIZE_BUCKETS = ((0.40, 196.0, 900.0), (0.45, 1200.0, 8000.0), (0.15, 10500.0, 16000.0))
+MIN_CONTRAST = 110.0  # RGB distance of a shape's colour from what lies under it
+PALETTE = np.array(
+    [
+        (220, 40, 40),
+        (40, 175, 60),
+        (40, 70, 220),
+        (235, 210, 40),
+        (210, 50, 200),
+        (40, 200, 210),
+        (240, 130, 30),
+        (245, 245, 245),
+        (20, 20, 20),
+        (120, 50, 170),
+    ],
+    dtype=np.float32,
+)
+# The plus sign's corners in units of half its bar thickness.
+CROSS = np.array(
+    [(-1, -3), (1, -3), (1, -1), (3, -1), (3, 1), (1, 1), (1, 3), (-1, 3), (-1, 1), (-3, 1)]
+    + [(-3, -1), (-1, -1)],
+    dtype=np.float64,
+)
+SPLIT_STREAMS = {"train": 0, "val": 1}
+
+
+@dataclass(frozen=True)
+class ShapesPaths:
+    """Where generate_shapes wrote the two splits."""
+
+    root: Path
+    train_ann: Path
+    val_ann: Path
+    train_images: Path
+    val_images: Path
+
+
+@dataclass
+class _Shape:
+    category_id: int
+    x0: int
+    y0: int
+    mask: np.ndarray  # bool, the shape's full extent inside its box
+    colour: np.ndarray
+    area: int
+    visible: int
+
+
+def _background(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """A float RGB background: smooth blotches, a linear gradient or stripes."""
+    height, width = xx.shape
+    base = rng.uniform(50, 205, 3).astype(np.float32)
+    other = np.clip(base + rng.uniform(-80, 80, 3), 0, 255).astype(np.float32)
+    kind = rng.integers(3)
+    if kind == 0:
+        cells = rng.random((int(rng.integers(3, 9)), int(rng.integers(3, 9)))).astype(np.float32)
+        mix = cv2.resize(cells, (width, height), interpolation=cv2.INTER_CUBIC)
+    elif kind == 1:
+        theta = rng.uniform(0, 2 * math.pi)
+        proj = xx * math.cos(theta) + yy * math.sin(theta)
+        mix = (proj - proj.min()) / max(float(np.ptp(proj)), 1.0)
+    else:
+        theta, period = rng.uniform(0, math.pi), rng.uniform(8, 40)
+        proj = xx * math.cos(theta) + yy * math.sin(theta)
+        mix = 0.5 + 0.5 * np.sin(proj * (2 * math.pi / period) + rng.uniform(0, 2 * math.pi))
+    return base + (other - base) * np.clip(mix, 0, 1)[..., None]
+
+
+def _sample_area(rng: np.random.Generator, scale: float) -> float:
+    """A target pixel area, log-uniform inside a randomly chosen COCO size bucket."""
+    probs = [bucket[0] for bucket in SIZE_BUCKETS]
+    _, low, high = SIZE_BUCKETS[int(rng.choice(len(SIZE_BUCKETS), p=probs))]
+    return math.exp(rng.uniform(math.log(low), math.log(high))) * scale
+
+
+def _rotate(points: np.ndarray, degrees: float) -> np.ndarray:
+    theta = math.radians(degrees)
+    rotation = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    return points @ rotation.T
+
+
+def _ellipse(a: float, b: float) -> np.ndarray:
+    t = np.linspace(0, 2 * math.pi, 72, endpoint=False)
+    return np.stack([a * np.cos(t), b * np.sin(t)], axis=1)
+
+
+def _outline(name: str, area: float, rng: np.random.Generator) -> np.ndarray:
+    """The polygon of one shape of the given area, centred on the origin."""
+    tilt = rng.uniform(-TILT_DEGREES, TILT_DEGREES)
+    ratio = rng.uniform(*ELONGATION)  # used by rectangles and ellipses only
+    if rng.random() < 0.5:
+        ratio = 1 / ratio
+    if name == "square":
+        half = math.sqrt(area) / 2
+        points = np.array([(-half, -half), (half, -half), (half, half), (-half, half)])
+    elif name == "rectangle":
+        hw, hh = math.sqrt(area * ratio) / 2, math.sqrt(area / ratio) / 2
+        points = np.array([(-hw, -hh), (hw, -hh), (hw, hh), (-hw, hh)])
+    elif name == "circle":
+        radius = math.sqrt(area / math.pi)
+        points = _ellipse(radius, radius)
+    elif name == "ellipse":
+        points = _ellipse(math.sqrt(area * ratio / math.pi), math.sqrt(area / ratio / math.pi))
+    elif name == "triangle":
+        radius = math.sqrt(4 * area / math.sqrt(3)) / math.sqrt(3)  # equilateral, circumradius
+        angles = rng.uniform(0, 2 * math.pi) + np.array([0, 2, 4]) * math.pi / 3
+        return np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
+    elif name == "cross":
+        # a plus sign whose bars are a third as thick as long: area = 5/9 of its box
+        points = CROSS * (math.sqrt(9 * area / 5) / 6)
+    else:
+        raise ValueError(f"unknown shape {name!r}; expected one of {', '.join(CLASS_NAMES)}")
+    return _rotate(points, tilt)
+
+
+def _centre(
+    rng: np.random.Generator, outline: np.ndarray, shapes: list[_Shape], width: int, height: int
+) -> tuple[float, float] | None:
+    """A centre keeping the outline inside the image, sometimes next to an existing shape."""
+    low, high = outline.min(axis=0), outline.max(axis=0)
+    x_range, y_range = (-low[0], width - 1 - high[0]), (-low[1], height - 1 - high[1])
+    if x_range[0] > x_range[1] or y_range[0] > y_range[1]:
+        return None
+    if shapes and rng.random() < NEAR_NEIGHBOUR:
+        other = shapes[int(rng.integers(len(shapes)))]
+        h, w = other.mask.shape
+        spread = 0.5 * (w + h) / 2 + 0.25 * float(np.ptp(outline[:, 0]))
+        cx = other.x0 + w / 2 + rng.normal(0, spread)
+        cy = other.y0 + h / 2 + rng.normal(0, spread)
+        return float(np.clip(cx, *x_range)), float(np.clip(cy, *y_range))
+    return rng.uniform(*x_range), rng.uniform(*y_range)
+
+
+def _rasterise(outline: np.ndarray, cx: float, cy: float) -> tuple[int, int, np.ndarray]:
+    """The shape's mask, cropped to its tight box, and the box's top-left corner."""
+    points = outline + (cx, cy)
+    x0, y0 = (int(v) for v in np.floor(points.min(axis=0)))
+    x1, y1 = (int(v) + 2 for v in np.ceil(points.max(axis=0)))
+    canvas = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    fixed = np.round((points - (x0, y0)) * 16).astype(np.int32)  # 4 bits of subpixel precision
+    cv2.fillPoly(canvas, [fixed], 1, lineType=cv2.LINE_8, shift=4)
+    rows, cols = np.flatnonzero(canvas.any(axis=1)), np.flatnonzero(canvas.any(axis=0))
+    if rows.size == 0:
+        return x0, y0, canvas.astype(bool)
+    mask = canvas[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(bool)
+    return x0 + int(cols[0]), y0 + int(rows[0]), mask
+
+
+def _pick_colour(
+    rng: np.random.Generator, under: np.ndarray, neighbours: list[np.ndarray]
+) -> np.ndarray:
+    """A palette colour far from the background under the shape and from shapes it touches."""
+    avoid = [under.mean(axis=0), *neighbours]
+    best, best_gap = PALETTE[0], -1.0
+    for index in rng.permutation(len(PALETTE)):
+        gap = min(float(np.linalg.norm(PALETTE[index] - colour)) for colour in avoid)
+        if gap >= MIN_CONTRAST:
+            return PALETTE[index]
+        if gap > best_gap:
+            best, best_gap = PALETTE[index], gap
+    return best
+
+
+def _render(
+    rng: np.random.Generator, num_classes: int, xx: np.ndarray, yy: np.ndarray
+) -> tuple[np.ndarray, list[_Shape]]:
+    """One RGB image and its shapes, in drawing order."""
+    height, width = xx.shape
+    background = _background(rng, xx, yy)
+    image = background.copy()
+    owner = np.full((height, width), -1, np.int16)  # index of the topmost shape per pixel
+    scale = (min(width, height) / 256) ** 2
+    shapes: list[_Shape] = []
+    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+        category = int(rng.integers(num_classes))
+        outline = _outline(CLASS_NAMES[category], _sample_area(rng, scale), rng)
+        for _attempt in range(PLACEMENT_ATTEMPTS):
+            centre = _centre(rng, outline, shapes, width, height)
+            if centre is None:
+                break
+            x0, y0, mask = _rasterise(outline, *centre)
+            if not mask.any():
+                continue
+            h, w = mask.shape
+            covered = owner[y0 : y0 + h, x0 : x0 + w][mask]
+            lost = np.bincount(covered[covered >= 0], minlength=len(shapes))
+            if any(s.visible - n < MIN_VISIBLE * s.area for s, n in zip(shapes, lost, strict=True)):
+                continue
+            neighbours = [shapes[j].colour for j in np.flatnonzero(lost)]
+            colour = _pick_colour(rng, background[y0 : y0 + h, x0 : x0 + w][mask], neighbours)
+            image[y0 : y0 + h, x0 : x0 + w][mask] = colour
+            owner[y0 : y0 + h, x0 : x0 + w][mask] = len(shapes)
+            for shape, n in zip(shapes, lost, strict=True):
+                shape.visible -= int(n)
+            area = int(mask.sum())
+            shapes.append(_Shape(category + 1, x0, y0, mask, colour, area, area))
+            break
+    image = cv2.GaussianBlur(image, (3, 3), 0.7)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(3, 12)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), shapes
+
+
+def _write_split(
+    split: str, count: int, seed: int, size: tuple[int, int], num_classes: int, root: Path
+) -> tuple[Path, Path]:
+    """Render and save one split's images and its COCO annotation file."""
+    width, height = size
+    image_dir, ann_file = root / split, root / "annotations" / f"{split}.json"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    ann_file.parent.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for image_id in range(1, count + 1):
+        rng = np.random.default_rng([seed, SPLIT_STREAMS[split], image_id])
+        pixels, shapes = _render(rng, num_classes, xx, yy)
+        file_name = f"{image_id:06d}.png"
+        if not cv2.imwrite(str(image_dir / file_name), np.ascontiguousarray(pixels[..., ::-1])):
+            raise OSError(f"could not write {image_dir / file_name}")
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for shape in shapes:
+            h, w = shape.mask.shape
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": shape.category_id,
+                    "bbox": [float(shape.x0), float(shape.y0), float(w), float(h)],
+                    # the full shape's pixel area, as COCO uses segment area for size ranges
+                    "area": float(shape.area),
+                    "iscrowd": 0,
+                }
+            )
+    categories = [
+        {"id": i + 1, "name": name, "supercategory": "shape"}
+        for i, name in enumerate(CLASS_NAMES[:num_classes])
+    ]
+    coco = {
+        "info": {"description": f"DetLab synthetic shapes, {split} split", "seed": seed},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+    ann_file.write_text(json.dumps(coco) + "\n", encoding="utf-8")
+    return ann_file, image_dir
+
+
+def generate_shapes(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    num_train: int = 200,
+    num_val: int = 50,
+    image_size: tuple[int, int] = (256, 256),
+    num_classes: int = 6,
+) -> ShapesPaths:
+    """Write the shapes dataset (image_size is width, height) under out_dir."""
+    if not 2 <= num_classes <= len(CLASS_NAMES):
+        raise ValueError(f"num_classes is {num_classes}; expected 2..{len(CLASS_NAMES)}")
+    if seed < 0:
+        raise ValueError(f"seed is {seed}; expected a non-negative integer")
+    if num_train < 1 or num_val < 0:
+        raise ValueError(
+            f"num_train={num_train}, num_val={num_val}; expected num_train >= 1, num_val >= 0"
+        )
+    width, height = image_size
+    if width < 64 or height < 64:
+        raise ValueError(f"image_size is {width}x{height}; expected both sides >= 64")
+    root = Path(out_dir)
+    size = (width, height)
+    train_ann, train_images = _write_split("train", num_train, seed, size, num_classes, root)
+    val_ann, val_images = _write_split("val", num_val, seed, size, num_classes, root)
+    return ShapesPaths(root, train_ann, val_ann, train_images, val_images)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    """'256' or '320x240' (width x height) as a (width, height) pair."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise argparse.ArgumentTypeError(f"{text!r} is not a size; expected WIDTHxHEIGHT or one int")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: detlab-shapes OUT_DIR [--seed] [--num-train] [--num-val] [--size] ..."""
+    parser = argparse.ArgumentParser(
+        prog="detlab-shapes", description="Generate the synthetic shapes COCO dataset."
+    )
+    parser.add_argument("out_dir", type=Path, help="directory to write the dataset into")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-train", type=int, default=200, help="training images")
+    parser.add_argument("--num-val", type=int, default=50, help="validation images")
+    parser.add_argument(
+        "--size", type=_parse_size, default=(256, 256), help="WIDTHxHEIGHT or one int"
+    )
+    parser.add_argument(
+        "--classes", type=int, default=len(CLASS_NAMES), help=f"2..{len(CLASS_NAMES)} classes"
+    )
+    args = parser.parse_args(argv)
+    try:
+        paths = generate_shapes(
+            args.out_dir,
+            seed=args.seed,
+            num_train=args.num_train,
+            num_val=args.num_val,
+            image_size=args.size,
+            num_classes=args.classes,
+        )
+    except ValueError as exc:
+        print(f"detlab-shapes: error: {exc}", file=sys.stderr)
+        return 2
+    for split, ann, images in (
+        ("train", paths.train_ann, paths.train_images),
+        ("val", paths.val_ann, paths.val_images),
+    ):
+        coco = json.loads(ann.read_text(encoding="utf-8"))
+        print(
+            f"{split}: {len(coco['images'])} images, {len(coco['annotations'])} annotations, "
+            f"{len(coco['categories'])} classes; annotations {ann}, images {images}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

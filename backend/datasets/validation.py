@@ -1,0 +1,210 @@
+"""Checks a COCO-format split before it is registered and computes its statistics.
+
+Each check adds a problem naming the file, what is wrong and what is accepted;
+registration is refused when any problem is found.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SplitReport", "check_split", "confine", "PathOutsideRoots", "SMALL", "MEDIUM"]
+
+# COCO's area buckets
+SMALL = 32**2
+MEDIUM = 96**2
+# a box may stick out of its image by this fraction of the image side (rounding, padding)
+OUTSIDE_TOLERANCE = 0.05
+MAX_LISTED = 5
+
+
+class PathOutsideRoots(ValueError):
+    """A path resolves (symlinks included) outside every allowed root."""
+
+
+def confine(path: str | Path, roots: list[Path]) -> Path:
+    """Resolve path, following symlinks, and insist it lies under one of roots."""
+    resolved = Path(path).expanduser().resolve()
+    for root in roots:
+        if resolved == root or resolved.is_relative_to(root.resolve()):
+            return resolved
+    accepted = ", ".join(str(root) for root in roots)
+    raise PathOutsideRoots(f"{path} is outside the allowed data roots (accepted: {accepted})")
+
+
+@dataclass
+class SplitReport:
+    """Problems and statistics of one split (train or val)."""
+
+    split: str
+    problems: list[dict[str, str]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    categories: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, where: str, problem: str) -> None:
+        self.problems.append({"split": self.split, "where": where, "problem": problem})
+
+
+def _load_json(report: SplitReport, ann_file: Path) -> dict[str, Any] | None:
+    try:
+        text = ann_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        report.add(str(ann_file), "file not found; expected a COCO annotation JSON file")
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        report.add(str(ann_file), f"unreadable ({exc.__class__.__name__}: {exc})")
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        report.add(str(ann_file), f"not valid JSON: {exc.msg} at line {exc.lineno} column "
+                   f"{exc.colno}; expected a COCO annotation JSON object")
+        return None
+    if not isinstance(data, dict):
+        report.add(str(ann_file), f"top level is a {type(data).__name__}; expected a JSON object "
+                   "with 'images', 'annotations' and 'categories'")
+        return None
+    missing = [key for key in ("images", "annotations", "categories")
+               if not isinstance(data.get(key), list)]
+    if missing:
+        report.add(str(ann_file), f"missing or not a list: {', '.join(missing)}; a COCO file "
+                   "needs 'images', 'annotations' and 'categories' lists")
+        return None
+    return data
+
+
+def _ids(report: SplitReport, where: str, records: list[Any], kind: str) -> dict[Any, dict]:
+    by_id: dict[Any, dict] = {}
+    duplicates: list[str] = []
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or not isinstance(record.get("id"), int):
+            report.add(where, f"{kind}[{index}] has no integer 'id'; every {kind} entry needs one")
+            continue
+        if record["id"] in by_id:
+            duplicates.append(str(record["id"]))
+        by_id[record["id"]] = record
+    if duplicates:
+        report.add(where, f"duplicate {kind} ids ({len(duplicates)}): "
+                   f"{', '.join(duplicates[:MAX_LISTED])}; ids must be unique")
+    return by_id
+
+
+def _check_box(ann: dict, image: dict | None) -> str | None:
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in bbox
+    ):
+        return f"bbox {bbox!r} is not [x, y, width, height] numbers"
+    x, y, w, h = (float(v) for v in bbox)
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return f"bbox {bbox} has a non-finite value; all four must be finite"
+    if w <= 0 or h <= 0:
+        return f"bbox {bbox} has non-positive width or height; both must be > 0"
+    if image is not None:
+        width, height = image.get("width"), image.get("height")
+        if isinstance(width, int | float) and isinstance(height, int | float):
+            tol_x, tol_y = OUTSIDE_TOLERANCE * width, OUTSIDE_TOLERANCE * height
+            if x < -tol_x or y < -tol_y or x + w > width + tol_x or y + h > height + tol_y:
+                return (f"bbox {bbox} lies outside its {width}x{height} image by more than "
+                        f"{OUTSIDE_TOLERANCE:.0%} of the image size")
+    return None
+
+
+def _check_images(report: SplitReport, images: dict[Any, dict], image_dir: Path) -> None:
+    bad_meta = [str(i) for i, img in images.items()
+                if not isinstance(img.get("file_name"), str)
+                or not isinstance(img.get("width"), int) or not isinstance(img.get("height"), int)
+                or img["width"] <= 0 or img["height"] <= 0]
+    if bad_meta:
+        report.add(str(image_dir), f"{len(bad_meta)} images lack a file_name or positive integer "
+                   f"width/height (ids {', '.join(bad_meta[:MAX_LISTED])})")
+    if not image_dir.is_dir():
+        report.add(str(image_dir), "image folder not found; expected a folder of image files")
+        return
+    present = {p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*") if p.is_file()}
+    missing = sorted(img["file_name"] for img in images.values()
+                     if isinstance(img.get("file_name"), str) and img["file_name"] not in present)
+    if missing:
+        report.add(str(image_dir), f"{len(missing)} image files missing, e.g. "
+                   f"{', '.join(missing[:MAX_LISTED])}; file_name is relative to the image folder")
+
+
+def check_split(split: str, ann_file: Path, image_dir: Path) -> SplitReport:
+    """Validate one COCO split and, when valid, compute its statistics."""
+    report = SplitReport(split=split)
+    data = _load_json(report, ann_file)
+    if data is None:
+        return report
+    where = str(ann_file)
+    images = _ids(report, where, data["images"], "images")
+    categories = _ids(report, where, data["categories"], "categories")
+    annotations = _ids(report, where, data["annotations"], "annotations")
+    unknown_images, unknown_cats, bad_boxes = [], [], []
+    for ann in annotations.values():
+        if ann.get("image_id") not in images:
+            unknown_images.append(f"{ann['id']} (image_id {ann.get('image_id')!r})")
+        if ann.get("category_id") not in categories:
+            unknown_cats.append(f"{ann['id']} (category_id {ann.get('category_id')!r})")
+        box_problem = _check_box(ann, images.get(ann.get("image_id")))
+        if box_problem:
+            bad_boxes.append(f"annotation {ann['id']}: {box_problem}")
+    if unknown_images:
+        report.add(where, f"{len(unknown_images)} annotations point at unknown images: "
+                   f"{', '.join(unknown_images[:MAX_LISTED])}; image_id must be an id in 'images'")
+    if unknown_cats:
+        report.add(where, f"{len(unknown_cats)} annotations point at unknown categories: "
+                   f"{', '.join(unknown_cats[:MAX_LISTED])}; category_id must be an id in "
+                   "'categories'")
+    if bad_boxes:
+        report.add(where, f"{len(bad_boxes)} bad boxes: {'; '.join(bad_boxes[:MAX_LISTED])}")
+    _check_images(report, images, image_dir)
+    if report.problems:
+        return report
+    _check_with_pycocotools(report, ann_file)
+    if not report.problems:
+        report.categories = [{"id": c["id"], "name": str(c.get("name", c["id"]))}
+                             for c in sorted(categories.values(), key=lambda c: c["id"])]
+        report.stats = _stats(images, annotations, categories)
+    return report
+
+
+def _check_with_pycocotools(report: SplitReport, ann_file: Path) -> None:
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            COCO(str(ann_file))
+    except Exception as exc:  # noqa: BLE001 - any pycocotools failure is a user-facing problem
+        report.add(str(ann_file), f"pycocotools cannot load it: {exc.__class__.__name__}: {exc}")
+
+
+def _stats(images: dict, annotations: dict, categories: dict) -> dict[str, Any]:
+    per_class: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    crowd = 0
+    for ann in annotations.values():
+        if ann.get("iscrowd", 0):
+            crowd += 1
+            continue
+        per_class[str(categories[ann["category_id"]].get("name", ann["category_id"]))] += 1
+        x, y, w, h = ann["bbox"]
+        area = float(ann.get("area") or w * h)
+        sizes["small" if area < SMALL else "medium" if area < MEDIUM else "large"] += 1
+    return {
+        "images": len(images),
+        "boxes": sum(per_class.values()),
+        "crowd_boxes": crowd,
+        "per_class": {str(c.get("name", c["id"])): per_class.get(str(c.get("name", c["id"])), 0)
+                      for c in sorted(categories.values(), key=lambda c: c["id"])},
+        "small": sizes["small"],
+        "medium": sizes["medium"],
+        "large": sizes["large"],
+    }

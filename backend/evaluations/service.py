@@ -1,0 +1,48 @@
+"""Storing and reading job evaluations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from backend.errors import NotFound
+from backend.evaluations.models import Evaluation
+from backend.jobs import service as job_service
+from backend.leaderboard.schemas import METRICS
+
+__all__ = ["get_for_job", "store"]
+
+
+def get_for_job(*, session: Session, job_id: int) -> Evaluation:
+    """The evaluation of a job, or NotFound saying why there is none."""
+    job = job_service.get(session=session, job_id=job_id)
+    evaluation = session.query(Evaluation).filter_by(job_id=job_id).one_or_none()
+    if evaluation is None:
+        raise NotFound(f"job {job_id} has no evaluation (status {job.status.value}); one is "
+                       "stored when a fine-tune job succeeds")
+    return evaluation
+
+
+def store(
+    *,
+    session: Session,
+    job_id: int,
+    metrics: dict[str, Any],
+    per_class_ap: dict[str, Any],
+    predictions_path: str,
+    analysis: dict[str, Any] | None = None,
+) -> Evaluation:
+    """Replace a job's evaluation with new figures."""
+    session.execute(delete(Evaluation).where(Evaluation.job_id == job_id))
+    evaluation = Evaluation(
+        job_id=job_id,
+        per_class_ap=per_class_ap,
+        predictions_path=predictions_path,
+        analysis=analysis,
+        **{metric: metrics.get(metric) for metric in METRICS},
+    )
+    session.add(evaluation)
+    session.commit()
+    return evaluation

@@ -1,0 +1,79 @@
+"""Job routes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse
+
+from backend import queue
+from backend.deps import SessionDep, SettingsDep
+from backend.errors import NotFound
+from backend.jobs import service
+from backend.jobs.models import JobKind, JobStatus
+from backend.jobs.schemas import JobPage, JobRead, MetricsRead
+from backend.jobs.spec import FinetuneSpec, accepted_values
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post("", response_model=JobRead, status_code=201)
+def submit_job(spec: FinetuneSpec, session: SessionDep, settings: SettingsDep):
+    job = service.create(session=session, spec=spec, roots=settings.data_roots)
+    try:
+        queue.enqueue(job.id)
+    except Exception as exc:
+        service.fail(session=session, job_id=job.id, reason=f"could not be queued: {exc}")
+        raise
+    return job
+
+
+@router.get("/options")
+def job_options() -> dict[str, Any]:
+    """Accepted values for each spec field, for forms."""
+    return accepted_values()
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    session: SessionDep,
+    status: JobStatus | None = None,
+    kind: JobKind | None = None,
+    dataset_id: Annotated[int | None, Query(alias="dataset")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+):
+    items, total = service.list_jobs(session=session, status=status, kind=kind,
+                                     dataset_id=dataset_id, limit=limit, offset=offset)
+    return JobPage(items=[JobRead.model_validate(j) for j in items], total=total)
+
+
+@router.get("/{job_id}", response_model=JobRead)
+def get_job(job_id: int, session: SessionDep):
+    return service.get(session=session, job_id=job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=JobRead)
+def cancel_job(job_id: int, session: SessionDep):
+    return service.cancel(session=session, job_id=job_id)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsRead)
+def get_metrics(
+    job_id: int,
+    session: SessionDep,
+    key: Annotated[list[str] | None, Query()] = None,
+    max_points: Annotated[int, Query(ge=10, le=100_000)] = 1000,
+):
+    series = service.metric_series(session=session, job_id=job_id, keys=key, max_points=max_points)
+    return MetricsRead(job_id=job_id, series=series)
+
+
+@router.get("/{job_id}/config", response_class=PlainTextResponse)
+def get_config(job_id: int, session: SessionDep):
+    job = service.get(session=session, job_id=job_id)
+    if not job.config_text:
+        raise NotFound(f"job {job_id} has no generated config yet; it is written when a worker "
+                       "starts the job")
+    return PlainTextResponse(job.config_text, media_type="text/x-python")

@@ -1,0 +1,61 @@
+"""Job API schemas."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, computed_field
+
+from backend.jobs.models import JobKind, JobStatus
+
+__all__ = ["JobRead", "JobPage", "MetricSeries", "MetricsRead"]
+
+
+class JobRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: JobKind
+    status: JobStatus
+    name: str | None
+    dataset_id: int | None
+    parent_id: int | None
+    weights_id: int | None
+    spec: dict[str, Any]
+    progress_iter: int
+    progress_total: int | None
+    eta_seconds: float | None
+    cancel_requested: bool
+    attempts: int
+    error: str | None
+    worker_host: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def progress(self) -> float | None:
+        """Share of iterations done, 0 to 1."""
+        if not self.progress_total:
+            return None
+        return min(1.0, self.progress_iter / self.progress_total)
+
+
+class JobPage(BaseModel):
+    items: list[JobRead]
+    total: int
+
+
+class MetricSeries(BaseModel):
+    key: str
+    steps: list[int]
+    epochs: list[int | None]
+    values: list[float]
+    downsampled: bool
+
+
+class MetricsRead(BaseModel):
+    job_id: int
+    series: list[MetricSeries]

@@ -1,0 +1,146 @@
+"""Jobs: submission, listing, cancellation, metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from backend.datasets import service as dataset_service
+from backend.datasets.validation import PathOutsideRoots, confine
+from backend.errors import Conflict, Invalid, NotFound
+from backend.jobs.models import FINISHED_STATUSES, Job, JobKind, JobStatus, MetricPoint
+from backend.jobs.schemas import MetricSeries
+from backend.jobs.spec import CheckpointInit, FinetuneSpec, WeightsInit
+from backend.weights.models import Weights
+
+__all__ = ["create", "get", "list_jobs", "cancel", "fail", "metric_series"]
+
+
+def create(*, session: Session, spec: FinetuneSpec, roots: list[Path]) -> Job:
+    """Check a spec against what is stored and queue it as a new job (not yet sent)."""
+    try:
+        dataset_service.get(session=session, dataset_id=spec.dataset_id)
+    except NotFound:
+        raise Invalid(f"dataset_id: dataset {spec.dataset_id} not found; see GET /datasets for "
+                      "the registered ones") from None
+    weights_id = None
+    if isinstance(spec.init, CheckpointInit):
+        try:
+            path = confine(spec.init.checkpoint, roots)
+        except PathOutsideRoots as exc:
+            raise Invalid(f"init.checkpoint: {exc}") from None
+        if not path.is_file():
+            raise Invalid(f"init.checkpoint: {spec.init.checkpoint} is not a file; give the path "
+                          "of a checkpoint under an allowed data root")
+        spec = spec.model_copy(update={"init": CheckpointInit(checkpoint=str(path),
+                                                              prefix=spec.init.prefix)})
+    elif isinstance(spec.init, WeightsInit):
+        if session.get(Weights, spec.init.weights_id) is None:
+            raise Invalid(f"init.weights_id: weights {spec.init.weights_id} not found; "
+                          "see GET /weights for the registered ones")
+        weights_id = spec.init.weights_id
+    job = Job(
+        kind=JobKind(spec.kind),
+        status=JobStatus.queued,
+        name=spec.name,
+        dataset_id=spec.dataset_id,
+        weights_id=weights_id,
+        spec=spec.model_dump(mode="json"),
+    )
+    session.add(job)
+    session.commit()
+    return job
+
+
+def get(*, session: Session, job_id: int) -> Job:
+    """The job with this id, or NotFound."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def list_jobs(
+    *,
+    session: Session,
+    status: JobStatus | None = None,
+    kind: JobKind | None = None,
+    dataset_id: int | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Job], int]:
+    """One page of jobs, newest first, with the total matching the filters."""
+    query = select(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    if dataset_id is not None:
+        query = query.where(Job.dataset_id == dataset_id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    items = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
+    return list(items), total
+
+
+def cancel(*, session: Session, job_id: int) -> Job:
+    """Cancel a queued job at once; ask a running one to stop (its worker checks every second)."""
+    job = get(session=session, job_id=job_id)
+    if job.status in FINISHED_STATUSES:
+        raise Conflict(f"job {job_id} is already {job.status.value}; only queued or running jobs "
+                       "can be cancelled")
+    # one UPDATE guarded by status, so a worker that starts the job meanwhile is not overwritten
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=func.now(),
+                error="cancelled before it started")
+    )
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.running)
+        .values(cancel_requested=True)
+    )
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def fail(*, session: Session, job_id: int, reason: str) -> None:
+    """Record that a job failed and why."""
+    session.execute(update(Job).where(Job.id == job_id).values(
+        status=JobStatus.failed, error=reason, finished_at=func.now()))
+    session.commit()
+
+
+def metric_series(
+    *, session: Session, job_id: int, keys: list[str] | None = None, max_points: int = 1000
+) -> list[MetricSeries]:
+    """Each metric of a job over steps; long series are averaged down to max_points buckets."""
+    get(session=session, job_id=job_id)
+    query = select(MetricPoint.key, MetricPoint.step, MetricPoint.epoch, MetricPoint.value).where(
+        MetricPoint.job_id == job_id
+    )
+    if keys:
+        query = query.where(MetricPoint.key.in_(keys))
+    rows = session.execute(query.order_by(MetricPoint.key, MetricPoint.step)).all()
+    grouped: dict[str, list[tuple[int, int | None, float]]] = {}
+    for key, step, epoch, value in rows:
+        grouped.setdefault(key, []).append((step, epoch, value))
+    return [_downsample(key, points, max_points) for key, points in grouped.items()]
+
+
+def _downsample(
+    key: str, points: list[tuple[int, int | None, float]], max_points: int
+) -> MetricSeries:
+    if len(points) <= max_points:
+        return MetricSeries(key=key, steps=[p[0] for p in points], epochs=[p[1] for p in points],
+                            values=[p[2] for p in points], downsampled=False)
+    size = -(-len(points) // max_points)  # ceil
+    steps, epochs, values = [], [], []
+    for start in range(0, len(points), size):
+        bucket = points[start:start + size]
+        steps.append(bucket[-1][0])
+        epochs.append(bucket[-1][1])
+        values.append(sum(p[2] for p in bucket) / len(bucket))
+    return MetricSeries(key=key, steps=steps, epochs=epochs, values=values, downsampled=True)

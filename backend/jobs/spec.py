@@ -1,0 +1,143 @@
+"""Validated job specs: the only way a user describes a run (no user-supplied Python)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "BACKBONES",
+    "CheckpointInit",
+    "FinetuneSpec",
+    "InitSpec",
+    "WeightsInit",
+    "accepted_values",
+]
+
+DETECTORS = ("faster_rcnn", "cascade_rcnn", "retinanet")
+BACKBONES = ("resnet18", "resnet50", "resnet101", "resnext101_32x4d", "swin_t", "swin_l")
+RESNETS = ("resnet18", "resnet50", "resnet101", "resnext101_32x4d")
+NECKS = ("fpn", "pafpn")
+NORMS = ("frozen_bn", "bn", "syncbn")
+OPTIMIZERS = ("sgd", "adamw")
+
+Detector = Literal["faster_rcnn", "cascade_rcnn", "retinanet"]
+Backbone = Literal["resnet18", "resnet50", "resnet101", "resnext101_32x4d", "swin_t", "swin_l"]
+
+
+class _Strict(BaseModel):
+    """Refuses unknown fields, naming the ones that are accepted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(f"unknown field(s) {', '.join(unknown)}; accepted fields: "
+                                 f"{', '.join(cls.model_fields)}")
+        return data
+
+
+class CheckpointInit(_Strict):
+    """Backbone weights from a checkpoint file under an allowed data root."""
+
+    checkpoint: str = Field(min_length=1)
+    prefix: str = Field(default="", description="key prefix to strip, e.g. 'module.encoder_q.'")
+
+
+class WeightsInit(_Strict):
+    """Backbone weights from the weights registry."""
+
+    weights_id: int = Field(ge=1)
+
+
+InitSpec = Literal["scratch", "imagenet"] | CheckpointInit | WeightsInit
+
+
+class FinetuneSpec(_Strict):
+    """A fine-tune job: one detector trained and evaluated on one registered dataset."""
+
+    kind: Literal["finetune"] = "finetune"
+    name: str | None = Field(default=None, max_length=200)
+    dataset_id: int = Field(ge=1)
+    detector: Detector = "faster_rcnn"
+    backbone: Backbone = "resnet50"
+    neck: Literal["fpn", "pafpn"] = "fpn"
+    init: InitSpec = "imagenet"
+    norm: Literal["frozen_bn", "bn", "syncbn"] | None = Field(
+        default=None,
+        description="ResNet norm layers; default frozen_bn for imagenet init, else bn",
+    )
+    image_scale: Annotated[tuple[int, int], Field(description="(width, height) to resize to")] = (
+        1333,
+        800,
+    )
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+    iterations: int | None = Field(default=None, ge=1, le=10_000_000)
+    batch_size: int = Field(default=2, ge=1, le=256)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.02, gt=0, le=10)
+    weight_decay: float = Field(default=1e-4, ge=0, le=1)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    warmup_iters: int = Field(default=500, ge=0)
+    warmup_ratio: float = Field(default=0.001, gt=0, le=1)
+    amp: bool = Field(default=False, description="fp16 mixed precision (needs a CUDA GPU)")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    data_fraction: float = Field(
+        default=1.0, ge=0.01, le=1.0, description="share of the train split used (0.01 to 1)"
+    )
+    eval_interval: int = Field(default=1, ge=1, description="epochs (or iterations) per val")
+    checkpoint_interval: int | None = Field(
+        default=None, ge=1, description="epochs (or iterations) per checkpoint; default eval's"
+    )
+    num_workers: int = Field(default=2, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FinetuneSpec:
+        if (self.epochs is None) == (self.iterations is None):
+            raise ValueError("give exactly one of 'epochs' or 'iterations'")
+        width, height = self.image_scale
+        if not (32 <= width <= 4096 and 32 <= height <= 4096):
+            raise ValueError(f"image_scale {self.image_scale} is not accepted; "
+                             "width and height must be between 32 and 4096")
+        if self.backbone.startswith("swin") and self.norm is not None:
+            raise ValueError(f"norm applies to ResNet backbones; {self.backbone} uses LayerNorm, "
+                             "leave norm unset")
+        if self.init == "scratch" and self.norm == "frozen_bn":
+            raise ValueError("frozen_bn cannot train from scratch (its statistics would never be "
+                             "learned); use bn or syncbn")
+        return self
+
+    @property
+    def resolved_norm(self) -> str | None:
+        """The norm actually used: frozen BN for ImageNet init, trainable BN otherwise."""
+        if self.backbone.startswith("swin"):
+            return None
+        if self.norm is not None:
+            return self.norm
+        return "frozen_bn" if self.init == "imagenet" else "bn"
+
+    @property
+    def by_epoch(self) -> bool:
+        return self.epochs is not None
+
+
+def accepted_values() -> dict[str, Any]:
+    """The choices a client may offer, derived from the spec itself."""
+    return {
+        "kind": ["finetune"],
+        "detector": list(DETECTORS),
+        "backbone": list(BACKBONES),
+        "neck": list(NECKS),
+        "init": ["scratch", "imagenet", {"checkpoint": "path", "prefix": "module.encoder_q."},
+                 {"weights_id": 1}],
+        "norm": list(NORMS),
+        "optimizer": list(OPTIMIZERS),
+        "defaults": FinetuneSpec.model_construct().model_dump(
+            exclude={"dataset_id", "epochs", "iterations", "name"}
+        ),
+    }

@@ -1,0 +1,35 @@
+"""Leaderboard route."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from backend.deps import SessionDep
+from backend.leaderboard import service
+from backend.leaderboard.schemas import Leaderboard
+
+router = APIRouter(tags=["leaderboard"])
+
+
+@router.get("/leaderboard", response_model=Leaderboard)
+def leaderboard(
+    session: SessionDep,
+    dataset: int | None = None,
+    metric: str = "bbox_mAP",
+    order: Literal["desc", "asc"] = "desc",
+    detector: str | None = None,
+    backbone: str | None = None,
+    neck: str | None = None,
+    init: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+):
+    filters = {axis: value for axis, value in
+               (("detector", detector), ("backbone", backbone), ("neck", neck), ("init", init))
+               if value is not None}
+    items, total = service.rows(session=session, dataset_id=dataset, metric=metric,
+                                descending=order == "desc", filters=filters, limit=limit,
+                                offset=offset)
+    return Leaderboard(dataset_id=dataset, metric=metric, items=items, total=total)

@@ -1,0 +1,58 @@
+"""The Celery client the API queues jobs through (by task name; it never imports the worker)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from backend.config import Settings, get_settings
+
+__all__ = ["celery_config", "get_client", "enqueue"]
+
+TASK_NAME = "jobs.run"
+QUEUE = "detlab"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings shared by the API (producer) and the workers (consumers)."""
+    transport_options: dict[str, Any] = {}
+    if settings.broker_url.startswith("filesystem://"):
+        folder = str(settings.broker_folder)
+        # one folder for both directions; store_processed would break redelivery
+        transport_options = {"data_folder_in": folder, "data_folder_out": folder}
+    else:
+        # far above the longest job, else Redis redelivers a still-running task
+        transport_options = {"visibility_timeout": settings.visibility_timeout_s}
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": QUEUE,
+        "task_ignore_result": True,  # job state lives in the database
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # long GPU jobs: take one at a time, ack only when done, requeue if the child dies
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_max_tasks_per_child": 1,
+        "worker_concurrency": 1,
+        "worker_hijack_root_logger": False,
+    }
+
+
+@lru_cache
+def get_client() -> Celery:
+    """A producer-only Celery app for the configured broker."""
+    settings = get_settings()
+    settings.prepare_folders()
+    client = Celery("detlab-api")
+    client.conf.update(celery_config(settings))
+    return client
+
+
+def enqueue(job_id: int) -> None:
+    """Queue a job for the workers; only its id travels."""
+    get_client().send_task(TASK_NAME, args=[job_id], queue=QUEUE)

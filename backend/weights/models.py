@@ -1,0 +1,30 @@
+"""Backbone weights: imported checkpoints and the output of pretrain jobs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import DateTime, ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from backend.db import Base, JSONType, utcnow
+
+__all__ = ["Weights"]
+
+
+class Weights(Base):
+    __tablename__ = "weights"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    architecture: Mapped[str] = mapped_column(String(50))
+    method: Mapped[str] = mapped_column(String(50))  # imagenet, mocov2, densecl, detco, ...
+    source: Mapped[str] = mapped_column(String(50))  # the import format or "pretrain_job"
+    path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    producing_job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL", use_alter=True)
+    )
+    report: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
