@@ -19,7 +19,9 @@ fi
 mkdir -p "$CACHE"
 [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
 PY=$VENV/bin/python
-pip_install() { "$PY" -m pip install -q --disable-pip-version-check --find-links "$CACHE" "$@"; }
+pip_install() {  # pip, minus the warnings about unreachable extra index folders
+  "$PY" -m pip install -q --disable-pip-version-check --find-links "$CACHE" "$@" 2> >(grep -v "is ignored: it is neither" >&2)
+}
 
 pin() {  # the exact pin of one dependency, from pyproject.toml
   "$PY" - "$1" <<'PY'

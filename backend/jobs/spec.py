@@ -95,6 +95,12 @@ class FinetuneSpec(_Strict):
         default=None, ge=1, description="epochs (or iterations) per checkpoint; default eval's"
     )
     num_workers: int = Field(default=2, ge=0, le=64)
+    roi_samples_per_image: int = Field(
+        default=512, ge=16, le=4096, description="RoIs sampled per image for the R-CNN head"
+    )
+    test_proposals_per_image: int = Field(
+        default=1000, ge=10, le=10_000, description="RPN proposals kept per image at test time"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneSpec:
@@ -107,6 +113,10 @@ class FinetuneSpec(_Strict):
         if self.backbone.startswith("swin") and self.norm is not None:
             raise ValueError(f"norm applies to ResNet backbones; {self.backbone} uses LayerNorm, "
                              "leave norm unset")
+        two_stage = self.detector != "retinanet"
+        if not two_stage and "roi_samples_per_image" in self.model_fields_set:
+            raise ValueError("roi_samples_per_image applies to two-stage detectors (faster_rcnn, "
+                             "cascade_rcnn); retinanet has no RoI head")
         if self.init == "scratch" and self.norm == "frozen_bn":
             raise ValueError("frozen_bn cannot train from scratch (its statistics would never be "
                              "learned); use bn or syncbn")

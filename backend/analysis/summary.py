@@ -1,0 +1,144 @@
+"""The whole analysis of one evaluation: matches, per-image summaries, counts and dAP."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from backend.analysis.inputs import parse_ground_truth, parse_results
+from backend.analysis.matching import (
+    BACKGROUND,
+    CLASSIFICATION,
+    OUTCOMES,
+    GtMatch,
+    MatchTable,
+    PredictionMatch,
+    match_table,
+)
+from backend.analysis.tide import ap50, class_error_counts, delta_ap, error_counts
+
+__all__ = ["Analysis", "ImageSummary", "analyze", "image_summaries"]
+
+_MISSED = len(OUTCOMES)  # code for "missed" next to the prediction outcomes
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSummary:
+    """Outcome counts of one image and a badness score to sort images by.
+
+    ``badness`` = sum of the scores of its error predictions (classification, localization,
+    both, duplicate, background) + 1 per missed GT: a confident mistake or a lost object
+    weighs about the same, a low-score false positive little.
+    """
+
+    image_id: Any
+    n_gt: int  # regular GT (no crowd / ignore regions)
+    n_pred: int  # predictions with score >= score_thr, ignored ones included
+    tp: int
+    classification: int
+    localization: int
+    both: int
+    duplicate: int
+    background: int
+    ignored: int
+    missed: int
+    # (error type, category id) for each error present; a classification error adds both
+    # its predicted and its GT class, a missed GT its own class.
+    error_pairs: frozenset[tuple[str, int]]
+    badness: float
+
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    """Everything ``analyze`` finds; AP values in points (0..100)."""
+
+    score_thr: float
+    predictions: list[PredictionMatch]  # results with score >= score_thr, in input order
+    ground_truth: list[GtMatch]  # every annotation, in gt["annotations"] order
+    images: list[ImageSummary]  # every image, in gt["images"] order
+    counts: dict[str, int]  # per outcome of OUTCOMES, plus "missed"
+    class_counts: dict[int, dict[str, int]]  # the same per category id
+    ap50: float
+    class_ap50: dict[int, float]  # categories with regular GT
+    dap: dict[str, float]  # per error type of ERROR_TYPES, plus "missed"
+
+
+def image_summaries(table: MatchTable) -> list[ImageSummary]:
+    """One ImageSummary per image of the ground truth, in gt["images"] order."""
+    gt, det = table.ground_truth, table.detections
+    n_img, n_codes = gt.n_images, len(OUTCOMES) + 1
+    missed_image = gt.image[table.gt_missed]
+    grid = np.bincount(
+        np.concatenate((det.image * n_codes + table.outcome, missed_image * n_codes + _MISSED)),
+        minlength=n_img * n_codes,
+    ).reshape(n_img, n_codes)
+    n_gt = np.bincount(gt.image[~gt.crowd], minlength=n_img)
+    is_error = (table.outcome >= CLASSIFICATION) & (table.outcome <= BACKGROUND)
+    badness = np.bincount(det.image[is_error], weights=det.score[is_error], minlength=n_img)
+    badness = badness.astype(np.float64)
+    badness += grid[:, _MISSED]
+
+    # (image, code, category) triples of the errors, deduplicated as one int64 key each.
+    cats = gt.category_ids
+    cls = np.flatnonzero(table.outcome == CLASSIFICATION)
+    image = np.concatenate((det.image[is_error], det.image[cls], missed_image))
+    code = np.concatenate(
+        (
+            table.outcome[is_error],
+            np.full(len(cls), CLASSIFICATION),
+            np.full(len(missed_image), _MISSED),
+        )
+    ).astype(np.int64)
+    category = np.concatenate(
+        (det.category[is_error], gt.category[table.gt[cls]], gt.category[table.gt_missed])
+    )
+    keys = np.unique((image * n_codes + code) * len(cats) + np.searchsorted(cats, category))
+    pairs: list[set[tuple[str, int]]] = [set() for _ in range(n_img)]
+    names = (*OUTCOMES, "missed")
+    cat_list = cats.tolist()
+    for img, rest in zip(
+        (keys // (n_codes * len(cats))).tolist(),
+        (keys % (n_codes * len(cats))).tolist(),
+        strict=True,
+    ):
+        pairs[img].add((names[rest // len(cats)], cat_list[rest % len(cats)]))
+
+    return [
+        ImageSummary(
+            image_id=image_id,
+            n_gt=n,
+            n_pred=sum(row[:_MISSED]),
+            **dict(zip(names, row, strict=True)),
+            error_pairs=frozenset(found),
+            badness=bad,
+        )
+        for image_id, n, row, found, bad in zip(
+            gt.image_ids, n_gt.tolist(), grid.tolist(), pairs, badness.tolist(), strict=True
+        )
+    ]
+
+
+def analyze(
+    gt: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    *,
+    score_thr: float = 0.05,
+) -> Analysis:
+    """Validate, match (TIDE rules, see ``matching``), summarise and compute dAP."""
+    ground_truth = parse_ground_truth(gt)
+    table = match_table(ground_truth, parse_results(results, ground_truth, score_thr=score_thr))
+    mean_ap, class_ap = ap50(table)
+    return Analysis(
+        score_thr=score_thr,
+        predictions=table.predictions(),
+        ground_truth=table.ground_truth_matches(),
+        images=image_summaries(table),
+        counts=error_counts(table),
+        class_counts=class_error_counts(table),
+        ap50=mean_ap,
+        class_ap50=class_ap,
+        dap=delta_ap(table),
+    )

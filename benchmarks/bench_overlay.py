@@ -1,0 +1,63 @@
+"""Time ``render_overlay`` on a 1333x800 photo-like image with 100 labelled boxes.
+
+Target: median <= 50 ms. Run: ``python benchmarks/bench_overlay.py [--renders N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from backend.analysis.matching import OUTCOMES, PredictionMatch
+from backend.analysis.overlay import render_overlay
+
+WIDTH, HEIGHT = 1333, 800
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--renders", type=int, default=50)
+    parser.add_argument("--boxes", type=int, default=100)
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    # Smooth gradient plus noise: compresses like a photo, unlike a flat colour.
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+    base = np.stack(((xx * 255 // WIDTH), (yy * 255 // HEIGHT), (xx + yy) % 256), axis=2)
+    image = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    categories = {1: "circle", 2: "ellipse", 3: "square", 4: "triangle"}
+    kinds = [o for o in OUTCOMES if o != "ignored"]
+    matches = []
+    for i in range(args.boxes):
+        w, h = rng.uniform(20, 300, 2).tolist()
+        x, y = rng.uniform(0, WIDTH - w), rng.uniform(0, HEIGHT - h)
+        cat = int(rng.integers(1, 5))
+        kind = kinds[i % len(kinds)]
+        matches.append(
+            PredictionMatch(
+                1, i, cat, float(rng.uniform(0.3, 1)), (x, y, w, h), kind, 0.6, 1, (cat % 4) + 1
+            )
+        )
+    gt_boxes = [
+        {"bbox": m.bbox, "category_id": m.category_id, "missed": i % 7 == 0}
+        for i, m in enumerate(matches[:10])
+    ]
+
+    timings = []
+    for _ in range(args.renders):
+        start = time.perf_counter()
+        png = render_overlay(image, gt_boxes, matches, categories=categories, score_thr=0.0)
+        timings.append(time.perf_counter() - start)
+    ms = sorted(t * 1000 for t in timings)
+    print(
+        f"render_overlay {WIDTH}x{HEIGHT}, {len(matches)} predictions + {len(gt_boxes)} GT: "
+        f"median {statistics.median(ms):.1f} ms, min {ms[0]:.1f} ms, max {ms[-1]:.1f} ms "
+        f"over {args.renders} renders; PNG {len(png) / 1024:.0f} KiB"
+    )
+
+
+if __name__ == "__main__":
+    main()

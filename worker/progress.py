@@ -1,0 +1,118 @@
+"""An mmengine hook that reports a job's progress and metrics to the database."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from typing import Any
+
+from mmengine.hooks import Hook
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.db import utcnow
+from backend.jobs.models import Job, MetricPoint
+
+__all__ = ["JobProgressHook", "JobCancelled", "JobFailed"]
+
+
+class JobCancelled(Exception):
+    """The user asked for the job to stop."""
+
+
+class JobFailed(Exception):
+    """A failure with a reason already readable by users."""
+
+
+class JobProgressHook(Hook):
+    """Writes losses, lr, val metrics and progress in batches; stops on cancel or NaN loss.
+
+    Writes happen at most every `flush_every_s` seconds so the hook costs the
+    training loop almost nothing; each write also checks for a cancel request.
+    """
+
+    priority = "LOW"
+
+    def __init__(self, *, job_id: int, sessions: sessionmaker[Session],
+                 flush_every_s: float = 1.0, max_points_per_key: int = 5000) -> None:
+        self.job_id = job_id
+        self.sessions = sessions
+        self.flush_every_s = flush_every_s
+        self.max_points_per_key = max_points_per_key
+        self.pending: list[dict[str, Any]] = []
+        self.window: dict[str, list[float]] = defaultdict(list)
+        self.record_every = 1
+        self.last_flush = 0.0
+        self.start_time = 0.0
+        self.start_iter = 0
+        self.last_val_iter: int | None = None
+
+    def before_train(self, runner: Any) -> None:
+        total = runner.max_iters
+        self.record_every = max(1, math.ceil(total / self.max_points_per_key))
+        self.start_iter = runner.iter  # > 0 when resumed from a checkpoint
+        self.start_time = self.last_flush = time.monotonic()
+        self._write(progress_iter=runner.iter, progress_total=total)
+
+    def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None,
+                         outputs: dict[str, Any] | None = None) -> None:
+        step = runner.iter + 1
+        for key, value in (outputs or {}).items():
+            if "loss" in key or key == "acc":
+                number = float(value)
+                if "loss" in key and not math.isfinite(number):
+                    raise JobFailed(f"{key} became {number} at iteration {step}; the run diverged "
+                                    "(try a lower lr or a longer warm-up)")
+                self.window[key].append(number)
+        lrs = runner.optim_wrapper.get_lr().get("lr")
+        if lrs:
+            self.window["lr"].append(float(lrs[0]))
+        if step % self.record_every == 0 or step == runner.max_iters:
+            epoch = runner.epoch + 1 if self._by_epoch(runner) else None
+            for key, values in self.window.items():
+                self.pending.append(dict(job_id=self.job_id, key=f"train/{key}", step=step,
+                                         epoch=epoch, value=sum(values) / len(values)))
+            self.window.clear()
+        if time.monotonic() - self.last_flush >= self.flush_every_s or step == runner.max_iters:
+            self.flush(runner, step)
+
+    def after_val_iter(self, runner: Any, batch_idx: int, data_batch: Any = None,
+                       outputs: Any = None) -> None:
+        if time.monotonic() - self.last_flush >= self.flush_every_s:
+            self.flush(runner, runner.iter)
+
+    def after_val_epoch(self, runner: Any, metrics: dict[str, float] | None = None) -> None:
+        self.last_val_iter = runner.iter
+        epoch = runner.epoch if self._by_epoch(runner) else None
+        for key, value in (metrics or {}).items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                name = key.split("/", 1)[-1]
+                self.pending.append(dict(job_id=self.job_id, key=f"val/{name}", step=runner.iter,
+                                         epoch=epoch, value=float(value)))
+        self.flush(runner, runner.iter)
+
+    def flush(self, runner: Any, step: int) -> None:
+        """Store pending points and progress; raise JobCancelled when a cancel was asked."""
+        now = time.monotonic()
+        done = step - self.start_iter
+        eta = (now - self.start_time) / done * (runner.max_iters - step) if done > 0 else None
+        self.last_flush = now
+        cancel = self._write(progress_iter=step, eta_seconds=eta)
+        if cancel:
+            raise JobCancelled(f"cancelled by request at iteration {step}")
+
+    def _write(self, **progress: Any) -> bool:
+        with self.sessions() as session:
+            if self.pending:
+                session.execute(insert(MetricPoint), self.pending)
+                self.pending = []
+            session.execute(update(Job).where(Job.id == self.job_id)
+                            .values(heartbeat_at=utcnow(), **progress))
+            cancel = session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
+            session.commit()
+        return bool(cancel)
+
+    @staticmethod
+    def _by_epoch(runner: Any) -> bool:
+        return type(runner.train_loop).__name__ == "EpochBasedTrainLoop"
