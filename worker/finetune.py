@@ -164,7 +164,7 @@ def store_evaluation(*, job_id: int, val_ann: Path, predictions: Path,
     gt = json.loads(val_ann.read_text(encoding="utf-8"))
     results = json.loads(predictions.read_text(encoding="utf-8"))
     metrics = coco_metrics(gt, results)
-    per_class = metrics.pop("per_class_ap", {})
+    per_class = metrics.pop("classwise", {})
     with sessions() as session:
         evaluation_service.store(session=session, job_id=job_id, metrics=metrics,
                                  per_class_ap=per_class, predictions_path=str(predictions))

@@ -236,9 +236,10 @@ def _explain_result(i: int, result: Any, ground_truth: GroundTruth) -> None:
                 f"{where}: missing field '{key}'; each result needs {_RESULT_FIELDS}"
             )
     if _hashable(result["image_id"]) not in ground_truth.image_index:
+        known = _example_ids(list(ground_truth.image_index))
         raise AnalysisInputError(
             f"{where}: field 'image_id' is {result['image_id']!r}, not an image of the ground "
-            f"truth; accepted: an id from gt['images'] ({_example_ids(list(ground_truth.image_index))})"
+            f"truth; accepted: an id from gt['images'] ({known})"
         )
     cat = result["category_id"]
     if not _is_integer(cat) or int(cat) not in ground_truth.category_names:

@@ -224,7 +224,10 @@ def match_table(ground_truth: GroundTruth, detections: Detections) -> MatchTable
     best_other_gt = np.full(n, -1, dtype=np.int64)
     best_region = np.full(n, -1.0)  # best IoA with a region of the same class
     best_region_gt = np.full(n, -1, dtype=np.int64)
-    cand_pred, cand_gt, cand_iou = [], [], []
+    # Pairs that could become tp: same class, regular GT, IoU >= t_f.
+    cand_pred: list[np.ndarray] = []
+    cand_gt: list[np.ndarray] = []
+    cand_iou: list[np.ndarray] = []
 
     for block in iter_pair_blocks(
         detections.xywh,

@@ -194,7 +194,10 @@ def _draw_label(
     left = int(min(max(x, 0), max(size[0] - width, 0)))
     top = int(y - height if y - height >= 0 else max(y, 0))
     draw.rectangle((left, top, left + width - 1, top + height - 1), fill=color)
-    draw.text((left + _PAD, top + _PAD), text, fill=(0, 0, 0), font=_FONT)
+    dark = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] < 140
+    draw.text(
+        (left + _PAD, top + _PAD), text, fill=(255, 255, 255) if dark else (0, 0, 0), font=_FONT
+    )
 
 
 def _draw_legend(draw: ImageDraw.ImageDraw, outcomes: list[str], size: tuple[int, int]) -> None:

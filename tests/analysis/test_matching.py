@@ -282,9 +282,7 @@ def reference(gt: dict[str, Any], results: list[dict[str, Any]], thr: float) -> 
         gts = [a for a in gt["annotations"] if a["image_id"] == image["id"]]
         regular = [a for a in gts if not a["iscrowd"]]
         regions = [a for a in gts if a["iscrowd"]]
-        preds = [
-            (i, r) for i, r in enumerate(results) if r["image_id"] == image["id"]
-        ]
+        preds = [(i, r) for i, r in enumerate(results) if r["image_id"] == image["id"]]
         preds = [(i, r) for i, r in preds if r["score"] >= thr]
         preds.sort(key=lambda t: (-t[1]["score"], t[0]))
         for i, r in preds:
@@ -317,9 +315,7 @@ def reference(gt: dict[str, Any], results: list[dict[str, Any]], thr: float) -> 
                 found[i] = ("both", regular[best_other]["id"])
             else:
                 found[i] = ("background", None)
-    missed = {
-        a["id"]: not a["iscrowd"] and a["id"] not in matched for a in gt["annotations"]
-    }
+    missed = {a["id"]: not a["iscrowd"] and a["id"] not in matched for a in gt["annotations"]}
     return {"preds": found, "missed": missed}
 
 

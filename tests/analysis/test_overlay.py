@@ -1,0 +1,118 @@
+"""Overlay PNGs: valid, right size, outcome colours on the box edges, legend, filters."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.analysis import OUTCOME_COLORS, PredictionMatch, render_overlay
+from backend.analysis.matching import GtMatch
+from backend.analysis.overlay import encode_png
+
+CATEGORIES = {1: "circle", 2: "ellipse"}
+GREY = (90, 90, 90)
+
+
+def decode(png: bytes) -> np.ndarray:
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.mode == "RGB"
+        return np.asarray(image.convert("RGB"))
+
+
+def pred(kind: str, box: tuple[float, ...], score: float = 0.9, cat: int = 1) -> PredictionMatch:
+    gt_cat = 2 if kind in ("classification", "both") else (None if kind == "background" else 1)
+    return PredictionMatch(7, 0, cat, score, box, kind, 0.7, 1, gt_cat)
+
+
+def left_edge(pixels: np.ndarray, box: tuple[float, ...]) -> tuple[int, ...]:
+    x, y, _, h = (int(v) for v in box)
+    return tuple(pixels[y + h // 2, x])
+
+
+def test_each_outcome_colours_its_box_edge_and_appears_in_the_legend() -> None:
+    image = np.full((300, 400, 3), GREY, dtype=np.uint8)
+    boxes = {
+        "tp": (20, 40, 50, 50),
+        "classification": (100, 40, 50, 50),
+        "localization": (180, 40, 50, 50),
+        "both": (20, 150, 50, 50),
+        "duplicate": (100, 150, 50, 50),
+        "background": (180, 150, 50, 50),
+    }
+    matches = [pred(kind, box) for kind, box in boxes.items()]
+    gt_boxes = [
+        GtMatch(1, 7, 1, (20, 240, 40, 40), False, False, False, 0),
+        GtMatch(2, 7, 2, (100, 240, 40, 40), False, True, False, None),
+    ]
+    pixels = decode(render_overlay(image, gt_boxes, matches, categories=CATEGORIES))
+    assert pixels.shape == (300, 400, 3)
+    for kind, box in boxes.items():
+        assert left_edge(pixels, box) == OUTCOME_COLORS[kind], kind
+        assert tuple(pixels[box[1] + 25, box[0] + 25]) == GREY  # inside stays untouched
+    assert left_edge(pixels, (20, 240, 40, 40)) == OUTCOME_COLORS["gt"]
+    assert left_edge(pixels, (100, 240, 40, 40)) == OUTCOME_COLORS["missed"]
+    # Label tags sit just above each box, filled with its colour.
+    assert tuple(pixels[40 - 2, 100 + 1]) == OUTCOME_COLORS["classification"]
+    # The legend (top right) shows a swatch of every colour drawn, and nothing else.
+    legend = pixels[:150, 300:].reshape(-1, 3)
+    legend_colours = {tuple(c) for c in np.unique(legend, axis=0)}
+    assert set(OUTCOME_COLORS.values()) <= legend_colours
+
+
+def test_show_and_score_threshold_filter_what_is_drawn() -> None:
+    image = Image.new("RGB", (200, 120), GREY)
+    tp_box, cls_box, low_box = (10, 30, 40, 40), (70, 30, 40, 40), (130, 30, 40, 40)
+    matches = [
+        pred("tp", tp_box),
+        pred("classification", cls_box),
+        pred("tp", low_box, score=0.1),
+        pred("ignored", (10, 80, 20, 20)),
+    ]
+    gt_boxes = [{"bbox": [150, 80, 30, 30], "category_id": 1, "missed": True}]
+    pixels = decode(render_overlay(image, gt_boxes, matches, categories=CATEGORIES, show={"tp"}))
+    assert left_edge(pixels, tp_box) == OUTCOME_COLORS["tp"]
+    assert left_edge(pixels, cls_box) == GREY
+    assert left_edge(pixels, low_box) == GREY  # score 0.1 < score_thr 0.3
+    assert left_edge(pixels, (10, 80, 20, 20)) == GREY  # ignored: never drawn
+    assert left_edge(pixels, (150, 80, 30, 30)) == GREY
+    pixels = decode(
+        render_overlay(
+            image, gt_boxes, matches, categories=CATEGORIES, show={"missed"}, score_thr=0.0
+        )
+    )
+    assert left_edge(pixels, (150, 80, 30, 30)) == OUTCOME_COLORS["missed"]
+    assert left_edge(pixels, low_box) == GREY
+    pixels = decode(render_overlay(image, [], matches, categories=CATEGORIES, score_thr=0.0))
+    assert left_edge(pixels, low_box) == OUTCOME_COLORS["tp"]
+    assert np.asarray(image).max() == GREY[0]  # the caller's image is not drawn on
+
+
+def test_nothing_to_draw_returns_the_image_itself() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    pixels = decode(render_overlay(image, [], [], categories=CATEGORIES))
+    assert np.array_equal(pixels, image)
+    gray = rng.integers(0, 256, size=(20, 30), dtype=np.uint8)
+    assert np.array_equal(decode(render_overlay(gray, [], [], categories={}))[..., 0], gray)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (800, 1333), (1000, 17)])
+def test_encode_png_is_lossless_for_pil_and_opencv(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    png = encode_png(rgb)
+    assert np.array_equal(decode(png), rgb)
+    bgr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(bgr[..., ::-1], rgb)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="show: unknown value 'boxes'; accepted: "):
+        render_overlay(np.zeros((4, 4, 3), np.uint8), [], [], categories={}, show={"boxes"})
+    with pytest.raises(ValueError, match="uint8 array"):
+        render_overlay(np.zeros((4, 4, 3), np.float32), [], [], categories={})

@@ -1,0 +1,165 @@
+"""Fine-tune jobs through a real Celery worker process, real Redis, Postgres and mmdet on CPU."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {"backbone": "resnet18", "init": "scratch", "image_scale": [128, 128], "batch_size": 2,
+        "lr": 0.005, "warmup_iters": 10, "num_workers": 0, "roi_samples_per_image": 64,
+        "test_proposals_per_image": 100}
+
+
+@pytest.fixture(scope="module")
+def worker(lab_env, lab_home):
+    """A Celery worker process, as `celery -A worker.celery_app worker` starts it."""
+    log_path = lab_home / "worker.log"
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO",
+         "--hostname", "e2e@%h"],
+        cwd=ROOT, env={**os.environ, **lab_env}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while "ready." not in log_path.read_text():
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, "worker did not start:\n" + log_path.read_text()
+        time.sleep(0.5)
+    yield process
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def api(lab_env):
+    """The API in its own process, as uvicorn serves it."""
+    port = 18765
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "backend.main:app", "--port", str(port)],
+        cwd=ROOT, env={**os.environ, **lab_env}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if client.get("/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, "API did not start"
+        time.sleep(0.3)
+    yield client
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def dataset_id(api, shapes_payload):
+    response = api.post("/datasets", json=dict(shapes_payload, name="shapes-e2e"))
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def _wait(api, job_id: int, *, until, timeout: float = 420) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = api.get(f"/jobs/{job_id}").json()
+        if until(job):
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} stuck: {job}"
+        time.sleep(0.5)
+
+
+def _finished(job: dict) -> bool:
+    return job["status"] in ("succeeded", "failed", "cancelled")
+
+
+def _series(api, job_id: int, key: str) -> dict:
+    series = api.get(f"/jobs/{job_id}/metrics", params={"key": key}).json()["series"]
+    assert len(series) == 1, series
+    return series[0]
+
+
+def test_tiny_job_succeeds_with_metrics_evaluation_and_leaderboard_row(api, worker, dataset_id):
+    spec = {**TINY, "dataset_id": dataset_id, "iterations": 60, "eval_interval": 60,
+            "name": "tiny-r18"}
+    job = api.post("/jobs", json=spec).json()
+    job = _wait(api, job["id"], until=_finished)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["progress_iter"] == job["progress_total"] == 60
+
+    loss = _series(api, job["id"], "train/loss")
+    assert loss["steps"] == list(range(1, 61))
+    first, last = loss["values"][:10], loss["values"][-10:]
+    assert sum(last) / len(last) < 0.8 * sum(first) / len(first), loss["values"]
+    keys = {s["key"] for s in api.get(f"/jobs/{job['id']}/metrics").json()["series"]}
+    assert {"train/loss_cls", "train/loss_bbox", "train/loss_rpn_cls", "train/lr",
+            "val/bbox_mAP"} <= keys
+
+    evaluation = api.get(f"/jobs/{job['id']}/evaluation").json()
+    assert 0.0 <= evaluation["bbox_mAP"] <= 1.0
+    assert Path(evaluation["predictions_path"]).is_file()
+    assert set(evaluation["per_class_ap"]) == {"square", "rectangle", "circle", "ellipse"}
+
+    config = api.get(f"/jobs/{job['id']}/config").text
+    assert "type='FasterRCNN'" in config and "depth=18" in config
+    rows = api.get("/leaderboard", params={"dataset": dataset_id}).json()["items"]
+    row = next(r for r in rows if r["job_id"] == job["id"])
+    assert row["backbone"] == "resnet18" and row["init"] == "scratch"
+    assert row["bbox_mAP"] == evaluation["bbox_mAP"]
+
+
+def test_cancel_a_running_job_keeps_its_metrics(api, worker, dataset_id):
+    spec = {**TINY, "dataset_id": dataset_id, "iterations": 5000, "eval_interval": 5000}
+    job = api.post("/jobs", json=spec).json()
+    _wait(api, job["id"], until=lambda j: j["status"] == "running" and j["progress_iter"] >= 3)
+    asked = time.monotonic()
+    assert api.post(f"/jobs/{job['id']}/cancel").json()["cancel_requested"] is True
+    job = _wait(api, job["id"], until=_finished, timeout=60)
+    took = time.monotonic() - asked
+    assert job["status"] == "cancelled", job
+    assert took < 15, f"cancel took {took:.1f}s"
+    assert len(_series(api, job["id"], "train/loss")["values"]) >= 3
+
+
+def test_corrupt_checkpoint_fails_with_a_message(api, worker, dataset_id, data_root):
+    corrupt = data_root / "corrupt.pth"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint" * 10)
+    spec = {**TINY, "dataset_id": dataset_id, "iterations": 5, "norm": "bn",
+            "init": {"checkpoint": str(corrupt), "prefix": "module.encoder_q."}}
+    job = _wait(api, api.post("/jobs", json=spec).json()["id"], until=_finished, timeout=120)
+    assert job["status"] == "failed"
+    assert "backbone init failed" in job["error"] and "corrupt.pth" in job["error"]
+
+
+def test_killed_worker_child_resumes_from_checkpoint(api, worker, dataset_id, lab_env):
+    spec = {**TINY, "dataset_id": dataset_id, "iterations": 40, "eval_interval": 40,
+            "checkpoint_interval": 10}
+    job = api.post("/jobs", json=spec).json()
+    checkpoint = Path(lab_env["DETLAB_ARTIFACT_ROOT"]) / "jobs" / str(job["id"]) / "work"
+    _wait(api, job["id"], until=lambda j: j["progress_iter"] >= 14
+          and (checkpoint / "iter_10.pth").is_file())
+    children = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True)
+    pids = [int(pid) for pid in children.stdout.split()]
+    assert pids, "the worker has no child process running the job"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)  # the training process dies without any cleanup
+    job = _wait(api, job["id"], until=_finished)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 2
+    steps = _series(api, job["id"], "train/loss")["steps"]
+    # resumed at iteration 10: steps 1..10 were written once, never by a restart from zero
+    assert steps.count(1) == 1 and steps.count(10) == 1
+    assert steps.count(11) == 2 and steps[-1] == 40
