@@ -6,17 +6,25 @@ Postgres and Redis are required: when either is unreachable the run fails, it ne
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import redis
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-POSTGRES_ADMIN = os.environ.get("DETLAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_ADMIN = os.environ.get(
+    "DETLAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("DETLAB_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
 
@@ -34,9 +42,11 @@ def redis_url() -> str:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
     except redis.RedisError as exc:
-        pytest.fail(f"Redis is required at {REDIS_URL} and is unreachable: {exc}. Start it with: "
-                    "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ''",
-                    pytrace=False)
+        pytest.fail(
+            f"Redis is required at {REDIS_URL} and is unreachable: {exc}. Start it with: "
+            "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ''",
+            pytrace=False,
+        )
     redis.Redis.from_url(REDIS_URL).flushdb()
     return REDIS_URL
 
@@ -48,9 +58,12 @@ def pg_url() -> Iterator[str]:
     try:
         admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        pytest.fail(f"Postgres is required at {POSTGRES_ADMIN} and is unreachable: {exc}. Start "
-                    "it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main "
-                    "start", pytrace=False)
+        pytest.fail(
+            f"Postgres is required at {POSTGRES_ADMIN} and is unreachable: {exc}. Start "
+            "it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main "
+            "start",
+            pytrace=False,
+        )
     admin.execute(f'CREATE DATABASE "{name}"')
     base = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
     url = f"{base}/{name}"
@@ -101,8 +114,9 @@ def shapes(data_root: Path):
     """A small shapes dataset (128 px) under the allowed data root."""
     from backend.datasets.shapes import generate_shapes
 
-    return generate_shapes(data_root / "shapes", seed=3, num_train=48, num_val=12,
-                           image_size=(128, 128), num_classes=4)
+    return generate_shapes(
+        data_root / "shapes", seed=3, num_train=48, num_val=12, image_size=(128, 128), num_classes=4
+    )
 
 
 @pytest.fixture
@@ -111,8 +125,9 @@ def db(pg_url: str) -> Iterator[Session]:
     engine = create_engine(pg_url)
     with engine.connect() as connection:
         transaction = connection.begin()
-        session = Session(bind=connection, join_transaction_mode="create_savepoint",
-                          expire_on_commit=False)
+        session = Session(
+            bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+        )
         yield session
         session.close()
         transaction.rollback()
@@ -136,5 +151,72 @@ def client(db: Session):
 @pytest.fixture(scope="session")
 def shapes_payload(shapes) -> dict[str, str]:
     """POST /datasets body for the shapes dataset."""
-    return {"name": "shapes", "train_ann": str(shapes.train_ann), "val_ann": str(shapes.val_ann),
-            "train_images": str(shapes.train_images), "val_images": str(shapes.val_images)}
+    return {
+        "name": "shapes",
+        "train_ann": str(shapes.train_ann),
+        "val_ann": str(shapes.val_ann),
+        "train_images": str(shapes.train_images),
+        "val_images": str(shapes.val_images),
+    }
+
+
+@pytest.fixture(scope="session")
+def worker(lab_env, lab_home):
+    """A Celery worker process, as `celery -A worker.celery_app worker` starts it."""
+    log_path = lab_home / "worker.log"
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--loglevel=INFO",
+            "--hostname",
+            "e2e@%h",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **lab_env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while "ready." not in log_path.read_text():
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, "worker did not start:\n" + log_path.read_text()
+        time.sleep(0.5)
+    yield process
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def api(lab_env):
+    """The API in its own process, as uvicorn serves it."""
+    port = 18765
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "backend.main:app", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, **lab_env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if client.get("/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, "API did not start"
+        time.sleep(0.3)
+    yield client
+    process.terminate()
+    process.wait(timeout=30)

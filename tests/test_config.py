@@ -10,8 +10,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_need_no_server(tmp_path, monkeypatch):
-    for key in ("DETLAB_DATABASE_URL", "DETLAB_BROKER_URL", "DETLAB_DATA_ROOTS",
-                "DETLAB_ARTIFACT_ROOT"):
+    for key in (
+        "DETLAB_DATABASE_URL",
+        "DETLAB_BROKER_URL",
+        "DETLAB_DATA_ROOTS",
+        "DETLAB_ARTIFACT_ROOT",
+    ):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("DETLAB_HOME", str(tmp_path))
     settings = Settings()
@@ -49,12 +53,18 @@ def test_invalid_settings_name_the_variable(monkeypatch, variable, value, expect
 
 
 def test_api_refuses_to_start_on_invalid_settings(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "DETLAB_HOME": str(tmp_path),
-           "DETLAB_DATABASE_URL": "oracle://nope"}
-    code = ("from fastapi.testclient import TestClient\n"
-            "from backend.main import create_app\n"
-            "with TestClient(create_app()):\n    pass\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DETLAB_HOME": str(tmp_path),
+        "DETLAB_DATABASE_URL": "oracle://nope",
+    }
+    code = (
+        "from fastapi.testclient import TestClient\n"
+        "from backend.main import create_app\n"
+        "with TestClient(create_app()):\n    pass\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode != 0
     assert "DETLAB_DATABASE_URL" in result.stderr

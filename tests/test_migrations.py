@@ -22,8 +22,15 @@ def test_postgres_is_at_head(pg_url):
     assert is_up_to_date(engine)
     tables = set(inspect(engine).get_table_names())
     engine.dispose()
-    assert {"datasets", "jobs", "metric_points", "evaluations", "image_results", "weights",
-            "alembic_version"} <= tables
+    assert {
+        "datasets",
+        "jobs",
+        "metric_points",
+        "evaluations",
+        "image_results",
+        "weights",
+        "alembic_version",
+    } <= tables
 
 
 def test_sqlite_upgrade_downgrade_upgrade(tmp_path):

@@ -7,6 +7,7 @@ one task, so the GPU memory of a finished job is returned.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import socket
 
 from celery import Celery
@@ -27,9 +28,13 @@ app.conf.update(celery_config(settings))
 
 
 @worker_process_init.connect
-def _fresh_connections(**_: object) -> None:
+def _prepare_child(**_: object) -> None:
     # a forked child must not reuse the parent's database connections
     get_engine().dispose(close=False)
+    # The pool marks its children daemonic, and Python then refuses them children of their
+    # own, which PyTorch's DataLoader workers are. The child runs one job and exits; torch
+    # reaps its loader workers itself (and they exit when their parent dies).
+    multiprocessing.current_process()._config["daemon"] = False  # type: ignore[attr-defined]
 
 
 @worker_ready.connect

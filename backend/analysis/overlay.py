@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,8 @@ SHOW_GROUPS: dict[str, frozenset[str]] = {
 }
 DEFAULT_SHOW = frozenset({"gt", "tp", "errors"})
 
+_POOL: tuple[int, ThreadPoolExecutor, int] | None = None
+_POOL_LOCK = threading.Lock()
 _LINE_WIDTH = 2
 _FONT = ImageFont.load_default_imagefont()  # bitmap font shipped with Pillow
 _TEXT_HEIGHT = 11
@@ -139,6 +142,17 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def _deflate_pool() -> tuple[ThreadPoolExecutor, int]:
+    """Threads for parallel deflate, made once per process (a forked child makes its own)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            workers = max(1, min(8, os.cpu_count() or 1))
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="png-deflate")
+            _POOL = (os.getpid(), pool, workers)
+        return _POOL[1], _POOL[2]
+
+
 def encode_png(rgb: np.ndarray, *, level: int = 1) -> bytes:
     """PNG bytes of an HxWx3 uint8 array, compressed in parallel slices.
 
@@ -155,9 +169,9 @@ def encode_png(rgb: np.ndarray, *, level: int = 1) -> bytes:
     rows[:, 0] = 1  # filter type Sub: each byte minus the byte one pixel to the left
     rows[:, 1:4] = flat[:, :3]
     np.subtract(flat[:, 3:], flat[:, :-3], out=rows[:, 4:])
-    data = rows.tobytes()
+    data = rows.reshape(-1).data  # a memoryview: its slices are not copies
 
-    workers = max(1, min(8, os.cpu_count() or 1))
+    pool, workers = _deflate_pool()
     parts = 2 * workers
     step = -(-len(data) // parts)
 
@@ -166,8 +180,7 @@ def encode_png(rgb: np.ndarray, *, level: int = 1) -> bytes:
         body = compressor.compress(data[part * step : (part + 1) * step])
         return body + compressor.flush(zlib.Z_FINISH if part == parts - 1 else zlib.Z_FULL_FLUSH)
 
-    with ThreadPoolExecutor(workers) as pool:
-        deflated = b"".join(pool.map(deflate, range(parts)))
+    deflated = b"".join(pool.map(deflate, range(parts)))
     # zlib wrapper: CMF/FLG for a 32 KiB window (FLG makes the pair a multiple of 31).
     header = bytes((0x78, 0x01))
     stream = header + deflated + struct.pack(">I", zlib.adler32(data))

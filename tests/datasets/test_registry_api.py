@@ -19,16 +19,25 @@ def copy_of_shapes(shapes, data_root, tmp_path_factory):
 
 
 def _payload(root: Path, name: str = "copy") -> dict:
-    return {"name": name, "train_ann": str(root / "annotations/train.json"),
-            "val_ann": str(root / "annotations/val.json"),
-            "train_images": str(root / "train"), "val_images": str(root / "val")}
+    return {
+        "name": name,
+        "train_ann": str(root / "annotations/train.json"),
+        "val_ann": str(root / "annotations/val.json"),
+        "train_images": str(root / "train"),
+        "val_images": str(root / "val"),
+    }
 
 
 def _problems(response) -> str:
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
-    return detail["message"] + " | " + " | ".join(
-        f"{p.get('split', '')} {p['where']}: {p['problem']}" for p in detail.get("problems", []))
+    return (
+        detail["message"]
+        + " | "
+        + " | ".join(
+            f"{p.get('split', '')} {p['where']}: {p['problem']}" for p in detail.get("problems", [])
+        )
+    )
 
 
 def test_register_shapes_with_statistics(client, shapes, shapes_payload):
@@ -41,7 +50,8 @@ def test_register_shapes_with_statistics(client, shapes, shapes_payload):
     assert stats["train"]["boxes"] == len(train["annotations"])
     assert sum(stats["train"]["per_class"].values()) == len(train["annotations"])
     assert stats["train"]["small"] + stats["train"]["medium"] + stats["train"]["large"] == len(
-        train["annotations"])
+        train["annotations"]
+    )
     assert [c["name"] for c in stats["categories"]] == [c["name"] for c in train["categories"]]
 
     listed = client.get("/datasets").json()
@@ -76,6 +86,7 @@ def test_traversal_by_file_name_and_symlink_is_refused(client, copy_of_shapes, t
     def point_outside(data):
         data["images"][0]["file_name"] = "../../../" + str(secret)
         data["images"][1]["file_name"] = "link.png"
+
     # registration checks file presence, so register first, then break the names
     response = client.post("/datasets", json=_payload(copy_of_shapes))
     assert response.status_code == 201, response.text
@@ -101,8 +112,17 @@ def test_traversal_by_file_name_and_symlink_is_refused(client, copy_of_shapes, t
         (lambda d: d["annotations"][0].update(bbox=[500, 500, 40, 40]), "outside its"),
         (lambda d: d["images"][0].update(file_name="nope.png"), "1 image files missing"),
     ],
-    ids=["no-categories", "dup-image", "dup-ann", "unknown-image", "unknown-cat", "zero-width",
-         "nan-box", "far-outside", "missing-file"],
+    ids=[
+        "no-categories",
+        "dup-image",
+        "dup-ann",
+        "unknown-image",
+        "unknown-cat",
+        "zero-width",
+        "nan-box",
+        "far-outside",
+        "missing-file",
+    ],
 )
 def test_bad_annotations_get_a_precise_422(client, copy_of_shapes, change, expected):
     _mutate(copy_of_shapes, "train", change)
@@ -148,12 +168,20 @@ def test_kitti_and_voc_imports_register(client, data_root):
         (kitti / "label_2" / f"00000{index}.txt").write_text(
             "Car 0.0 0 -1.5 10.0 20.0 60.0 70.0 1.5 1.6 3.9 1.0 1.5 10.0 -1.5\n"
             "DontCare -1 -1 -10 100.0 10.0 150.0 40.0 -1 -1 -1 -1000 -1000 -1000 -10\n"
-            "Pedestrian 0.0 0 0.2 120.0 30.0 140.0 90.0 1.7 0.6 0.8 2.0 1.6 9.0 0.1\n")
+            "Pedestrian 0.0 0 0.2 120.0 30.0 140.0 90.0 1.7 0.6 0.8 2.0 1.6 9.0 0.1\n"
+        )
     kitti_to_coco(kitti, kitti / "train.json")
     kitti_to_coco(kitti, kitti / "val.json")
-    response = client.post("/datasets", json={
-        "name": "kitti", "train_ann": str(kitti / "train.json"), "val_ann": str(kitti / "val.json"),
-        "train_images": str(kitti / "image_2"), "val_images": str(kitti / "image_2")})
+    response = client.post(
+        "/datasets",
+        json={
+            "name": "kitti",
+            "train_ann": str(kitti / "train.json"),
+            "val_ann": str(kitti / "val.json"),
+            "train_images": str(kitti / "image_2"),
+            "val_images": str(kitti / "image_2"),
+        },
+    )
     assert response.status_code == 201, response.text
     assert response.json()["stats"]["train"]["per_class"] == {"Car": 2, "Pedestrian": 2}
 
@@ -165,10 +193,18 @@ def test_kitti_and_voc_imports_register(client, data_root):
         "<annotation><filename>a.jpg</filename><size><width>120</width><height>80</height>"
         "<depth>3</depth></size><object><name>dog</name><difficult>0</difficult><bndbox>"
         "<xmin>11</xmin><ymin>21</ymin><xmax>50</xmax><ymax>60</ymax></bndbox></object>"
-        "</annotation>")
+        "</annotation>"
+    )
     voc_to_coco(voc, voc / "all.json")
-    response = client.post("/datasets", json={
-        "name": "voc", "train_ann": str(voc / "all.json"), "val_ann": str(voc / "all.json"),
-        "train_images": str(voc / "JPEGImages"), "val_images": str(voc / "JPEGImages")})
+    response = client.post(
+        "/datasets",
+        json={
+            "name": "voc",
+            "train_ann": str(voc / "all.json"),
+            "val_ann": str(voc / "all.json"),
+            "train_images": str(voc / "JPEGImages"),
+            "val_images": str(voc / "JPEGImages"),
+        },
+    )
     assert response.status_code == 201, response.text
     assert response.json()["stats"]["val"]["per_class"] == {"dog": 1}

@@ -45,8 +45,10 @@ def test_invalid_specs_are_422(client, dataset_id, change, expected):
 def test_submit_queues_the_job_id_on_redis(client, dataset_id, redis_url):
     broker = redis.Redis.from_url(redis_url)
     before = broker.llen("detlab")
-    response = client.post("/jobs", json={"dataset_id": dataset_id, "iterations": 10,
-                                          "backbone": "resnet18", "name": "probe"})
+    response = client.post(
+        "/jobs",
+        json={"dataset_id": dataset_id, "iterations": 10, "backbone": "resnet18", "name": "probe"},
+    )
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["status"] == "queued" and job["spec"]["backbone"] == "resnet18"

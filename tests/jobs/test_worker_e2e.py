@@ -5,64 +5,22 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = {"backbone": "resnet18", "init": "scratch", "image_scale": [128, 128], "batch_size": 2,
-        "lr": 0.005, "warmup_iters": 10, "num_workers": 0, "roi_samples_per_image": 64,
-        "test_proposals_per_image": 100}
-
-
-@pytest.fixture(scope="module")
-def worker(lab_env, lab_home):
-    """A Celery worker process, as `celery -A worker.celery_app worker` starts it."""
-    log_path = lab_home / "worker.log"
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO",
-         "--hostname", "e2e@%h"],
-        cwd=ROOT, env={**os.environ, **lab_env}, stdout=log, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 120
-    while "ready." not in log_path.read_text():
-        assert process.poll() is None, log_path.read_text()[-3000:]
-        assert time.monotonic() < deadline, "worker did not start:\n" + log_path.read_text()
-        time.sleep(0.5)
-    yield process
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def api(lab_env):
-    """The API in its own process, as uvicorn serves it."""
-    port = 18765
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "backend.main:app", "--port", str(port)],
-        cwd=ROOT, env={**os.environ, **lab_env}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if client.get("/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "API did not start"
-        time.sleep(0.3)
-    yield client
-    process.terminate()
-    process.wait(timeout=30)
+TINY = {
+    "backbone": "resnet18",
+    "init": "scratch",
+    "image_scale": [128, 128],
+    "batch_size": 2,
+    "lr": 0.005,
+    "warmup_iters": 10,
+    "num_workers": 0,
+    "roi_samples_per_image": 64,
+    "test_proposals_per_image": 100,
+}
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +51,13 @@ def _series(api, job_id: int, key: str) -> dict:
 
 
 def test_tiny_job_succeeds_with_metrics_evaluation_and_leaderboard_row(api, worker, dataset_id):
-    spec = {**TINY, "dataset_id": dataset_id, "iterations": 60, "eval_interval": 60,
-            "name": "tiny-r18"}
+    spec = {
+        **TINY,
+        "dataset_id": dataset_id,
+        "iterations": 60,
+        "eval_interval": 60,
+        "name": "tiny-r18",
+    }
     job = api.post("/jobs", json=spec).json()
     job = _wait(api, job["id"], until=_finished)
     assert job["status"] == "succeeded", job["error"]
@@ -105,8 +68,13 @@ def test_tiny_job_succeeds_with_metrics_evaluation_and_leaderboard_row(api, work
     first, last = loss["values"][:10], loss["values"][-10:]
     assert sum(last) / len(last) < 0.8 * sum(first) / len(first), loss["values"]
     keys = {s["key"] for s in api.get(f"/jobs/{job['id']}/metrics").json()["series"]}
-    assert {"train/loss_cls", "train/loss_bbox", "train/loss_rpn_cls", "train/lr",
-            "val/bbox_mAP"} <= keys
+    assert {
+        "train/loss_cls",
+        "train/loss_bbox",
+        "train/loss_rpn_cls",
+        "train/lr",
+        "val/bbox_mAP",
+    } <= keys
 
     evaluation = api.get(f"/jobs/{job['id']}/evaluation").json()
     assert 0.0 <= evaluation["bbox_mAP"] <= 1.0
@@ -137,20 +105,33 @@ def test_cancel_a_running_job_keeps_its_metrics(api, worker, dataset_id):
 def test_corrupt_checkpoint_fails_with_a_message(api, worker, dataset_id, data_root):
     corrupt = data_root / "corrupt.pth"
     corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint" * 10)
-    spec = {**TINY, "dataset_id": dataset_id, "iterations": 5, "norm": "bn",
-            "init": {"checkpoint": str(corrupt), "prefix": "module.encoder_q."}}
+    spec = {
+        **TINY,
+        "dataset_id": dataset_id,
+        "iterations": 5,
+        "norm": "bn",
+        "init": {"checkpoint": str(corrupt), "prefix": "module.encoder_q."},
+    }
     job = _wait(api, api.post("/jobs", json=spec).json()["id"], until=_finished, timeout=120)
     assert job["status"] == "failed"
     assert "backbone init failed" in job["error"] and "corrupt.pth" in job["error"]
 
 
 def test_killed_worker_child_resumes_from_checkpoint(api, worker, dataset_id, lab_env):
-    spec = {**TINY, "dataset_id": dataset_id, "iterations": 40, "eval_interval": 40,
-            "checkpoint_interval": 10}
+    spec = {
+        **TINY,
+        "dataset_id": dataset_id,
+        "iterations": 40,
+        "eval_interval": 40,
+        "checkpoint_interval": 10,
+    }
     job = api.post("/jobs", json=spec).json()
     checkpoint = Path(lab_env["DETLAB_ARTIFACT_ROOT"]) / "jobs" / str(job["id"]) / "work"
-    _wait(api, job["id"], until=lambda j: j["progress_iter"] >= 14
-          and (checkpoint / "iter_10.pth").is_file())
+    _wait(
+        api,
+        job["id"],
+        until=lambda j: j["progress_iter"] >= 14 and (checkpoint / "iter_10.pth").is_file(),
+    )
     children = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True)
     pids = [int(pid) for pid in children.stdout.split()]
     assert pids, "the worker has no child process running the job"
