@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from backend.config import Settings
 from backend.datasets.models import Dataset
 from backend.db import utcnow
+from backend.errors import DomainError
+from backend.evaluations import analysis_service
 from backend.evaluations import service as evaluation_service
 from backend.jobs.models import FINISHED_STATUSES, Job, JobStatus
 from backend.jobs.spec import CheckpointInit, FinetuneSpec
@@ -168,3 +170,12 @@ def store_evaluation(*, job_id: int, val_ann: Path, predictions: Path,
     with sessions() as session:
         evaluation_service.store(session=session, job_id=job_id, metrics=metrics,
                                  per_class_ap=per_class, predictions_path=str(predictions))
+    with sessions() as session:
+        try:
+            analysis_service.analyze_job(session=session, job_id=job_id)
+        except DomainError as exc:
+            # the COCO metrics stand on their own; a failed breakdown is reported beside them
+            session.rollback()
+            evaluation = evaluation_service.get_for_job(session=session, job_id=job_id)
+            evaluation.analysis = {"error": exc.message}
+            session.commit()

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["EvaluationRead"]
+__all__ = ["EvaluationRead", "ImagePage", "ImageResultRead"]
 
 
 class EvaluationRead(BaseModel):
@@ -24,3 +24,25 @@ class EvaluationRead(BaseModel):
     analysis: dict[str, Any] | None
     predictions_path: str | None
     created_at: datetime
+
+
+class ImageResultRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    image_id: int
+    file_name: str
+    n_gt: int
+    n_pred: int
+    tp: int
+    classification: int
+    localization: int
+    both: int
+    duplicate: int
+    background: int
+    missed: int
+    badness: float
+
+
+class ImagePage(BaseModel):
+    items: list[ImageResultRead]
+    total: int
