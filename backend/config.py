@@ -46,8 +46,10 @@ class Settings(BaseSettings):
     @classmethod
     def _check_database(cls, value: str) -> str:
         if value and not value.startswith(ACCEPTED_DATABASES):
-            raise ValueError(f"{value!r} is not accepted; use a URL starting with one of "
-                             f"{', '.join(ACCEPTED_DATABASES)}")
+            raise ValueError(
+                f"{value!r} is not accepted; use a URL starting with one of "
+                f"{', '.join(ACCEPTED_DATABASES)}"
+            )
         if value.startswith("postgresql://"):
             value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
         return value
@@ -56,8 +58,10 @@ class Settings(BaseSettings):
     @classmethod
     def _check_broker(cls, value: str) -> str:
         if value and not value.startswith(ACCEPTED_BROKERS):
-            raise ValueError(f"{value!r} is not accepted; use a URL starting with one of "
-                             f"{', '.join(ACCEPTED_BROKERS)}")
+            raise ValueError(
+                f"{value!r} is not accepted; use a URL starting with one of "
+                f"{', '.join(ACCEPTED_BROKERS)}"
+            )
         return value
 
     @model_validator(mode="after")

@@ -6,5 +6,13 @@ from backend.evaluations.models import Evaluation, ImageError, ImageResult
 from backend.jobs.models import Job, MetricPoint
 from backend.weights.models import Weights
 
-__all__ = ["Base", "Dataset", "Evaluation", "ImageError", "ImageResult", "Job", "MetricPoint",
-           "Weights"]
+__all__ = [
+    "Base",
+    "Dataset",
+    "Evaluation",
+    "ImageError",
+    "ImageResult",
+    "Job",
+    "MetricPoint",
+    "Weights",
+]

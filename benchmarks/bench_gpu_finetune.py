@@ -30,9 +30,12 @@ def throughput(work_dir: Path, batch_size: int, warmup: float = 0.3) -> tuple[fl
     logs = sorted(work_dir.glob("*/vis_data/scalars.json"))
     if not logs:
         raise SystemExit(f"no scalars.json under {work_dir}")
-    times = [json.loads(line)["time"] for line in logs[-1].read_text().splitlines()
-             if '"time"' in line and '"loss"' in line]
-    kept = times[int(len(times) * warmup):]
+    times = [
+        json.loads(line)["time"]
+        for line in logs[-1].read_text().splitlines()
+        if '"time"' in line and '"loss"' in line
+    ]
+    kept = times[int(len(times) * warmup) :]
     return batch_size / statistics.mean(kept), len(kept)
 
 
@@ -64,8 +67,9 @@ def main() -> int:
     settings.prepare_folders()
     upgrade_head(settings.database_url)
     started = time.monotonic()
-    shapes = generate_shapes(home / "data" / "shapes", seed=0, num_train=args.images, num_val=8,
-                             image_size=(1333, 800))
+    shapes = generate_shapes(
+        home / "data" / "shapes", seed=0, num_train=args.images, num_val=8, image_size=(1333, 800)
+    )
     print(f"dataset: {args.images} images of 1333x800 in {time.monotonic() - started:.0f}s")
     # R50 weights in torchvision's layout, as an ImageNet init would bring (random values:
     # only speed is measured), so the backbone is set up as mmdet's R50 configs are
@@ -74,23 +78,42 @@ def main() -> int:
 
     sessions = session_factory()
     with sessions() as session:
-        dataset = dataset_service.register(session=session, dataset_in=DatasetCreate(
-            name="bench", train_ann=str(shapes.train_ann), val_ann=str(shapes.val_ann),
-            train_images=str(shapes.train_images), val_images=str(shapes.val_images)),
-            roots=settings.data_roots)
+        dataset = dataset_service.register(
+            session=session,
+            dataset_in=DatasetCreate(
+                name="bench",
+                train_ann=str(shapes.train_ann),
+                val_ann=str(shapes.val_ann),
+                train_images=str(shapes.train_images),
+                val_images=str(shapes.val_images),
+            ),
+            roots=settings.data_roots,
+        )
 
     worker_log = (home / "worker.log").open("w")
-    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app",
-                               "worker", "--loglevel=INFO"], cwd=ROOT, env=env,
-                              stdout=worker_log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO"],
+        cwd=ROOT,
+        env=env,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+    )
     results = {}
     try:
         for label, setting in SETTINGS.items():
             spec = FinetuneSpec(
-                dataset_id=dataset.id, backbone="resnet50", detector="faster_rcnn",
-                init={"checkpoint": str(backbone)}, norm="frozen_bn", iterations=args.iters,
-                eval_interval=args.iters, lr=0.0025, warmup_iters=100,
-                num_workers=args.workers, **setting)
+                dataset_id=dataset.id,
+                backbone="resnet50",
+                detector="faster_rcnn",
+                init={"checkpoint": str(backbone)},
+                norm="frozen_bn",
+                iterations=args.iters,
+                eval_interval=args.iters,
+                lr=0.0025,
+                warmup_iters=100,
+                num_workers=args.workers,
+                **setting,
+            )
             with sessions() as session:
                 job = job_service.create(session=session, spec=spec, roots=settings.data_roots)
             enqueue(job.id)
@@ -109,22 +132,46 @@ def main() -> int:
 
             train_py = Path(mmdet.__file__).parent / ".mim" / "tools" / "train.py"
             plain_dir = home / "plain" / label.replace(" ", "_")
-            subprocess.run([sys.executable, str(train_py), str(job_dir / "config.py"),
-                            "--work-dir", str(plain_dir)], cwd=home, env=env, check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(train_py),
+                    str(job_dir / "config.py"),
+                    "--work-dir",
+                    str(plain_dir),
+                ],
+                cwd=home,
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             plain = throughput(plain_dir, setting["batch_size"])
             overhead = (plain[0] - via_worker[0]) / plain[0] * 100
-            results[label] = {"worker_img_s": round(via_worker[0], 2),
-                              "plain_mmdet_img_s": round(plain[0], 2),
-                              "worker_overhead_pct": round(overhead, 2),
-                              "logged_windows": via_worker[1]}
-            print(f"{label}: worker {via_worker[0]:.2f} img/s, plain mmdet {plain[0]:.2f} img/s,"
-                  f" overhead {overhead:+.2f}%", flush=True)
+            results[label] = {
+                "worker_img_s": round(via_worker[0], 2),
+                "plain_mmdet_img_s": round(plain[0], 2),
+                "worker_overhead_pct": round(overhead, 2),
+                "logged_windows": via_worker[1],
+            }
+            print(
+                f"{label}: worker {via_worker[0]:.2f} img/s, plain mmdet {plain[0]:.2f} img/s,"
+                f" overhead {overhead:+.2f}%",
+                flush=True,
+            )
     finally:
         worker.terminate()
         worker.wait(timeout=60)
-    print(json.dumps({"device": torch.cuda.get_device_name(0) if torch.cuda.is_available()
-                      else "cpu", "iterations": args.iters, "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                "iterations": args.iters,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

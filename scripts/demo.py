@@ -17,15 +17,26 @@ DEMO_JOBS = [
     {"name": "demo r18 fpn", "backbone": "resnet18", "neck": "fpn"},
     {"name": "demo r18 pafpn", "backbone": "resnet18", "neck": "pafpn"},
 ]
-COMMON = {"detector": "faster_rcnn", "init": "scratch", "image_scale": [128, 128],
-          "iterations": 300, "eval_interval": 100, "batch_size": 4, "lr": 0.01,
-          "warmup_iters": 50, "num_workers": 1, "roi_samples_per_image": 64,
-          "test_proposals_per_image": 100, "seed": 0}
+COMMON = {
+    "detector": "faster_rcnn",
+    "init": "scratch",
+    "image_scale": [128, 128],
+    "iterations": 300,
+    "eval_interval": 100,
+    "batch_size": 4,
+    "lr": 0.01,
+    "warmup_iters": 50,
+    "num_workers": 1,
+    "roi_samples_per_image": 64,
+    "test_proposals_per_image": 100,
+    "seed": 0,
+}
 
 
 def main() -> int:
-    api = httpx.Client(base_url=os.environ.get("DETLAB_API_URL", "http://127.0.0.1:8000"),
-                       timeout=30)
+    api = httpx.Client(
+        base_url=os.environ.get("DETLAB_API_URL", "http://127.0.0.1:8000"), timeout=30
+    )
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -41,12 +52,19 @@ def main() -> int:
     else:
         root = get_settings().data_roots[0] / "shapes"
         if not (root / "annotations" / "val.json").is_file():
-            generate_shapes(Path(root), seed=0, num_train=200, num_val=50, image_size=(128, 128),
-                            num_classes=4)
-        response = api.post("/datasets", json={
-            "name": "shapes", "train_ann": str(root / "annotations/train.json"),
-            "val_ann": str(root / "annotations/val.json"), "train_images": str(root / "train"),
-            "val_images": str(root / "val")})
+            generate_shapes(
+                Path(root), seed=0, num_train=200, num_val=50, image_size=(128, 128), num_classes=4
+            )
+        response = api.post(
+            "/datasets",
+            json={
+                "name": "shapes",
+                "train_ann": str(root / "annotations/train.json"),
+                "val_ann": str(root / "annotations/val.json"),
+                "train_images": str(root / "train"),
+                "val_images": str(root / "val"),
+            },
+        )
         if response.status_code != 201:
             sys.exit(f"registering the shapes dataset failed: {response.text}")
         dataset_id = response.json()["id"]

@@ -45,8 +45,11 @@ def _requeue_orphans(**_: object) -> None:
     from backend.jobs.models import Job, JobStatus
 
     with session_factory()() as session:
-        orphans = session.scalars(select(Job.id).where(
-            Job.status == JobStatus.running, Job.worker_host == socket.gethostname())).all()
+        orphans = session.scalars(
+            select(Job.id).where(
+                Job.status == JobStatus.running, Job.worker_host == socket.gethostname()
+            )
+        ).all()
     for job_id in orphans:
         log.warning("job %s was running when this host's worker stopped; resuming it", job_id)
         app.send_task(TASK_NAME, args=[job_id])

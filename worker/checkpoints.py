@@ -49,9 +49,13 @@ def check_user_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"checkpoint {path} does not exist") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"checkpoint {path} cannot be loaded as plain weights "
-                         f"(torch.load weights_only=True): {first_line}") from None
+        raise ValueError(
+            f"checkpoint {path} cannot be loaded as plain weights "
+            f"(torch.load weights_only=True): {first_line}"
+        ) from None
     if not isinstance(loaded, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(loaded).__name__}; expected a dict "
-                         "of tensors or a dict with a 'state_dict'")
+        raise ValueError(
+            f"checkpoint {path} holds a {type(loaded).__name__}; expected a dict "
+            "of tensors or a dict with a 'state_dict'"
+        )
     return loaded

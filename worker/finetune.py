@@ -53,8 +53,11 @@ def claim(sessions: sessionmaker[Session], job_id: int) -> tuple[Job, bool] | No
 
 
 def _finish(session: Session, job: Job, status: JobStatus, error: str | None) -> None:
-    session.execute(update(Job).where(Job.id == job.id).values(
-        status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow()))
+    session.execute(
+        update(Job)
+        .where(Job.id == job.id)
+        .values(status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow())
+    )
     session.commit()
 
 
@@ -86,13 +89,16 @@ def _describe(exc: BaseException, *, spec: dict[str, Any]) -> str:
     name = type(exc).__name__
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if name == "OutOfMemoryError" or "CUDA out of memory" in text:
-        return (f"CUDA out of memory with batch_size {spec.get('batch_size')} at image_scale "
-                f"{spec.get('image_scale')}; lower either, or enable amp")
+        return (
+            f"CUDA out of memory with batch_size {spec.get('batch_size')} at image_scale "
+            f"{spec.get('image_scale')}; lower either, or enable amp"
+        )
     return f"{name}: {text}"[:2000]
 
 
-def _load_inputs(job: Job, settings: Settings, sessions: sessionmaker[Session]
-                 ) -> tuple[FinetuneSpec, Dataset, str | None]:
+def _load_inputs(
+    job: Job, settings: Settings, sessions: sessionmaker[Session]
+) -> tuple[FinetuneSpec, Dataset, str | None]:
     spec = FinetuneSpec.model_validate(job.spec)
     with sessions() as session:
         dataset = session.get(Dataset, spec.dataset_id)
@@ -101,8 +107,10 @@ def _load_inputs(job: Job, settings: Settings, sessions: sessionmaker[Session]
         raise JobFailed(f"dataset {spec.dataset_id} no longer exists")
     for label in ("train_ann", "val_ann", "train_images", "val_images"):
         if not Path(getattr(dataset, label)).exists():
-            raise JobFailed(f"dataset {dataset.name!r} is gone: its {label} "
-                            f"{getattr(dataset, label)} does not exist")
+            raise JobFailed(
+                f"dataset {dataset.name!r} is gone: its {label} "
+                f"{getattr(dataset, label)} does not exist"
+            )
     weights_path = weights.path if weights else None
     user_checkpoint = spec.init.checkpoint if isinstance(spec.init, CheckpointInit) else None
     for path in filter(None, (user_checkpoint, weights_path)):
@@ -114,13 +122,16 @@ def _load_inputs(job: Job, settings: Settings, sessions: sessionmaker[Session]
         import torch
 
         if not torch.cuda.is_available():
-            raise JobFailed("amp (fp16 mixed precision) needs a CUDA GPU and this worker has "
-                            "none; submit with amp false or run a GPU worker")
+            raise JobFailed(
+                "amp (fp16 mixed precision) needs a CUDA GPU and this worker has "
+                "none; submit with amp false or run a GPU worker"
+            )
     return spec, dataset, weights_path
 
 
-def _train_and_evaluate(job: Job, *, resuming: bool, settings: Settings,
-                        sessions: sessionmaker[Session]) -> None:
+def _train_and_evaluate(
+    job: Job, *, resuming: bool, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     assert settings.artifact_root is not None
     spec, dataset, weights_path = _load_inputs(job, settings, sessions)
     paths = JobPaths.for_job(settings.artifact_root, job.id)
@@ -128,8 +139,11 @@ def _train_and_evaluate(job: Job, *, resuming: bool, settings: Settings,
     cfg = build_finetune_config(spec, dataset=dataset, paths=paths, weights_path=weights_path)
     cfg.dump(str(paths.config))
     with sessions() as session:
-        session.execute(update(Job).where(Job.id == job.id)
-                        .values(config_text=paths.config.read_text(encoding="utf-8")))
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id)
+            .values(config_text=paths.config.read_text(encoding="utf-8"))
+        )
         session.commit()
 
     from mmdet.utils import register_all_modules
@@ -148,8 +162,12 @@ def _train_and_evaluate(job: Job, *, resuming: bool, settings: Settings,
         runner.train()
     if hook.last_val_iter != runner.iter or not paths.predictions.is_file():
         runner.val()
-    store_evaluation(job_id=job.id, val_ann=Path(dataset.val_ann),
-                     predictions=paths.predictions, sessions=sessions)
+    store_evaluation(
+        job_id=job.id,
+        val_ann=Path(dataset.val_ann),
+        predictions=paths.predictions,
+        sessions=sessions,
+    )
 
 
 def _nothing():  # type: ignore[no-untyped-def]
@@ -158,8 +176,9 @@ def _nothing():  # type: ignore[no-untyped-def]
     return contextlib.nullcontext()
 
 
-def store_evaluation(*, job_id: int, val_ann: Path, predictions: Path,
-                     sessions: sessionmaker[Session]) -> None:
+def store_evaluation(
+    *, job_id: int, val_ann: Path, predictions: Path, sessions: sessionmaker[Session]
+) -> None:
     """pycocotools' COCO metrics of the saved val predictions, stored as the job's evaluation."""
     from backend.analysis import coco_metrics
 
@@ -168,8 +187,13 @@ def store_evaluation(*, job_id: int, val_ann: Path, predictions: Path,
     metrics = coco_metrics(gt, results)
     per_class = metrics.pop("classwise", {})
     with sessions() as session:
-        evaluation_service.store(session=session, job_id=job_id, metrics=metrics,
-                                 per_class_ap=per_class, predictions_path=str(predictions))
+        evaluation_service.store(
+            session=session,
+            job_id=job_id,
+            metrics=metrics,
+            per_class_ap=per_class,
+            predictions_path=str(predictions),
+        )
     with sessions() as session:
         try:
             analysis_service.analyze_job(session=session, job_id=job_id)

@@ -36,10 +36,22 @@ RESNET_DEPTHS = {"resnet18": 18, "resnet50": 50, "resnet101": 101, "resnext101_3
 RESNET_CHANNELS = {"resnet18": [64, 128, 256, 512]}
 DEFAULT_RESNET_CHANNELS = [256, 512, 1024, 2048]
 SWIN = {
-    "swin_t": dict(embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
-                   drop_path_rate=0.2, pretrain_img_size=224),
-    "swin_l": dict(embed_dims=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48],
-                   window_size=12, drop_path_rate=0.3, pretrain_img_size=384),
+    "swin_t": dict(
+        embed_dims=96,
+        depths=[2, 2, 6, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=7,
+        drop_path_rate=0.2,
+        pretrain_img_size=224,
+    ),
+    "swin_l": dict(
+        embed_dims=192,
+        depths=[2, 2, 18, 2],
+        num_heads=[6, 12, 24, 48],
+        window_size=12,
+        drop_path_rate=0.3,
+        pretrain_img_size=384,
+    ),
 }
 
 
@@ -87,8 +99,12 @@ def _load_bases(detector: str) -> Any:
     # absolute paths, not 'mmdet::': mmengine resolves those through pkg_resources,
     # which the setuptools that torch 2.14 needs no longer ships
     base = mmdet_config_dir() / "_base_"
-    files = [base / "models" / BASE_MODELS[detector], base / "datasets" / "coco_detection.py",
-             base / "schedules" / "schedule_1x.py", base / "default_runtime.py"]
+    files = [
+        base / "models" / BASE_MODELS[detector],
+        base / "datasets" / "coco_detection.py",
+        base / "schedules" / "schedule_1x.py",
+        base / "default_runtime.py",
+    ]
     with tempfile.NamedTemporaryFile("w", suffix=".py") as handle:
         handle.write(f"_base_ = {[str(f) for f in files]!r}\n")
         handle.flush()
@@ -116,19 +132,34 @@ def _backbone(spec: FinetuneSpec, weights_path: str | None) -> tuple[dict, list[
     init_cfg = _init_cfg(spec, weights_path)
     if spec.backbone in SWIN:
         arch = SWIN[spec.backbone]
-        backbone = dict(type="SwinTransformer", mlp_ratio=4, qkv_bias=True, qk_scale=None,
-                        drop_rate=0.0, attn_drop_rate=0.0, patch_norm=True,
-                        out_indices=(0, 1, 2, 3), with_cp=False,
-                        convert_weights=init_cfg is not None, init_cfg=init_cfg, **arch)
+        backbone = dict(
+            type="SwinTransformer",
+            mlp_ratio=4,
+            qkv_bias=True,
+            qk_scale=None,
+            drop_rate=0.0,
+            attn_drop_rate=0.0,
+            patch_norm=True,
+            out_indices=(0, 1, 2, 3),
+            with_cp=False,
+            convert_weights=init_cfg is not None,
+            init_cfg=init_cfg,
+            **arch,
+        )
         dims = arch["embed_dims"]
         return backbone, [dims, dims * 2, dims * 4, dims * 8]
     norm = spec.resolved_norm
     frozen = norm == "frozen_bn"
     backbone = dict(
-        type="ResNet", depth=RESNET_DEPTHS[spec.backbone],
-        num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=1 if frozen else -1,
+        type="ResNet",
+        depth=RESNET_DEPTHS[spec.backbone],
+        num_stages=4,
+        out_indices=(0, 1, 2, 3),
+        frozen_stages=1 if frozen else -1,
         norm_cfg=dict(type="SyncBN" if norm == "syncbn" else "BN", requires_grad=not frozen),
-        norm_eval=frozen, style="pytorch", init_cfg=init_cfg,
+        norm_eval=frozen,
+        style="pytorch",
+        init_cfg=init_cfg,
     )
     if spec.backbone == "resnext101_32x4d":
         backbone.update(type="ResNeXt", groups=32, base_width=4)
@@ -136,8 +167,12 @@ def _backbone(spec: FinetuneSpec, weights_path: str | None) -> tuple[dict, list[
 
 
 def _neck(spec: FinetuneSpec, in_channels: list[int]) -> dict[str, Any]:
-    neck: dict[str, Any] = dict(type="FPN" if spec.neck == "fpn" else "PAFPN",
-                                in_channels=in_channels, out_channels=256, num_outs=5)
+    neck: dict[str, Any] = dict(
+        type="FPN" if spec.neck == "fpn" else "PAFPN",
+        in_channels=in_channels,
+        out_channels=256,
+        num_outs=5,
+    )
     if spec.detector == "retinanet":
         neck.update(start_level=1, add_extra_convs="on_input")
     return neck
@@ -176,8 +211,16 @@ def write_train_subset(ann_file: Path, out: Path, *, fraction: float, seed: int)
     return out
 
 
-def _dataloader(cfg_loader: Any, *, ann_file: str, images: str, classes: tuple[str, ...],
-                batch_size: int, num_workers: int, scale: tuple[int, int]) -> None:
+def _dataloader(
+    cfg_loader: Any,
+    *,
+    ann_file: str,
+    images: str,
+    classes: tuple[str, ...],
+    batch_size: int,
+    num_workers: int,
+    scale: tuple[int, int],
+) -> None:
     cfg_loader.batch_size = batch_size
     cfg_loader.num_workers = num_workers
     cfg_loader.persistent_workers = num_workers > 0
@@ -210,17 +253,40 @@ def build_finetune_config(
 
     train_ann = dataset.train_ann
     if spec.data_fraction < 1.0:
-        train_ann = str(write_train_subset(Path(dataset.train_ann), paths.train_subset,
-                                           fraction=spec.data_fraction, seed=spec.seed))
-    _dataloader(cfg.train_dataloader, ann_file=train_ann, images=dataset.train_images,
-                classes=classes, batch_size=spec.batch_size, num_workers=spec.num_workers,
-                scale=spec.image_scale)
-    _dataloader(cfg.val_dataloader, ann_file=dataset.val_ann, images=dataset.val_images,
-                classes=classes, batch_size=1, num_workers=min(spec.num_workers, 2),
-                scale=spec.image_scale)
+        train_ann = str(
+            write_train_subset(
+                Path(dataset.train_ann),
+                paths.train_subset,
+                fraction=spec.data_fraction,
+                seed=spec.seed,
+            )
+        )
+    _dataloader(
+        cfg.train_dataloader,
+        ann_file=train_ann,
+        images=dataset.train_images,
+        classes=classes,
+        batch_size=spec.batch_size,
+        num_workers=spec.num_workers,
+        scale=spec.image_scale,
+    )
+    _dataloader(
+        cfg.val_dataloader,
+        ann_file=dataset.val_ann,
+        images=dataset.val_images,
+        classes=classes,
+        batch_size=1,
+        num_workers=min(spec.num_workers, 2),
+        scale=spec.image_scale,
+    )
     cfg.test_dataloader = cfg.val_dataloader
-    cfg.val_evaluator = dict(type="CocoMetric", ann_file=dataset.val_ann, metric="bbox",
-                             format_only=False, outfile_prefix=str(paths.predictions_prefix))
+    cfg.val_evaluator = dict(
+        type="CocoMetric",
+        ann_file=dataset.val_ann,
+        metric="bbox",
+        format_only=False,
+        outfile_prefix=str(paths.predictions_prefix),
+    )
     cfg.test_evaluator = cfg.val_evaluator
 
     _schedule(cfg, spec)
@@ -229,16 +295,19 @@ def build_finetune_config(
         if spec.optimizer == "sgd"
         else dict(type="AdamW", lr=spec.lr, betas=(0.9, 0.999), weight_decay=spec.weight_decay)
     )
-    cfg.optim_wrapper = dict(type="AmpOptimWrapper" if spec.amp else "OptimWrapper",
-                             optimizer=optimizer)
+    cfg.optim_wrapper = dict(
+        type="AmpOptimWrapper" if spec.amp else "OptimWrapper", optimizer=optimizer
+    )
     if spec.amp:
         cfg.optim_wrapper.update(dtype="float16", loss_scale="dynamic")
     if spec.backbone in SWIN:
-        cfg.optim_wrapper["paramwise_cfg"] = dict(custom_keys={
-            "absolute_pos_embed": dict(decay_mult=0.0),
-            "relative_position_bias_table": dict(decay_mult=0.0),
-            "norm": dict(decay_mult=0.0),
-        })
+        cfg.optim_wrapper["paramwise_cfg"] = dict(
+            custom_keys={
+                "absolute_pos_embed": dict(decay_mult=0.0),
+                "relative_position_bias_table": dict(decay_mult=0.0),
+                "norm": dict(decay_mult=0.0),
+            }
+        )
     cfg.randomness = dict(seed=spec.seed, deterministic=False)
     cfg.work_dir = str(paths.work_dir)
     cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
@@ -249,27 +318,51 @@ def _schedule(cfg: Any, spec: FinetuneSpec) -> None:
     interval = spec.checkpoint_interval or spec.eval_interval
     if spec.by_epoch:
         total = spec.epochs
-        cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=total,
-                             val_interval=spec.eval_interval)
+        cfg.train_cfg = dict(
+            type="EpochBasedTrainLoop", max_epochs=total, val_interval=spec.eval_interval
+        )
         # mmdet's 1x schedule steps at epochs 8 and 11 of 12; scale that to the run
-        milestones = sorted({m for m in (round(total * 8 / 12), round(total * 11 / 12))
-                             if 0 < m < total})
+        milestones = sorted(
+            {m for m in (round(total * 8 / 12), round(total * 11 / 12)) if 0 < m < total}
+        )
     else:
         total = spec.iterations
-        cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=total,
-                             val_interval=spec.eval_interval)
+        cfg.train_cfg = dict(
+            type="IterBasedTrainLoop", max_iters=total, val_interval=spec.eval_interval
+        )
         cfg.train_dataloader.sampler = dict(type="InfiniteSampler", shuffle=True)
         cfg.log_processor = dict(type="LogProcessor", window_size=50, by_epoch=False)
-        milestones = sorted({m for m in (round(total * 8 / 12), round(total * 11 / 12))
-                             if 0 < m < total})
+        milestones = sorted(
+            {m for m in (round(total * 8 / 12), round(total * 11 / 12)) if 0 < m < total}
+        )
     schedulers: list[dict[str, Any]] = []
     if spec.warmup_iters:
-        schedulers.append(dict(type="LinearLR", start_factor=spec.warmup_ratio, by_epoch=False,
-                               begin=0, end=spec.warmup_iters))
+        schedulers.append(
+            dict(
+                type="LinearLR",
+                start_factor=spec.warmup_ratio,
+                by_epoch=False,
+                begin=0,
+                end=spec.warmup_iters,
+            )
+        )
     if milestones:
-        schedulers.append(dict(type="MultiStepLR", begin=0, end=total, by_epoch=spec.by_epoch,
-                               milestones=milestones, gamma=0.1))
+        schedulers.append(
+            dict(
+                type="MultiStepLR",
+                begin=0,
+                end=total,
+                by_epoch=spec.by_epoch,
+                milestones=milestones,
+                gamma=0.1,
+            )
+        )
     cfg.param_scheduler = schedulers
-    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=interval,
-                                        by_epoch=spec.by_epoch, max_keep_ckpts=2, save_last=True)
+    cfg.default_hooks.checkpoint = dict(
+        type="CheckpointHook",
+        interval=interval,
+        by_epoch=spec.by_epoch,
+        max_keep_ckpts=2,
+        save_last=True,
+    )
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=10)

@@ -34,8 +34,14 @@ class JobProgressHook(Hook):
 
     priority = "LOW"
 
-    def __init__(self, *, job_id: int, sessions: sessionmaker[Session],
-                 flush_every_s: float = 1.0, max_points_per_key: int = 5000) -> None:
+    def __init__(
+        self,
+        *,
+        job_id: int,
+        sessions: sessionmaker[Session],
+        flush_every_s: float = 1.0,
+        max_points_per_key: int = 5000,
+    ) -> None:
         self.job_id = job_id
         self.sessions = sessions
         self.flush_every_s = flush_every_s
@@ -55,15 +61,22 @@ class JobProgressHook(Hook):
         self.start_time = self.last_flush = time.monotonic()
         self._write(progress_iter=runner.iter, progress_total=total)
 
-    def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None,
-                         outputs: dict[str, Any] | None = None) -> None:
+    def after_train_iter(
+        self,
+        runner: Any,
+        batch_idx: int,
+        data_batch: Any = None,
+        outputs: dict[str, Any] | None = None,
+    ) -> None:
         step = runner.iter + 1
         for key, value in (outputs or {}).items():
             if "loss" in key or key == "acc":
                 number = float(value)
                 if "loss" in key and not math.isfinite(number):
-                    raise JobFailed(f"{key} became {number} at iteration {step}; the run diverged "
-                                    "(try a lower lr or a longer warm-up)")
+                    raise JobFailed(
+                        f"{key} became {number} at iteration {step}; the run diverged "
+                        "(try a lower lr or a longer warm-up)"
+                    )
                 self.window[key].append(number)
         lrs = runner.optim_wrapper.get_lr().get("lr")
         if lrs:
@@ -71,14 +84,22 @@ class JobProgressHook(Hook):
         if step % self.record_every == 0 or step == runner.max_iters:
             epoch = runner.epoch + 1 if self._by_epoch(runner) else None
             for key, values in self.window.items():
-                self.pending.append(dict(job_id=self.job_id, key=f"train/{key}", step=step,
-                                         epoch=epoch, value=sum(values) / len(values)))
+                self.pending.append(
+                    dict(
+                        job_id=self.job_id,
+                        key=f"train/{key}",
+                        step=step,
+                        epoch=epoch,
+                        value=sum(values) / len(values),
+                    )
+                )
             self.window.clear()
         if time.monotonic() - self.last_flush >= self.flush_every_s or step == runner.max_iters:
             self.flush(runner, step)
 
-    def after_val_iter(self, runner: Any, batch_idx: int, data_batch: Any = None,
-                       outputs: Any = None) -> None:
+    def after_val_iter(
+        self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
+    ) -> None:
         if time.monotonic() - self.last_flush >= self.flush_every_s:
             self.flush(runner, runner.iter)
 
@@ -88,8 +109,15 @@ class JobProgressHook(Hook):
         for key, value in (metrics or {}).items():
             if isinstance(value, int | float) and math.isfinite(value):
                 name = key.split("/", 1)[-1]
-                self.pending.append(dict(job_id=self.job_id, key=f"val/{name}", step=runner.iter,
-                                         epoch=epoch, value=float(value)))
+                self.pending.append(
+                    dict(
+                        job_id=self.job_id,
+                        key=f"val/{name}",
+                        step=runner.iter,
+                        epoch=epoch,
+                        value=float(value),
+                    )
+                )
         self.flush(runner, runner.iter)
 
     def flush(self, runner: Any, step: int) -> None:
@@ -107,8 +135,9 @@ class JobProgressHook(Hook):
             if self.pending:
                 session.execute(insert(MetricPoint), self.pending)
                 self.pending = []
-            session.execute(update(Job).where(Job.id == self.job_id)
-                            .values(heartbeat_at=utcnow(), **progress))
+            session.execute(
+                update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow(), **progress)
+            )
             cancel = session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
             session.commit()
         return bool(cancel)

@@ -32,15 +32,18 @@ def register(*, session: Session, dataset_in: DatasetCreate, roots: list[Path]) 
             outside.append({"where": field, "problem": str(exc)})
     if outside:
         raise Invalid("dataset paths must lie under an allowed data root", problems=outside)
-    reports = [check_split(split, paths[f"{split}_ann"], paths[f"{split}_images"])
-               for split in SPLITS]
+    reports = [
+        check_split(split, paths[f"{split}_ann"], paths[f"{split}_images"]) for split in SPLITS
+    ]
     problems = [problem for report in reports for problem in report.problems]
     if problems:
         raise Invalid(f"dataset {dataset_in.name!r} is not a valid COCO dataset", problems=problems)
     train, val = reports
     if [c["name"] for c in train.categories] != [c["name"] for c in val.categories]:
-        raise Invalid("train and val splits have different categories; both must list the same "
-                      "categories in the same order")
+        raise Invalid(
+            "train and val splits have different categories; both must list the same "
+            "categories in the same order"
+        )
     dataset = Dataset(
         name=dataset_in.name,
         train_ann=str(paths["train_ann"]),

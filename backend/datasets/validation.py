@@ -62,18 +62,30 @@ def _load_json(report: SplitReport, ann_file: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        report.add(str(ann_file), f"not valid JSON: {exc.msg} at line {exc.lineno} column "
-                   f"{exc.colno}; expected a COCO annotation JSON object")
+        report.add(
+            str(ann_file),
+            f"not valid JSON: {exc.msg} at line {exc.lineno} column "
+            f"{exc.colno}; expected a COCO annotation JSON object",
+        )
         return None
     if not isinstance(data, dict):
-        report.add(str(ann_file), f"top level is a {type(data).__name__}; expected a JSON object "
-                   "with 'images', 'annotations' and 'categories'")
+        report.add(
+            str(ann_file),
+            f"top level is a {type(data).__name__}; expected a JSON object "
+            "with 'images', 'annotations' and 'categories'",
+        )
         return None
-    missing = [key for key in ("images", "annotations", "categories")
-               if not isinstance(data.get(key), list)]
+    missing = [
+        key
+        for key in ("images", "annotations", "categories")
+        if not isinstance(data.get(key), list)
+    ]
     if missing:
-        report.add(str(ann_file), f"missing or not a list: {', '.join(missing)}; a COCO file "
-                   "needs 'images', 'annotations' and 'categories' lists")
+        report.add(
+            str(ann_file),
+            f"missing or not a list: {', '.join(missing)}; a COCO file "
+            "needs 'images', 'annotations' and 'categories' lists",
+        )
         return None
     return data
 
@@ -89,15 +101,20 @@ def _ids(report: SplitReport, where: str, records: list[Any], kind: str) -> dict
             duplicates.append(str(record["id"]))
         by_id[record["id"]] = record
     if duplicates:
-        report.add(where, f"duplicate {kind} ids ({len(duplicates)}): "
-                   f"{', '.join(duplicates[:MAX_LISTED])}; ids must be unique")
+        report.add(
+            where,
+            f"duplicate {kind} ids ({len(duplicates)}): "
+            f"{', '.join(duplicates[:MAX_LISTED])}; ids must be unique",
+        )
     return by_id
 
 
 def _check_box(ann: dict, image: dict | None) -> str | None:
     bbox = ann.get("bbox")
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in bbox
+    if (
+        not isinstance(bbox, list)
+        or len(bbox) != 4
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
     ):
         return f"bbox {bbox!r} is not [x, y, width, height] numbers"
     x, y, w, h = (float(v) for v in bbox)
@@ -110,28 +127,44 @@ def _check_box(ann: dict, image: dict | None) -> str | None:
         if isinstance(width, int | float) and isinstance(height, int | float):
             tol_x, tol_y = OUTSIDE_TOLERANCE * width, OUTSIDE_TOLERANCE * height
             if x < -tol_x or y < -tol_y or x + w > width + tol_x or y + h > height + tol_y:
-                return (f"bbox {bbox} lies outside its {width}x{height} image by more than "
-                        f"{OUTSIDE_TOLERANCE:.0%} of the image size")
+                return (
+                    f"bbox {bbox} lies outside its {width}x{height} image by more than "
+                    f"{OUTSIDE_TOLERANCE:.0%} of the image size"
+                )
     return None
 
 
 def _check_images(report: SplitReport, images: dict[Any, dict], image_dir: Path) -> None:
-    bad_meta = [str(i) for i, img in images.items()
-                if not isinstance(img.get("file_name"), str)
-                or not isinstance(img.get("width"), int) or not isinstance(img.get("height"), int)
-                or img["width"] <= 0 or img["height"] <= 0]
+    bad_meta = [
+        str(i)
+        for i, img in images.items()
+        if not isinstance(img.get("file_name"), str)
+        or not isinstance(img.get("width"), int)
+        or not isinstance(img.get("height"), int)
+        or img["width"] <= 0
+        or img["height"] <= 0
+    ]
     if bad_meta:
-        report.add(str(image_dir), f"{len(bad_meta)} images lack a file_name or positive integer "
-                   f"width/height (ids {', '.join(bad_meta[:MAX_LISTED])})")
+        report.add(
+            str(image_dir),
+            f"{len(bad_meta)} images lack a file_name or positive integer "
+            f"width/height (ids {', '.join(bad_meta[:MAX_LISTED])})",
+        )
     if not image_dir.is_dir():
         report.add(str(image_dir), "image folder not found; expected a folder of image files")
         return
     present = {p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*") if p.is_file()}
-    missing = sorted(img["file_name"] for img in images.values()
-                     if isinstance(img.get("file_name"), str) and img["file_name"] not in present)
+    missing = sorted(
+        img["file_name"]
+        for img in images.values()
+        if isinstance(img.get("file_name"), str) and img["file_name"] not in present
+    )
     if missing:
-        report.add(str(image_dir), f"{len(missing)} image files missing, e.g. "
-                   f"{', '.join(missing[:MAX_LISTED])}; file_name is relative to the image folder")
+        report.add(
+            str(image_dir),
+            f"{len(missing)} image files missing, e.g. "
+            f"{', '.join(missing[:MAX_LISTED])}; file_name is relative to the image folder",
+        )
 
 
 def check_split(split: str, ann_file: Path, image_dir: Path) -> SplitReport:
@@ -154,12 +187,18 @@ def check_split(split: str, ann_file: Path, image_dir: Path) -> SplitReport:
         if box_problem:
             bad_boxes.append(f"annotation {ann['id']}: {box_problem}")
     if unknown_images:
-        report.add(where, f"{len(unknown_images)} annotations point at unknown images: "
-                   f"{', '.join(unknown_images[:MAX_LISTED])}; image_id must be an id in 'images'")
+        report.add(
+            where,
+            f"{len(unknown_images)} annotations point at unknown images: "
+            f"{', '.join(unknown_images[:MAX_LISTED])}; image_id must be an id in 'images'",
+        )
     if unknown_cats:
-        report.add(where, f"{len(unknown_cats)} annotations point at unknown categories: "
-                   f"{', '.join(unknown_cats[:MAX_LISTED])}; category_id must be an id in "
-                   "'categories'")
+        report.add(
+            where,
+            f"{len(unknown_cats)} annotations point at unknown categories: "
+            f"{', '.join(unknown_cats[:MAX_LISTED])}; category_id must be an id in "
+            "'categories'",
+        )
     if bad_boxes:
         report.add(where, f"{len(bad_boxes)} bad boxes: {'; '.join(bad_boxes[:MAX_LISTED])}")
     _check_images(report, images, image_dir)
@@ -167,8 +206,10 @@ def check_split(split: str, ann_file: Path, image_dir: Path) -> SplitReport:
         return report
     _check_with_pycocotools(report, ann_file)
     if not report.problems:
-        report.categories = [{"id": c["id"], "name": str(c.get("name", c["id"]))}
-                             for c in sorted(categories.values(), key=lambda c: c["id"])]
+        report.categories = [
+            {"id": c["id"], "name": str(c.get("name", c["id"]))}
+            for c in sorted(categories.values(), key=lambda c: c["id"])
+        ]
         report.stats = _stats(images, annotations, categories)
     return report
 
@@ -202,8 +243,10 @@ def _stats(images: dict, annotations: dict, categories: dict) -> dict[str, Any]:
         "images": len(images),
         "boxes": sum(per_class.values()),
         "crowd_boxes": crowd,
-        "per_class": {str(c.get("name", c["id"])): per_class.get(str(c.get("name", c["id"])), 0)
-                      for c in sorted(categories.values(), key=lambda c: c["id"])},
+        "per_class": {
+            str(c.get("name", c["id"])): per_class.get(str(c.get("name", c["id"])), 0)
+            for c in sorted(categories.values(), key=lambda c: c["id"])
+        },
         "small": sizes["small"],
         "medium": sizes["medium"],
         "large": sizes["large"],

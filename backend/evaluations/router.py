@@ -27,9 +27,13 @@ def recompute_analysis(
     iou_thr: Annotated[float, Query(gt=0, le=1)] = 0.5,
 ):
     """Recompute the error breakdown and per-image rows at other thresholds."""
-    return analysis_service.analyze_job(session=session, job_id=job_id, score_thr=score_thr,
-                                        confusion_score_thr=confusion_score_thr,
-                                        iou_thr=iou_thr)
+    return analysis_service.analyze_job(
+        session=session,
+        job_id=job_id,
+        score_thr=score_thr,
+        confusion_score_thr=confusion_score_thr,
+        iou_thr=iou_thr,
+    )
 
 
 @router.get("/{job_id}/images", response_model=ImagePage)
@@ -43,39 +47,60 @@ def list_images(
     offset: Annotated[int, Query(ge=0)] = 0,
 ):
     items, total = analysis_service.list_images(
-        session=session, job_id=job_id, error_type=error_type, class_name=class_name, sort=sort,
-        limit=limit, offset=offset)
+        session=session,
+        job_id=job_id,
+        error_type=error_type,
+        class_name=class_name,
+        sort=sort,
+        limit=limit,
+        offset=offset,
+    )
     return ImagePage(items=[ImageResultRead.model_validate(i) for i in items], total=total)
 
 
 @router.get("/{job_id}/images/{image_id}/detections")
 def image_detections(
-    job_id: int, image_id: int, session: SessionDep,
+    job_id: int,
+    image_id: int,
+    session: SessionDep,
     score_thr: Annotated[float, Query(ge=0, le=1)] = 0.05,
 ) -> dict[str, Any]:
-    return analysis_service.image_detections(session=session, job_id=job_id, image_id=image_id,
-                                             score_thr=score_thr)
+    return analysis_service.image_detections(
+        session=session, job_id=job_id, image_id=image_id, score_thr=score_thr
+    )
 
 
-@router.get("/{job_id}/images/{image_id}/overlay.png", response_class=Response,
-            responses={200: {"content": {"image/png": {}}}})
+@router.get(
+    "/{job_id}/images/{image_id}/overlay.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
 def overlay(
-    job_id: int, image_id: int, session: SessionDep,
+    job_id: int,
+    image_id: int,
+    session: SessionDep,
     score_thr: Annotated[float, Query(ge=0, le=1)] = 0.3,
     show: str = "gt,tp,errors",
 ):
-    png = analysis_service.overlay_png(session=session, job_id=job_id, image_id=image_id,
-                                       score_thr=score_thr,
-                                       show=[part.strip() for part in show.split(",") if part])
+    png = analysis_service.overlay_png(
+        session=session,
+        job_id=job_id,
+        image_id=image_id,
+        score_thr=score_thr,
+        show=[part.strip() for part in show.split(",") if part],
+    )
     return Response(png, media_type="image/png")
 
 
 @router.get("/{job_a}/compare/{job_b}/images")
 def compare_images(
-    job_a: int, job_b: int, session: SessionDep,
+    job_a: int,
+    job_b: int,
+    session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 24,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
-    items, total = analysis_service.compare_images(session=session, job_a=job_a, job_b=job_b,
-                                                   limit=limit, offset=offset)
+    items, total = analysis_service.compare_images(
+        session=session, job_a=job_a, job_b=job_b, limit=limit, offset=offset
+    )
     return {"items": items, "total": total}

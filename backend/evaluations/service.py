@@ -20,8 +20,10 @@ def get_for_job(*, session: Session, job_id: int) -> Evaluation:
     job = job_service.get(session=session, job_id=job_id)
     evaluation = session.query(Evaluation).filter_by(job_id=job_id).one_or_none()
     if evaluation is None:
-        raise NotFound(f"job {job_id} has no evaluation (status {job.status.value}); one is "
-                       "stored when a fine-tune job succeeds")
+        raise NotFound(
+            f"job {job_id} has no evaluation (status {job.status.value}); one is "
+            "stored when a fine-tune job succeeds"
+        )
     return evaluation
 
 

@@ -44,8 +44,9 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ):
-    items, total = service.list_jobs(session=session, status=status, kind=kind,
-                                     dataset_id=dataset_id, limit=limit, offset=offset)
+    items, total = service.list_jobs(
+        session=session, status=status, kind=kind, dataset_id=dataset_id, limit=limit, offset=offset
+    )
     return JobPage(items=[JobRead.model_validate(j) for j in items], total=total)
 
 
@@ -74,6 +75,7 @@ def get_metrics(
 def get_config(job_id: int, session: SessionDep):
     job = service.get(session=session, job_id=job_id)
     if not job.config_text:
-        raise NotFound(f"job {job_id} has no generated config yet; it is written when a worker "
-                       "starts the job")
+        raise NotFound(
+            f"job {job_id} has no generated config yet; it is written when a worker starts the job"
+        )
     return PlainTextResponse(job.config_text, media_type="text/x-python")

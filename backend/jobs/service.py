@@ -23,8 +23,10 @@ def create(*, session: Session, spec: FinetuneSpec, roots: list[Path]) -> Job:
     try:
         dataset_service.get(session=session, dataset_id=spec.dataset_id)
     except NotFound:
-        raise Invalid(f"dataset_id: dataset {spec.dataset_id} not found; see GET /datasets for "
-                      "the registered ones") from None
+        raise Invalid(
+            f"dataset_id: dataset {spec.dataset_id} not found; see GET /datasets for "
+            "the registered ones"
+        ) from None
     weights_id = None
     if isinstance(spec.init, CheckpointInit):
         try:
@@ -32,14 +34,19 @@ def create(*, session: Session, spec: FinetuneSpec, roots: list[Path]) -> Job:
         except PathOutsideRoots as exc:
             raise Invalid(f"init.checkpoint: {exc}") from None
         if not path.is_file():
-            raise Invalid(f"init.checkpoint: {spec.init.checkpoint} is not a file; give the path "
-                          "of a checkpoint under an allowed data root")
-        spec = spec.model_copy(update={"init": CheckpointInit(checkpoint=str(path),
-                                                              prefix=spec.init.prefix)})
+            raise Invalid(
+                f"init.checkpoint: {spec.init.checkpoint} is not a file; give the path "
+                "of a checkpoint under an allowed data root"
+            )
+        spec = spec.model_copy(
+            update={"init": CheckpointInit(checkpoint=str(path), prefix=spec.init.prefix)}
+        )
     elif isinstance(spec.init, WeightsInit):
         if session.get(Weights, spec.init.weights_id) is None:
-            raise Invalid(f"init.weights_id: weights {spec.init.weights_id} not found; "
-                          "see GET /weights for the registered ones")
+            raise Invalid(
+                f"init.weights_id: weights {spec.init.weights_id} not found; "
+                "see GET /weights for the registered ones"
+            )
         weights_id = spec.init.weights_id
     job = Job(
         kind=JobKind(spec.kind),
@@ -88,17 +95,24 @@ def cancel(*, session: Session, job_id: int) -> Job:
     """Cancel a queued job at once; ask a running one to stop (its worker checks every second)."""
     job = get(session=session, job_id=job_id)
     if job.status in FINISHED_STATUSES:
-        raise Conflict(f"job {job_id} is already {job.status.value}; only queued or running jobs "
-                       "can be cancelled")
+        raise Conflict(
+            f"job {job_id} is already {job.status.value}; only queued or running jobs "
+            "can be cancelled"
+        )
     # one UPDATE guarded by status, so a worker that starts the job meanwhile is not overwritten
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.queued)
-        .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=func.now(),
-                error="cancelled before it started")
+        .values(
+            status=JobStatus.cancelled,
+            cancel_requested=True,
+            finished_at=func.now(),
+            error="cancelled before it started",
+        )
     )
     session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.running)
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.running)
         .values(cancel_requested=True)
     )
     session.commit()
@@ -108,8 +122,11 @@ def cancel(*, session: Session, job_id: int) -> Job:
 
 def fail(*, session: Session, job_id: int, reason: str) -> None:
     """Record that a job failed and why."""
-    session.execute(update(Job).where(Job.id == job_id).values(
-        status=JobStatus.failed, error=reason, finished_at=func.now()))
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(status=JobStatus.failed, error=reason, finished_at=func.now())
+    )
     session.commit()
 
 
@@ -134,12 +151,17 @@ def _downsample(
     key: str, points: list[tuple[int, int | None, float]], max_points: int
 ) -> MetricSeries:
     if len(points) <= max_points:
-        return MetricSeries(key=key, steps=[p[0] for p in points], epochs=[p[1] for p in points],
-                            values=[p[2] for p in points], downsampled=False)
+        return MetricSeries(
+            key=key,
+            steps=[p[0] for p in points],
+            epochs=[p[1] for p in points],
+            values=[p[2] for p in points],
+            downsampled=False,
+        )
     size = -(-len(points) // max_points)  # ceil
     steps, epochs, values = [], [], []
     for start in range(0, len(points), size):
-        bucket = points[start:start + size]
+        bucket = points[start : start + size]
         steps.append(bucket[-1][0])
         epochs.append(bucket[-1][1])
         values.append(sum(p[2] for p in bucket) / len(bucket))

@@ -37,8 +37,10 @@ class _Strict(BaseModel):
         if isinstance(data, dict):
             unknown = sorted(set(data) - set(cls.model_fields))
             if unknown:
-                raise ValueError(f"unknown field(s) {', '.join(unknown)}; accepted fields: "
-                                 f"{', '.join(cls.model_fields)}")
+                raise ValueError(
+                    f"unknown field(s) {', '.join(unknown)}; accepted fields: "
+                    f"{', '.join(cls.model_fields)}"
+                )
         return data
 
 
@@ -108,18 +110,26 @@ class FinetuneSpec(_Strict):
             raise ValueError("give exactly one of 'epochs' or 'iterations'")
         width, height = self.image_scale
         if not (32 <= width <= 4096 and 32 <= height <= 4096):
-            raise ValueError(f"image_scale {self.image_scale} is not accepted; "
-                             "width and height must be between 32 and 4096")
+            raise ValueError(
+                f"image_scale {self.image_scale} is not accepted; "
+                "width and height must be between 32 and 4096"
+            )
         if self.backbone.startswith("swin") and self.norm is not None:
-            raise ValueError(f"norm applies to ResNet backbones; {self.backbone} uses LayerNorm, "
-                             "leave norm unset")
+            raise ValueError(
+                f"norm applies to ResNet backbones; {self.backbone} uses LayerNorm, "
+                "leave norm unset"
+            )
         two_stage = self.detector != "retinanet"
         if not two_stage and "roi_samples_per_image" in self.model_fields_set:
-            raise ValueError("roi_samples_per_image applies to two-stage detectors (faster_rcnn, "
-                             "cascade_rcnn); retinanet has no RoI head")
+            raise ValueError(
+                "roi_samples_per_image applies to two-stage detectors (faster_rcnn, "
+                "cascade_rcnn); retinanet has no RoI head"
+            )
         if self.init == "scratch" and self.norm == "frozen_bn":
-            raise ValueError("frozen_bn cannot train from scratch (its statistics would never be "
-                             "learned); use bn or syncbn")
+            raise ValueError(
+                "frozen_bn cannot train from scratch (its statistics would never be "
+                "learned); use bn or syncbn"
+            )
         return self
 
     @property
@@ -143,8 +153,12 @@ def accepted_values() -> dict[str, Any]:
         "detector": list(DETECTORS),
         "backbone": list(BACKBONES),
         "neck": list(NECKS),
-        "init": ["scratch", "imagenet", {"checkpoint": "path", "prefix": "module.encoder_q."},
-                 {"weights_id": 1}],
+        "init": [
+            "scratch",
+            "imagenet",
+            {"checkpoint": "path", "prefix": "module.encoder_q."},
+            {"weights_id": 1},
+        ],
         "norm": list(NORMS),
         "optimizer": list(OPTIMIZERS),
         "defaults": FinetuneSpec.model_construct().model_dump(

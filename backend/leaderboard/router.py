@@ -26,10 +26,23 @@ def leaderboard(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ):
-    filters = {axis: value for axis, value in
-               (("detector", detector), ("backbone", backbone), ("neck", neck), ("init", init))
-               if value is not None}
-    items, total = service.rows(session=session, dataset_id=dataset, metric=metric,
-                                descending=order == "desc", filters=filters, limit=limit,
-                                offset=offset)
+    filters = {
+        axis: value
+        for axis, value in (
+            ("detector", detector),
+            ("backbone", backbone),
+            ("neck", neck),
+            ("init", init),
+        )
+        if value is not None
+    }
+    items, total = service.rows(
+        session=session,
+        dataset_id=dataset,
+        metric=metric,
+        descending=order == "desc",
+        filters=filters,
+        limit=limit,
+        offset=offset,
+    )
     return Leaderboard(dataset_id=dataset, metric=metric, items=items, total=total)

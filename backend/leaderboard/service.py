@@ -65,16 +65,21 @@ def rows(
         total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
         found = session.execute(query.limit(limit).offset(offset)).all()
     else:
-        matching = [r for r in session.execute(query).all()
-                    if _matches_init(r[0].spec["init"], r[2], init_filter)]
-        total, found = len(matching), matching[offset:offset + limit]
+        matching = [
+            r
+            for r in session.execute(query).all()
+            if _matches_init(r[0].spec["init"], r[2], init_filter)
+        ]
+        total, found = len(matching), matching[offset : offset + limit]
     return [_row(job, evaluation, weights) for job, evaluation, weights in found], total
 
 
 def _matches_init(init: Any, weights: Weights | None, wanted: str) -> bool:
     label = init_label(init, weights)
-    return label == wanted or label.startswith(wanted + ":") or (
-        weights is not None and wanted in (weights.name, weights.method)
+    return (
+        label == wanted
+        or label.startswith(wanted + ":")
+        or (weights is not None and wanted in (weights.name, weights.method))
     )
 
 

@@ -12,15 +12,34 @@ from backend.jobs.models import Job, JobKind, JobStatus
 
 def _finished_job(db, dataset_id: int, predictions_path, name: str) -> int:
     """A succeeded fine-tune job row with an evaluation pointing at a predictions file."""
-    job = Job(kind=JobKind.finetune, status=JobStatus.succeeded, dataset_id=dataset_id,
-              name=name, spec={"detector": "faster_rcnn", "backbone": "resnet18", "neck": "fpn",
-                               "init": "scratch", "image_scale": [128, 128], "iterations": 1,
-                               "batch_size": 2, "lr": 0.01, "seed": 0, "data_fraction": 1.0,
-                               "amp": False})
+    job = Job(
+        kind=JobKind.finetune,
+        status=JobStatus.succeeded,
+        dataset_id=dataset_id,
+        name=name,
+        spec={
+            "detector": "faster_rcnn",
+            "backbone": "resnet18",
+            "neck": "fpn",
+            "init": "scratch",
+            "image_scale": [128, 128],
+            "iterations": 1,
+            "batch_size": 2,
+            "lr": 0.01,
+            "seed": 0,
+            "data_fraction": 1.0,
+            "amp": False,
+        },
+    )
     db.add(job)
     db.commit()
-    evaluation_service.store(session=db, job_id=job.id, metrics={"bbox_mAP": 0.5},
-                             per_class_ap={}, predictions_path=str(predictions_path))
+    evaluation_service.store(
+        session=db,
+        job_id=job.id,
+        metrics={"bbox_mAP": 0.5},
+        per_class_ap={},
+        predictions_path=str(predictions_path),
+    )
     return job.id
 
 
@@ -35,8 +54,15 @@ def dataset_id(client, shapes_payload):
 
 
 def _perfect(val) -> list[dict]:
-    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
-             "score": 0.9} for a in val["annotations"]]
+    return [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 0.9,
+        }
+        for a in val["annotations"]
+    ]
 
 
 def _other_class(val, category_id: int) -> int:
@@ -48,8 +74,14 @@ def test_breakdown_worst_images_detections_and_overlay(client, db, dataset_id, v
     wrong = results[0]
     wrong["category_id"] = _other_class(val, wrong["category_id"])  # a classification error
     x, y, w, h = results[1]["bbox"]
-    results.append({"image_id": results[1]["image_id"], "category_id": results[1]["category_id"],
-                    "bbox": [x, y, w, h], "score": 0.5})  # a duplicate
+    results.append(
+        {
+            "image_id": results[1]["image_id"],
+            "category_id": results[1]["category_id"],
+            "bbox": [x, y, w, h],
+            "score": 0.5,
+        }
+    )  # a duplicate
     lost = results.pop(2)  # a missed object
     path = tmp_path / "predictions.bbox.json"
     path.write_text(json.dumps(results))
@@ -66,19 +98,26 @@ def test_breakdown_worst_images_detections_and_overlay(client, db, dataset_id, v
     labels, matrix = analysis["confusion"]["labels"], analysis["confusion"]["matrix"]
     assert labels[-1] == "background" and len(matrix) == len(labels)
     names = {c["id"]: c["name"] for c in val["categories"]}
-    truth = next(a for a in val["annotations"] if a["bbox"] == wrong["bbox"]
-                 and a["image_id"] == wrong["image_id"])
+    truth = next(
+        a
+        for a in val["annotations"]
+        if a["bbox"] == wrong["bbox"] and a["image_id"] == wrong["image_id"]
+    )
     row, col = labels.index(names[truth["category_id"]]), labels.index(names[wrong["category_id"]])
     assert matrix[row][col] >= 1
 
     worst = client.get(f"/jobs/{job_id}/images", params={"sort": "worst", "limit": 3}).json()
     assert worst["total"] == len(val["images"])
     assert worst["items"][0]["badness"] >= worst["items"][-1]["badness"]
-    flagged = client.get(f"/jobs/{job_id}/images", params={
-        "error_type": "classification", "class": names[wrong["category_id"]]}).json()
+    flagged = client.get(
+        f"/jobs/{job_id}/images",
+        params={"error_type": "classification", "class": names[wrong["category_id"]]},
+    ).json()
     assert [i["image_id"] for i in flagged["items"]] == [wrong["image_id"]]
-    also_by_truth = client.get(f"/jobs/{job_id}/images", params={
-        "error_type": "classification", "class": names[truth["category_id"]]}).json()
+    also_by_truth = client.get(
+        f"/jobs/{job_id}/images",
+        params={"error_type": "classification", "class": names[truth["category_id"]]},
+    ).json()
     assert [i["image_id"] for i in also_by_truth["items"]] == [wrong["image_id"]]
     missed = client.get(f"/jobs/{job_id}/images", params={"error_type": "missed"}).json()
     assert lost["image_id"] in [i["image_id"] for i in missed["items"]]
@@ -88,8 +127,10 @@ def test_breakdown_worst_images_detections_and_overlay(client, db, dataset_id, v
     assert box["category"] == names[wrong["category_id"]]
     assert box["gt_category"] == names[truth["category_id"]] and box["iou"] == pytest.approx(1.0)
 
-    response = client.get(f"/jobs/{job_id}/images/{wrong['image_id']}/overlay.png",
-                          params={"score_thr": 0.3, "show": "gt,tp,errors"})
+    response = client.get(
+        f"/jobs/{job_id}/images/{wrong['image_id']}/overlay.png",
+        params={"score_thr": 0.3, "show": "gt,tp,errors"},
+    )
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     overlay = Image.open(io.BytesIO(response.content))
     image = next(i for i in val["images"] if i["id"] == wrong["image_id"])
@@ -115,15 +156,18 @@ def test_compare_lists_images_one_job_gets_wrong(client, db, dataset_id, val, tm
 
 def test_bad_inputs_are_clear_4xx(client, db, dataset_id, val, tmp_path, shapes_payload):
     unknown = tmp_path / "unknown.json"
-    unknown.write_text(json.dumps([{"image_id": 987654, "category_id": 1, "bbox": [1, 1, 5, 5],
-                                    "score": 0.5}]))
+    unknown.write_text(
+        json.dumps([{"image_id": 987654, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.5}])
+    )
     job_id = _finished_job(db, dataset_id, unknown, "unknown-image")
     response = client.post(f"/jobs/{job_id}/analysis")
     assert response.status_code == 422 and "987654" in response.text
 
     nan = tmp_path / "nan.json"
-    nan.write_text('[{"image_id": %d, "category_id": 1, "bbox": [1, 1, 5, 5], "score": NaN}]'
-                   % val["images"][0]["id"])
+    first = val["images"][0]["id"]
+    nan.write_text(
+        f'[{{"image_id": {first}, "category_id": 1, "bbox": [1, 1, 5, 5], "score": NaN}}]'
+    )
     job_id = _finished_job(db, dataset_id, nan, "nan")
     response = client.post(f"/jobs/{job_id}/analysis")
     assert response.status_code == 422 and "score" in response.text
