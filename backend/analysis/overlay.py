@@ -128,9 +128,9 @@ def render_overlay(
         items.append((_field(m, "error_type"), list(_field(m, "bbox")), text))
 
     for outcome, (x, y, w, h), _ in items:
-        draw.rectangle(
-            (x, y, x + w - 1, y + h - 1), outline=OUTCOME_COLORS[outcome], width=_LINE_WIDTH
-        )
+        # Pillow refuses corners out of order, which a GT box narrower than 1 px would give.
+        corners = (x, y, max(x, x + w - 1), max(y, y + h - 1))
+        draw.rectangle(corners, outline=OUTCOME_COLORS[outcome], width=_LINE_WIDTH)
     for outcome, (x, y, _, _), text in items:
         _draw_label(draw, x, y, text, OUTCOME_COLORS[outcome], canvas.size)
     _draw_legend(draw, [o for o in OUTCOME_COLORS if any(i[0] == o for i in items)], canvas.size)

@@ -116,3 +116,10 @@ def test_bad_arguments() -> None:
         render_overlay(np.zeros((4, 4, 3), np.uint8), [], [], categories={}, show={"boxes"})
     with pytest.raises(ValueError, match="uint8 array"):
         render_overlay(np.zeros((4, 4, 3), np.float32), [], [], categories={})
+
+
+def test_degenerate_gt_box_is_still_marked() -> None:
+    image = np.zeros((20, 20, 3), np.uint8)
+    gt_boxes = [{"bbox": [5, 12, 0, 0.5], "category_id": 1}]  # zero width: allowed for GT
+    pixels = decode(render_overlay(image, gt_boxes, [], categories=CATEGORIES))
+    assert tuple(pixels[12, 5]) == OUTCOME_COLORS["gt"]

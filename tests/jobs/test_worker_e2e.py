@@ -81,6 +81,14 @@ def test_tiny_job_succeeds_with_metrics_evaluation_and_leaderboard_row(api, work
     assert Path(evaluation["predictions_path"]).is_file()
     assert set(evaluation["per_class_ap"]) == {"square", "rectangle", "circle", "ellipse"}
 
+    analysis = evaluation["analysis"]
+    assert sum(analysis["counts"].values()) > 0 and "classification" in analysis["dAP"]
+    worst = api.get(f"/jobs/{job['id']}/images", params={"sort": "worst", "limit": 5}).json()
+    assert worst["total"] == 12 and len(worst["items"]) == 5
+    image_id = worst["items"][0]["image_id"]
+    overlay = api.get(f"/jobs/{job['id']}/images/{image_id}/overlay.png")
+    assert overlay.status_code == 200 and overlay.content[:8] == b"\x89PNG\r\n\x1a\n"
+
     config = api.get(f"/jobs/{job['id']}/config").text
     assert "type='FasterRCNN'" in config and "depth=18" in config
     rows = api.get("/leaderboard", params={"dataset": dataset_id}).json()["items"]
