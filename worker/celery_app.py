@@ -58,6 +58,6 @@ def _requeue_orphans(**_: object) -> None:
 @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
 def run(job_id: int) -> str:
     """Run one job by id; its state is read from and written to the database."""
-    from worker.finetune import run_job
+    from worker.runner import run_job
 
     return run_job(job_id, settings=settings, sessions=session_factory()).value

@@ -153,13 +153,16 @@ def _deflate_pool() -> tuple[ThreadPoolExecutor, int]:
         return _POOL[1], _POOL[2]
 
 
-def encode_png(rgb: np.ndarray, *, level: int = 1) -> bytes:
+def encode_png(rgb: np.ndarray) -> bytes:
     """PNG bytes of an HxWx3 uint8 array, compressed in parallel slices.
 
     Pillow's encoder takes ~80 ms for a 1333x800 photo even at level 1 (adaptive filters,
     one thread). Here every row gets the "Sub" filter (numpy), and the filtered bytes are
     cut into slices deflated independently on threads (zlib releases the GIL); raw deflate
     streams that end in a full flush concatenate into one valid stream, as pigz does.
+    Deflate uses Z_RLE: on noisy images (camera grain, DetLab's shapes) it is about twice
+    as fast as the default strategy with files as small or smaller; on clean photos it is
+    as small; on flat synthetic scenes files grow by ~15%.
     """
     height, width, channels = rgb.shape
     if channels != 3 or rgb.dtype != np.uint8:
@@ -176,7 +179,7 @@ def encode_png(rgb: np.ndarray, *, level: int = 1) -> bytes:
     step = -(-len(data) // parts)
 
     def deflate(part: int) -> bytes:
-        compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+        compressor = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
         body = compressor.compress(data[part * step : (part + 1) * step])
         return body + compressor.flush(zlib.Z_FINISH if part == parts - 1 else zlib.Z_FULL_FLUSH)
 

@@ -13,13 +13,13 @@ from backend.errors import NotFound
 from backend.jobs import service
 from backend.jobs.models import JobKind, JobStatus
 from backend.jobs.schemas import JobPage, JobRead, MetricsRead
-from backend.jobs.spec import FinetuneSpec, accepted_values
+from backend.jobs.spec import JobSpec, accepted_values
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 @router.post("", response_model=JobRead, status_code=201)
-def submit_job(spec: FinetuneSpec, session: SessionDep, settings: SettingsDep):
+def submit_job(spec: JobSpec, session: SessionDep, settings: SettingsDep):
     job = service.create(session=session, spec=spec, roots=settings.data_roots)
     try:
         queue.enqueue(job.id)

@@ -12,7 +12,7 @@ from backend.datasets.validation import PathOutsideRoots, confine
 from backend.errors import Conflict, Invalid, NotFound
 from backend.jobs.models import FINISHED_STATUSES, Job, JobKind, JobStatus, MetricPoint
 from backend.jobs.schemas import MetricSeries
-from backend.jobs.spec import CheckpointInit, FinetuneSpec, WeightsInit
+from backend.jobs.spec import CheckpointInit, FinetuneSpec, PretrainSpec, WeightsInit
 from backend.weights.models import Weights
 
 __all__ = ["create", "get", "list_jobs", "cancel", "fail", "metric_series"]

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 __all__ = [
     "BACKBONES",
     "CheckpointInit",
     "FinetuneSpec",
     "InitSpec",
+    "JobSpec",
+    "PRETRAIN_METHODS",
+    "PretrainSpec",
     "WeightsInit",
     "accepted_values",
 ]
@@ -21,6 +24,8 @@ RESNETS = ("resnet18", "resnet50", "resnet101", "resnext101_32x4d")
 NECKS = ("fpn", "pafpn")
 NORMS = ("frozen_bn", "bn", "syncbn")
 OPTIMIZERS = ("sgd", "adamw")
+PRETRAIN_METHODS = ("mocov2", "densecl", "detco")
+PRETRAIN_BACKBONES = ("resnet18", "resnet50")
 
 Detector = Literal["faster_rcnn", "cascade_rcnn", "retinanet"]
 Backbone = Literal["resnet18", "resnet50", "resnet101", "resnext101_32x4d", "swin_t", "swin_l"]
@@ -146,10 +151,68 @@ class FinetuneSpec(_Strict):
         return self.epochs is not None
 
 
+class PretrainSpec(_Strict):
+    """A self-supervised pretraining job on unlabelled images; its output is a weights entry."""
+
+    kind: Literal["pretrain"]
+    name: str | None = Field(default=None, max_length=200)
+    method: Literal["mocov2", "densecl", "detco"] = "mocov2"
+    backbone: Literal["resnet18", "resnet50"] = "resnet50"
+    dataset_id: int | None = Field(default=None, ge=1, description="its train images are used")
+    image_folder: str | None = Field(default=None, description="or a folder under a data root")
+    epochs: int | None = Field(default=None, ge=1, le=10_000)
+    iterations: int | None = Field(default=None, ge=1, le=10_000_000)
+    batch_size: int = Field(default=32, ge=2, le=4096)
+    image_size: int = Field(default=224, ge=32, le=1024, description="crop size of each view")
+    lr: float = Field(default=0.03, gt=0, le=10)
+    weight_decay: float = Field(default=1e-4, ge=0, le=1)
+    momentum_coefficient: float = Field(
+        default=0.001, gt=0, lt=1, description="key encoder EMA step (mmpretrain's `momentum`)"
+    )
+    queue_length: int = Field(default=65536, ge=2, le=1_000_000)
+    feature_dim: int = Field(default=128, ge=8, le=4096)
+    temperature: float = Field(default=0.2, gt=0, le=10)
+    amp: bool = False
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    num_workers: int = Field(default=2, ge=0, le=64)
+    checkpoint_interval: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PretrainSpec:
+        if (self.epochs is None) == (self.iterations is None):
+            raise ValueError("give exactly one of 'epochs' or 'iterations'")
+        if (self.dataset_id is None) == (self.image_folder is None):
+            raise ValueError("give exactly one of 'dataset_id' (its train images are used) or "
+                             "'image_folder'")
+        if self.queue_length % self.batch_size:
+            raise ValueError(f"queue_length ({self.queue_length}) must be a multiple of "
+                             f"batch_size ({self.batch_size}) so whole batches enter the queue")
+        return self
+
+    @property
+    def by_epoch(self) -> bool:
+        return self.epochs is not None
+
+
+def _kind(value: Any) -> str:
+    kind = value.get("kind", "finetune") if isinstance(value, dict) else value.kind
+    return kind if kind in ("finetune", "pretrain") else "unknown"
+
+
+# "kind" may be left out for fine-tune jobs, the common case
+JobSpec = Annotated[
+    Annotated[FinetuneSpec, Tag("finetune")] | Annotated[PretrainSpec, Tag("pretrain")],
+    Discriminator(_kind, custom_error_type="invalid_kind",
+                  custom_error_message="kind must be 'finetune' or 'pretrain'"),
+]
+
+
 def accepted_values() -> dict[str, Any]:
     """The choices a client may offer, derived from the spec itself."""
     return {
-        "kind": ["finetune"],
+        "kind": ["finetune", "pretrain"],
+        "method": list(PRETRAIN_METHODS),
+        "pretrain_backbone": list(PRETRAIN_BACKBONES),
         "detector": list(DETECTORS),
         "backbone": list(BACKBONES),
         "neck": list(NECKS),
@@ -163,5 +226,8 @@ def accepted_values() -> dict[str, Any]:
         "optimizer": list(OPTIMIZERS),
         "defaults": FinetuneSpec.model_construct().model_dump(
             exclude={"dataset_id", "epochs", "iterations", "name"}
+        ),
+        "pretrain_defaults": PretrainSpec.model_construct().model_dump(
+            exclude={"kind", "dataset_id", "image_folder", "epochs", "iterations", "name"}
         ),
     }

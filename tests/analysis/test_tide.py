@@ -52,14 +52,34 @@ def test_classification_fix_turns_ap_half_into_full() -> None:
 
 
 def test_classification_fix_suppresses_the_second_claim_on_a_gt() -> None:
-    gt = coco([ann(1, CIRCLE, BOX), ann(2, ELLIPSE, BOX)])
-    results = [det(1, ELLIPSE, BOX, 0.9), det(1, ELLIPSE, BOX, 0.8), det(2, ELLIPSE, BOX, 0.7)]
+    gt = coco([ann(1, CIRCLE, BOX), ann(2, CIRCLE, BOX), ann(2, CIRCLE, [50, 50, 10, 10])])
+    results = [
+        det(1, ELLIPSE, BOX, 0.9),  # classification on circle 1
+        det(1, ELLIPSE, BOX, 0.8),  # classification on circle 1 again
+        det(1, CIRCLE, [50, 50, 10, 10], 0.75),  # background
+        det(2, CIRCLE, BOX, 0.7),  # tp on circle 2; circle 3 is missed
+    ]
     a = analyze(gt, results)
-    assert [p.error_type for p in a.predictions] == ["classification", "classification", "tp"]
-    # ellipse: FP, FP, TP -> precision [0, 0, 1/3] -> envelope 1/3 -> AP 33.33; circle 0.
-    assert a.ap50 == pytest.approx(100 / 6)
-    # Fixed: 0.9 -> circle tp; 0.8 would duplicate it -> suppressed; ellipse TP only.
-    no_dap_except(a.dap, classification=100 - 100 / 6)
+    assert [p.error_type for p in a.predictions] == [
+        "classification",
+        "classification",
+        "background",
+        "tp",
+    ]
+    # Only circle has GT (3), so it alone is averaged. FP 0.75, TP 0.7: recall [0, 1/3],
+    # envelope [1/2, 1/2]; the 34 recall points 0..0.33 read 1/2 -> AP = 17/101.
+    assert a.ap50 == pytest.approx(100 * 17 / 101)
+    # classification: 0.9 becomes the tp of circle 1, 0.8 would duplicate it -> suppressed:
+    # TP, FP, TP -> recall [1/3, 1/3, 2/3], envelope [1, 2/3, 2/3] -> 34 points read 1,
+    # 33 (0.34..0.66) read 2/3 -> 56/101. (Keeping 0.8 as a tp would give 92.5/101.)
+    # background: TP 0.7 alone -> 34 points read 1 -> 34/101.
+    # missed: circle 3 is not covered (circle 1 is) -> 2 GT: 51 points read 1/2 -> 25.5/101.
+    no_dap_except(
+        a.dap,
+        classification=100 * (56 - 17) / 101,
+        background=100 * (34 - 17) / 101,
+        missed=100 * (25.5 - 17) / 101,
+    )
 
 
 def test_duplicate_fix() -> None:

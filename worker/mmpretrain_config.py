@@ -1,0 +1,101 @@
+"""Turns a validated pretrain spec into an mmpretrain config assembled from its base configs."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from backend.jobs.spec import PretrainSpec
+from worker.mmdet_config import JobPaths
+
+__all__ = ["build_pretrain_config", "mmpretrain_config_dir", "STAGE_CHANNELS"]
+
+METHOD_CONFIGS = {
+    "mocov2": "mocov2/mocov2_resnet50_8xb32-coslr-200e_in1k.py",
+    "densecl": "densecl/densecl_resnet50_8xb32-coslr-200e_in1k.py",
+    # DetCo starts from MoCo v2's recipe (data views, schedule) and swaps the algorithm
+    "detco": "mocov2/mocov2_resnet50_8xb32-coslr-200e_in1k.py",
+}
+DEPTHS = {"resnet18": 18, "resnet50": 50}
+STAGE_CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet50": (256, 512, 1024, 2048)}
+
+
+def mmpretrain_config_dir() -> Path:
+    """The configs shipped inside the installed mmpretrain package."""
+    import mmpretrain
+
+    return Path(mmpretrain.__file__).resolve().parent / ".mim" / "configs"
+
+
+def _load_base(method: str) -> Any:
+    from mmengine.config import Config
+
+    with tempfile.NamedTemporaryFile("w", suffix=".py") as handle:
+        handle.write(f"_base_ = [{str(mmpretrain_config_dir() / METHOD_CONFIGS[method])!r}]\n")
+        handle.flush()
+        return Config.fromfile(handle.name)
+
+
+def _model(spec: PretrainSpec, base_model: Any) -> dict[str, Any]:
+    channels = STAGE_CHANNELS[spec.backbone]
+    head = dict(type="ContrastiveHead", loss=dict(type="CrossEntropyLoss"),
+                temperature=spec.temperature)
+    common = dict(queue_len=spec.queue_length, feat_dim=spec.feature_dim,
+                  momentum=spec.momentum_coefficient, head=head)
+    backbone = dict(type="ResNet", depth=DEPTHS[spec.backbone], norm_cfg=dict(type="BN"),
+                    zero_init_residual=False)
+    if spec.method == "detco":
+        backbone["out_indices"] = (0, 1, 2, 3)
+        return dict(type="DetCo", backbone=backbone, stage_channels=channels, **common)
+    model = base_model.to_dict()
+    model.update(common, backbone=backbone)
+    model["neck"].update(in_channels=channels[-1], hid_channels=max(channels[-1], 512),
+                         out_channels=spec.feature_dim)
+    return model
+
+
+def build_pretrain_config(spec: PretrainSpec, *, image_folder: str, paths: JobPaths) -> Any:
+    """The mmengine Config of a self-supervised pretraining run on a folder of images."""
+    cfg = _load_base(spec.method)
+    cfg.model = _model(spec, cfg.model)
+    if spec.method == "detco":
+        # the algorithm lives in this project; mmpretrain's tools/train.py imports it from here
+        cfg.custom_imports = dict(imports=["worker.detco"], allow_failed_imports=False)
+    loader = cfg.train_dataloader
+    loader.batch_size = spec.batch_size
+    loader.num_workers = spec.num_workers
+    loader.persistent_workers = spec.num_workers > 0
+    loader.drop_last = True
+    for step in cfg.view_pipeline:
+        if step["type"] == "RandomResizedCrop":
+            step["scale"] = spec.image_size
+    pipeline = [dict(type="LoadImageFromFile"),
+                dict(type="MultiView", num_views=2, transforms=[cfg.view_pipeline]),
+                dict(type="PackInputs")]
+    loader.dataset = dict(type="CustomDataset", data_root="",
+                          data_prefix=image_folder.rstrip("/") + "/", with_label=False,
+                          pipeline=pipeline)
+    if spec.by_epoch:
+        total = spec.epochs
+        cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=total)
+    else:
+        total = spec.iterations
+        cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=total)
+        loader.sampler = dict(type="InfiniteSampler", shuffle=True)
+        cfg.log_processor = dict(window_size=10, by_epoch=False)
+    cfg.param_scheduler = [dict(type="CosineAnnealingLR", T_max=total, by_epoch=spec.by_epoch,
+                                begin=0, end=total)]
+    optimizer = dict(type="SGD", lr=spec.lr, weight_decay=spec.weight_decay, momentum=0.9)
+    cfg.optim_wrapper = dict(type="AmpOptimWrapper" if spec.amp else "OptimWrapper",
+                             optimizer=optimizer)
+    if spec.amp:
+        cfg.optim_wrapper.update(dtype="float16", loss_scale="dynamic")
+    interval = spec.checkpoint_interval or (1 if spec.by_epoch else max(1, total // 10))
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=interval,
+                                        by_epoch=spec.by_epoch, max_keep_ckpts=2, save_last=True)
+    cfg.default_hooks.logger = dict(type="LoggerHook", interval=10)
+    cfg.randomness = dict(seed=spec.seed, deterministic=False)
+    cfg.work_dir = str(paths.work_dir)
+    cfg.pop("find_unused_parameters", None)
+    return cfg

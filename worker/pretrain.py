@@ -1,0 +1,83 @@
+"""Pretrain jobs: self-supervised training with mmpretrain, output as a weights entry."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.config import Settings
+from backend.datasets.models import Dataset
+from backend.jobs.models import Job
+from backend.jobs.spec import PretrainSpec
+from backend.weights import service as weights_service
+from worker.mmdet_config import JobPaths
+from worker.mmpretrain_config import build_pretrain_config
+from worker.progress import JobFailed
+from worker.runner import require_cuda_for_amp, save_config, train
+
+__all__ = ["run_pretrain", "export_backbone"]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif"}
+
+
+def _image_folder(spec: PretrainSpec, sessions: sessionmaker[Session]) -> str:
+    if spec.dataset_id is not None:
+        with sessions() as session:
+            dataset = session.get(Dataset, spec.dataset_id)
+        if dataset is None:
+            raise JobFailed(f"dataset {spec.dataset_id} no longer exists")
+        folder = Path(dataset.train_images)
+    else:
+        folder = Path(spec.image_folder or "")
+    if not folder.is_dir():
+        raise JobFailed(f"the image folder {folder} is gone")
+    count = sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if count < spec.batch_size:
+        raise JobFailed(f"the image folder {folder} holds {count} images, fewer than one batch "
+                        f"({spec.batch_size}); add images or lower batch_size")
+    return str(folder)
+
+
+def export_backbone(model: Any, out: Path, *, meta: dict[str, Any]) -> str:
+    """Save the query backbone in mmdet's ResNet key layout; returns the file's sha256."""
+    import torch
+
+    module = getattr(model, "module", model)
+    state = {key.removeprefix("backbone."): value.detach().cpu().clone()
+             for key, value in module.state_dict().items() if key.startswith("backbone.")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state, "meta": meta}, out)
+    return hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def run_pretrain(job: Job, *, resuming: bool, settings: Settings,
+                 sessions: sessionmaker[Session]) -> None:
+    """Pretrain a backbone and register it in the weights registry."""
+    assert settings.artifact_root is not None
+    spec = PretrainSpec.model_validate(job.spec)
+    require_cuda_for_amp(spec.amp)
+    folder = _image_folder(spec, sessions)
+    paths = JobPaths.for_job(settings.artifact_root, job.id)
+    paths.work_dir.mkdir(parents=True, exist_ok=True)
+    cfg = build_pretrain_config(spec, image_folder=folder, paths=paths)
+    save_config(cfg, paths.config, job_id=job.id, sessions=sessions)
+
+    from mmpretrain.utils import register_all_modules
+
+    import worker.detco  # noqa: F401 - registers DetCo in mmpretrain's model registry
+
+    register_all_modules(init_default_scope=True)
+    runner, _ = train(cfg, job_id=job.id, resuming=resuming, sessions=sessions)
+    name = f"{spec.method}-{spec.backbone}-job{job.id}"
+    out = settings.artifact_root / "weights" / f"{name}.pth"
+    meta = {"architecture": spec.backbone, "method": spec.method, "producing_job": job.id,
+            "layout": "mmdet ResNet"}
+    sha256 = export_backbone(runner.model, out, meta=meta)
+    with sessions() as session:
+        weights_service.register_produced(
+            session=session, name=name, architecture=spec.backbone, method=spec.method,
+            path=out, sha256=sha256, job_id=job.id,
+            report={"iterations": runner.iter, "source_format": "detlab pretrain job"})
