@@ -18,15 +18,47 @@ from backend.weights.models import Weights
 __all__ = ["create", "get", "list_jobs", "cancel", "fail", "metric_series"]
 
 
-def create(*, session: Session, spec: FinetuneSpec, roots: list[Path]) -> Job:
-    """Check a spec against what is stored and queue it as a new job (not yet sent)."""
+def _check_dataset(session: Session, dataset_id: int) -> None:
     try:
-        dataset_service.get(session=session, dataset_id=spec.dataset_id)
+        dataset_service.get(session=session, dataset_id=dataset_id)
     except NotFound:
         raise Invalid(
-            f"dataset_id: dataset {spec.dataset_id} not found; see GET /datasets for "
+            f"dataset_id: dataset {dataset_id} not found; see GET /datasets for "
             "the registered ones"
         ) from None
+
+
+def _check_pretrain(session: Session, spec: PretrainSpec, roots: list[Path]) -> PretrainSpec:
+    if spec.dataset_id is not None:
+        _check_dataset(session, spec.dataset_id)
+        return spec
+    try:
+        folder = confine(spec.image_folder or "", roots)
+    except PathOutsideRoots as exc:
+        raise Invalid(f"image_folder: {exc}") from None
+    if not folder.is_dir():
+        raise Invalid(
+            f"image_folder: {spec.image_folder} is not a folder; give a folder of "
+            "images under an allowed data root"
+        )
+    return spec.model_copy(update={"image_folder": str(folder)})
+
+
+def create(*, session: Session, spec: FinetuneSpec | PretrainSpec, roots: list[Path]) -> Job:
+    """Check a spec against what is stored and queue it as a new job (not yet sent)."""
+    if isinstance(spec, PretrainSpec):
+        spec = _check_pretrain(session, spec, roots)
+        job = Job(
+            kind=JobKind.pretrain,
+            status=JobStatus.queued,
+            name=spec.name,
+            dataset_id=spec.dataset_id,
+            spec=spec.model_dump(mode="json"),
+        )
+        session.add(job)
+        session.commit()
+        return job
+    _check_dataset(session, spec.dataset_id)
     weights_id = None
     if isinstance(spec.init, CheckpointInit):
         try:

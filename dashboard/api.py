@@ -1,0 +1,156 @@
+"""The pages' view of the API: one client per API URL, reads cached for a short while.
+
+Each read is cached by (API URL, call, arguments), so pointing the dashboard at another API
+never shows the first one's data. Failed calls are not cached: they raise `ApiError` again on
+the next run. Writes (submit, cancel) go straight to the client and clear the caches.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import streamlit as st
+
+from dashboard.client import DEFAULT_API_URL, ApiClient, ApiError
+
+__all__ = [
+    "ApiError",
+    "api_url",
+    "cancel_job",
+    "client",
+    "compare_images",
+    "config",
+    "datasets",
+    "detections",
+    "endpoints",
+    "evaluation",
+    "has_endpoint",
+    "images",
+    "job",
+    "job_options",
+    "jobs",
+    "leaderboard",
+    "metrics",
+    "overlays",
+    "submit_job",
+    "weights",
+]
+
+API_URL_ENV = "DETLAB_API_URL"
+
+
+def api_url() -> str:
+    return os.environ.get(API_URL_ENV, "").strip().rstrip("/") or DEFAULT_API_URL
+
+
+@st.cache_resource(show_spinner=False)
+def _client(base_url: str) -> ApiClient:
+    return ApiClient(base_url)
+
+
+def client() -> ApiClient:
+    """The client of the API this dashboard is pointed at, created once per URL."""
+    return _client(api_url())
+
+
+# Freshness: live progress (1 s), lists that change as jobs finish (15 s), and results of
+# finished jobs or the API's own description, which do not change (10 min).
+@st.cache_data(ttl=1, show_spinner=False, max_entries=200)
+def _live(base_url: str, call: str, kwargs: dict[str, Any]) -> Any:
+    return getattr(_client(base_url), call)(**kwargs)
+
+
+@st.cache_data(ttl=15, show_spinner=False, max_entries=200)
+def _recent(base_url: str, call: str, kwargs: dict[str, Any]) -> Any:
+    return getattr(_client(base_url), call)(**kwargs)
+
+
+@st.cache_data(ttl=600, show_spinner=False, max_entries=1000)
+def _lasting(base_url: str, call: str, kwargs: dict[str, Any]) -> Any:
+    return getattr(_client(base_url), call)(**kwargs)
+
+
+def endpoints() -> set[str]:
+    return _lasting(api_url(), "endpoints", {})
+
+
+def has_endpoint(path: str) -> bool:
+    """Whether the API serves this path (e.g. "/jobs/{job_id}/images"); False if unreachable."""
+    try:
+        return path in endpoints()
+    except ApiError:
+        return False
+
+
+def datasets() -> list[dict[str, Any]]:
+    return _recent(api_url(), "datasets", {})
+
+
+def job_options() -> dict[str, Any]:
+    return _lasting(api_url(), "job_options", {})
+
+
+def weights() -> list[dict[str, Any]]:
+    return _recent(api_url(), "weights", {})
+
+
+def jobs(*, live: bool = False, **params: Any) -> dict[str, Any]:
+    read = _live if live else _recent
+    return read(api_url(), "jobs", params)
+
+
+def job(job_id: int, *, live: bool = False) -> dict[str, Any]:
+    read = _live if live else _recent
+    return read(api_url(), "job", {"job_id": job_id})
+
+
+def metrics(job_id: int, *, finished: bool, max_points: int = 1000) -> list[dict[str, Any]]:
+    read = _lasting if finished else _live
+    return read(api_url(), "metrics", {"job_id": job_id, "max_points": max_points})
+
+
+def config(job_id: int) -> str:
+    return _lasting(api_url(), "config", {"job_id": job_id})
+
+
+def leaderboard(**params: Any) -> dict[str, Any]:
+    return _recent(api_url(), "leaderboard", params)
+
+
+def evaluation(job_id: int) -> dict[str, Any]:
+    return _lasting(api_url(), "evaluation", {"job_id": job_id})
+
+
+def images(job_id: int, **params: Any) -> dict[str, Any]:
+    return _lasting(api_url(), "images", {"job_id": job_id, **params})
+
+
+def detections(job_id: int, image_id: int) -> dict[str, Any]:
+    return _lasting(api_url(), "detections", {"job_id": job_id, "image_id": image_id})
+
+
+def overlays(pairs: list[tuple[int, int]], *, score_thr: float, show: str) -> list[bytes]:
+    """PNG overlays of (job id, image id) pairs, fetched together."""
+    return _lasting(api_url(), "overlays", {"pairs": pairs, "score_thr": score_thr, "show": show})
+
+
+def compare_images(job_a: int, job_b: int, **params: Any) -> dict[str, Any]:
+    return _lasting(api_url(), "compare_images", {"job_a": job_a, "job_b": job_b, **params})
+
+
+def submit_job(spec: dict[str, Any]) -> dict[str, Any]:
+    created = client().submit_job(spec)
+    _forget_lists()
+    return created
+
+
+def cancel_job(job_id: int) -> dict[str, Any]:
+    cancelled = client().cancel_job(job_id)
+    _forget_lists()
+    return cancelled
+
+
+def _forget_lists() -> None:
+    _live.clear()
+    _recent.clear()

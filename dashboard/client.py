@@ -1,0 +1,224 @@
+"""The DetLab REST API as plain Python calls: one httpx client, errors as `ApiError`.
+
+Nothing here knows about Streamlit, so the client can be used from scripts and tests too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+__all__ = ["DEFAULT_API_URL", "ApiClient", "ApiError", "describe_detail"]
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+# Overlays are rendered by the API, one request each; this many run at once.
+OVERLAY_FETCHES = 8
+
+
+class ApiError(Exception):
+    """A request that failed: the URL tried, the HTTP status (None: no answer) and why."""
+
+    def __init__(
+        self, *, url: str, message: str, status: int | None = None, detail: Any = None
+    ) -> None:
+        super().__init__(f"{message} ({url})")
+        self.url = url
+        self.message = message
+        self.status = status
+        self.detail = detail
+
+    @property
+    def unreachable(self) -> bool:
+        return self.status is None
+
+    @property
+    def missing_endpoint(self) -> bool:
+        """The API has no such route (an older API), as opposed to a missing job or dataset."""
+        return self.status in (404, 405) and self.detail in ("Not Found", "Method Not Allowed")
+
+
+def describe_detail(detail: Any) -> str:
+    """The API's error body as one readable text: FastAPI's list, or {message, problems}."""
+    if isinstance(detail, list):
+        lines = []
+        for problem in detail:
+            if not isinstance(problem, dict):
+                lines.append(str(problem))
+                continue
+            where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
+            message = str(problem.get("msg", problem)).removeprefix("Value error, ")
+            lines.append(f"{where}: {message}" if where else message)
+        return "\n".join(lines)
+    if isinstance(detail, dict):
+        text = str(detail.get("message", detail))
+        problems = detail.get("problems") or []
+        return "\n".join([text, *(f"- {describe_detail(p)}" for p in problems)])
+    return str(detail)
+
+
+class ApiClient:
+    """Calls of the DetLab API; every failure is raised as `ApiError`."""
+
+    def __init__(self, base_url: str = DEFAULT_API_URL, *, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=OVERLAY_FETCHES)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, limits=limits)
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- transport -------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        params = kwargs.get("params")
+        if params is not None:
+            kwargs["params"] = {k: v for k, v in params.items() if v is not None}
+        url = str(self._http.build_request(method, path, params=kwargs.get("params")).url)
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise ApiError(url=url, message="the API did not answer in time") from None
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise ApiError(url=url, message=f"could not reach the API: {reason}") from None
+        if response.is_success:
+            return response
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text or response.reason_phrase
+        raise ApiError(
+            url=url,
+            status=response.status_code,
+            detail=detail,
+            message=f"HTTP {response.status_code}: {describe_detail(detail)}",
+        )
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    def endpoints(self) -> set[str]:
+        """Paths the API serves (from its OpenAPI schema), to tell what this API version offers."""
+        return set(self._json("GET", "/openapi.json")["paths"])
+
+    # -- datasets --------------------------------------------------------------------------
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/datasets", params={"limit": 500})["items"]
+
+    def dataset(self, dataset_id: int) -> dict[str, Any]:
+        return self._json("GET", f"/datasets/{dataset_id}")
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def job_options(self) -> dict[str, Any]:
+        return self._json("GET", "/jobs/options")
+
+    def jobs(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        dataset: int | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        params = {"status": status, "kind": kind, "dataset": dataset, "limit": limit,
+                  "offset": offset}
+        return self._json("GET", "/jobs", params=params)
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self._json("GET", f"/jobs/{job_id}")
+
+    def submit_job(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/jobs", json=spec)
+
+    def cancel_job(self, job_id: int) -> dict[str, Any]:
+        return self._json("POST", f"/jobs/{job_id}/cancel")
+
+    def metrics(
+        self, job_id: int, *, keys: Iterable[str] | None = None, max_points: int = 1000
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"max_points": max_points}
+        if keys:
+            params["key"] = list(keys)
+        return self._json("GET", f"/jobs/{job_id}/metrics", params=params)["series"]
+
+    def config(self, job_id: int) -> str:
+        return self._request("GET", f"/jobs/{job_id}/config").text
+
+    def predictions(self, job_id: int) -> bytes:
+        return self._request("GET", f"/jobs/{job_id}/predictions").content
+
+    # -- results ---------------------------------------------------------------------------
+
+    def leaderboard(
+        self,
+        *,
+        dataset: int | None = None,
+        metric: str = "bbox_mAP",
+        order: str = "desc",
+        limit: int = 10_000,
+        offset: int = 0,
+        **axes: str | None,
+    ) -> dict[str, Any]:
+        params = {"dataset": dataset, "metric": metric, "order": order, "limit": limit,
+                  "offset": offset, **axes}
+        return self._json("GET", "/leaderboard", params=params)
+
+    def evaluation(self, job_id: int) -> dict[str, Any]:
+        return self._json("GET", f"/jobs/{job_id}/evaluation")
+
+    def images(
+        self,
+        job_id: int,
+        *,
+        error_type: str | None = None,
+        category: str | None = None,
+        sort: str = "worst",
+        limit: int = 24,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        params = {"error_type": error_type, "class": category, "sort": sort, "limit": limit,
+                  "offset": offset}
+        return self._json("GET", f"/jobs/{job_id}/images", params=params)
+
+    def detections(self, job_id: int, image_id: int) -> dict[str, Any]:
+        return self._json("GET", f"/jobs/{job_id}/images/{image_id}/detections")
+
+    def overlay(
+        self, job_id: int, image_id: int, *, score_thr: float = 0.3, show: str = "gt,tp,errors"
+    ) -> bytes:
+        params = {"score_thr": score_thr, "show": show}
+        return self._request(
+            "GET", f"/jobs/{job_id}/images/{image_id}/overlay.png", params=params
+        ).content
+
+    def overlays(
+        self,
+        pairs: Iterable[tuple[int, int]],
+        *,
+        score_thr: float = 0.3,
+        show: str = "gt,tp,errors",
+    ) -> list[bytes]:
+        """Overlays of (job id, image id) pairs, fetched concurrently, in the order given."""
+        pairs = list(pairs)
+        if not pairs:
+            return []
+        with ThreadPoolExecutor(max_workers=min(OVERLAY_FETCHES, len(pairs))) as pool:
+            return list(pool.map(
+                lambda pair: self.overlay(pair[0], pair[1], score_thr=score_thr, show=show),
+                pairs,
+            ))
+
+    def compare_images(
+        self, job_a: int, job_b: int, *, limit: int = 12, offset: int = 0
+    ) -> dict[str, Any]:
+        params = {"limit": limit, "offset": offset}
+        return self._json("GET", f"/jobs/{job_a}/compare/{job_b}/images", params=params)
+
+    def weights(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/weights", params={"limit": 500})["items"]
