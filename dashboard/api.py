@@ -130,9 +130,15 @@ def detections(job_id: int, image_id: int) -> dict[str, Any]:
     return _lasting(api_url(), "detections", {"job_id": job_id, "image_id": image_id})
 
 
+# Pages of PNGs are large, so fewer of them are kept than of the JSON reads.
+@st.cache_data(ttl=600, show_spinner=False, max_entries=40)
+def _overlays(base_url: str, pairs: list[tuple[int, int]], score_thr: float, show: str) -> Any:
+    return _client(base_url).overlays(pairs, score_thr=score_thr, show=show)
+
+
 def overlays(pairs: list[tuple[int, int]], *, score_thr: float, show: str) -> list[bytes]:
     """PNG overlays of (job id, image id) pairs, fetched together."""
-    return _lasting(api_url(), "overlays", {"pairs": pairs, "score_thr": score_thr, "show": show})
+    return _overlays(api_url(), pairs, score_thr, show)
 
 
 def compare_images(job_a: int, job_b: int, **params: Any) -> dict[str, Any]:

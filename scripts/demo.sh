@@ -26,14 +26,16 @@ pids+=($!)
 "$VENV/bin/streamlit" run dashboard/app.py --server.headless true --server.port "$UI_PORT" \
   --browser.gatherUsageStats false >"$LOGS/dashboard.log" 2>&1 &
 pids+=($!)
-"$VENV/bin/python" -m scripts.demo
+"$VENV/bin/python" -m scripts.demo >"$LOGS/demo.log" 2>&1 &
 
 cat <<MSG
 
 DetLab demo is running (logs in $LOGS):
   API        $DETLAB_API_URL   (OpenAPI: $DETLAB_API_URL/docs)
   Dashboard  http://127.0.0.1:$UI_PORT
-  Leaderboard rows appear as the demo jobs finish (about 10 minutes on a 2-core CPU).
+  Demo jobs: MoCo v2 and DetCo pretraining on the unlabelled train images, then identical
+  Faster R-CNN fine-tunes from scratch, MoCo v2 and DetCo; leaderboard rows appear as they
+  finish (a few minutes each on a 2-core CPU; progress in $LOGS/demo.log and the dashboard).
 Press Ctrl-C to stop.
 MSG
 wait -n "${pids[@]}"

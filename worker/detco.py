@@ -16,6 +16,7 @@ batch is not shuffled across GPUs (single-process training).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +86,9 @@ class DetCo(BaseSelfSupervisor):
     def _encode(encoder: nn.ModuleList, images: torch.Tensor
                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Normalised global and local embeddings of a batch, one per stage."""
-        backbone, global_necks, local_necks = encoder
+        backbone = encoder[0]
+        global_necks = cast(nn.ModuleList, encoder[1])
+        local_necks = cast(nn.ModuleList, encoder[2])
         n = images.shape[0]
         whole = backbone(images)
         parts = backbone(_patches(images))

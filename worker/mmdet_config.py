@@ -146,7 +146,7 @@ def _backbone(spec: FinetuneSpec, weights_path: str | None) -> tuple[dict, list[
             init_cfg=init_cfg,
             **arch,
         )
-        dims = arch["embed_dims"]
+        dims = int(arch["embed_dims"])  # type: ignore[call-overload]
         return backbone, [dims, dims * 2, dims * 4, dims * 8]
     norm = spec.resolved_norm
     frozen = norm == "frozen_bn"
@@ -317,7 +317,7 @@ def build_finetune_config(
 def _schedule(cfg: Any, spec: FinetuneSpec) -> None:
     interval = spec.checkpoint_interval or spec.eval_interval
     if spec.by_epoch:
-        total = spec.epochs
+        total = spec.length
         cfg.train_cfg = dict(
             type="EpochBasedTrainLoop", max_epochs=total, val_interval=spec.eval_interval
         )
@@ -326,7 +326,7 @@ def _schedule(cfg: Any, spec: FinetuneSpec) -> None:
             {m for m in (round(total * 8 / 12), round(total * 11 / 12)) if 0 < m < total}
         )
     else:
-        total = spec.iterations
+        total = spec.length
         cfg.train_cfg = dict(
             type="IterBasedTrainLoop", max_iters=total, val_interval=spec.eval_interval
         )

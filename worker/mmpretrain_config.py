@@ -77,10 +77,10 @@ def build_pretrain_config(spec: PretrainSpec, *, image_folder: str, paths: JobPa
                           data_prefix=image_folder.rstrip("/") + "/", with_label=False,
                           pipeline=pipeline)
     if spec.by_epoch:
-        total = spec.epochs
+        total = spec.length
         cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=total)
     else:
-        total = spec.iterations
+        total = spec.length
         cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=total)
         loader.sampler = dict(type="InfiniteSampler", shuffle=True)
         cfg.log_processor = dict(window_size=10, by_epoch=False)

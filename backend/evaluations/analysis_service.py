@@ -295,7 +295,7 @@ def compare_images(
     for job_id, rows in ((job_a, rows_a), (job_b, rows_b)):
         if not rows:
             raise Conflict(f"job {job_id} has no per-image analysis yet")
-    differing = []
+    differing: list[dict[str, Any]] = []
     for image_id in sorted(rows_a.keys() & rows_b.keys()):
         a, b = rows_a[image_id], rows_b[image_id]
         errors_a = sum(getattr(a, k) for k in MAJOR_ERRORS)

@@ -150,6 +150,11 @@ class FinetuneSpec(_Strict):
     def by_epoch(self) -> bool:
         return self.epochs is not None
 
+    @property
+    def length(self) -> int:
+        """The run's length in its own unit: epochs, or iterations."""
+        return self.epochs if self.epochs is not None else self.iterations or 0
+
 
 class PretrainSpec(_Strict):
     """A self-supervised pretraining job on unlabelled images; its output is a weights entry."""
@@ -192,6 +197,11 @@ class PretrainSpec(_Strict):
     @property
     def by_epoch(self) -> bool:
         return self.epochs is not None
+
+    @property
+    def length(self) -> int:
+        """The run's length in its own unit: epochs, or iterations."""
+        return self.epochs if self.epochs is not None else self.iterations or 0
 
 
 def _kind(value: Any) -> str:

@@ -1,0 +1,1 @@
+"""DetLab's Streamlit dashboard: `streamlit run dashboard/app.py`. An HTTP client of the API."""

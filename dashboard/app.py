@@ -1,0 +1,29 @@
+"""The dashboard's entry point: `DETLAB_API_URL=http://... streamlit run dashboard/app.py`."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import api, views
+from dashboard.client import ApiError
+
+st.set_page_config(page_title="DetLab", page_icon="🔬", layout="wide")
+
+page = st.navigation(
+    [
+        st.Page("pages/leaderboard.py", title="Leaderboard", icon="🏆", url_path="leaderboard",
+                default=True),
+        st.Page("pages/jobs.py", title="Jobs", icon="⚙️", url_path="jobs"),
+        st.Page("pages/run.py", title="Run detail", icon="📈", url_path="run"),
+        st.Page("pages/explorer.py", title="Predictions explorer", icon="🔍",
+                url_path="explorer"),
+        st.Page("pages/compare.py", title="Compare", icon="⚖️", url_path="compare"),
+    ]
+)
+st.sidebar.caption(f"API: `{api.api_url()}`")
+
+try:
+    page.run()
+except ApiError as err:
+    # A page stops at the first failed read it cannot do without; say what and where.
+    views.show_api_error(err, doing=f"show the {page.title.lower()} page")

@@ -1,0 +1,154 @@
+"""Pieces of screen more than one page shows: API errors, job labels and pickers, AP figures,
+the outcome legend."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import streamlit as st
+
+from dashboard import api
+from dashboard.client import ApiError
+
+__all__ = [
+    "ERROR_TYPES",
+    "METRIC_LABELS",
+    "OUTCOME_COLORS",
+    "ap_points",
+    "format_ap",
+    "format_duration",
+    "init_label",
+    "job_label",
+    "outcome_legend",
+    "pick_dataset",
+    "query_int",
+    "show_api_error",
+    "show_not_available",
+]
+
+METRIC_LABELS = {
+    "bbox_mAP": "mAP",
+    "bbox_mAP_50": "mAP50",
+    "bbox_mAP_75": "mAP75",
+    "bbox_mAP_s": "AP small",
+    "bbox_mAP_m": "AP medium",
+    "bbox_mAP_l": "AP large",
+}
+# Colours of the boxes in the API's overlays (backend.analysis.overlay.OUTCOME_COLORS; the
+# dashboard cannot import the backend, and tests/dashboard checks the two agree).
+OUTCOME_COLORS: dict[str, tuple[int, int, int]] = {
+    "gt": (30, 144, 255),
+    "tp": (0, 200, 0),
+    "classification": (255, 140, 0),
+    "localization": (255, 230, 0),
+    "both": (255, 0, 200),
+    "duplicate": (0, 230, 230),
+    "background": (230, 0, 0),
+    "missed": (150, 60, 255),
+}
+ERROR_TYPES = ("classification", "localization", "both", "duplicate", "background", "missed")
+
+
+def show_api_error(err: ApiError, *, doing: str) -> None:
+    """A plain statement of what failed, where, and why; never a traceback."""
+    if err.unreachable:
+        st.error(
+            f"Could not {doing}: the DetLab API at `{api.api_url()}` did not answer.\n\n"
+            f"URL tried: `{err.url}`  \nReason: {err.message}\n\n"
+            "Check that the API is running; the dashboard reads its address from "
+            "`DETLAB_API_URL`."
+        )
+    else:
+        st.error(f"Could not {doing}: the API answered with an error.\n\n"
+                 f"URL tried: `{err.url}`  \n{err.message}")
+
+
+def show_not_available(what: str, path: str) -> None:
+    st.info(f"{what} is not available yet: this API does not serve `{path}`.")
+
+
+def query_int(name: str) -> int | None:
+    """An integer query parameter, or None when absent or not a number."""
+    value = st.query_params.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def init_label(init: Any) -> str:
+    if isinstance(init, str):
+        return init
+    if isinstance(init, dict) and "weights_id" in init:
+        return f"weights:{init['weights_id']}"
+    if isinstance(init, dict) and "checkpoint" in init:
+        return f"checkpoint:{str(init['checkpoint']).rsplit('/', 1)[-1]}"
+    return str(init)
+
+
+def job_label(job: dict[str, Any]) -> str:
+    spec = job.get("spec") or {}
+    parts = [f"#{job['id']}", job.get("name") or spec.get("kind", job.get("kind", ""))]
+    if spec.get("backbone"):
+        parts.append(f"{spec['backbone']} · {init_label(spec.get('init'))}")
+    if job.get("status"):
+        parts.append(job["status"])
+    return " · ".join(str(p) for p in parts if p)
+
+
+def ap_points(value: float | None) -> float | None:
+    """COCO AP (0..1, -1 when the split has no such objects) as points 0..100, or None."""
+    if value is None or value < 0 or math.isnan(value):
+        return None
+    return round(100 * value, 1)
+
+
+def format_ap(value: float | None) -> str:
+    points = ap_points(value)
+    return "–" if points is None else f"{points:.1f}"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def pick_dataset(datasets: Sequence[dict[str, Any]], *, key: str) -> dict[str, Any] | None:
+    """A dataset selectbox kept in the `dataset` query parameter; None when there is none."""
+    if not datasets:
+        st.info("No dataset is registered yet. Register one with `POST /datasets`.")
+        return None
+    by_id = {d["id"]: d for d in datasets}
+    wanted = query_int("dataset")
+    ids = list(by_id)
+    chosen = st.selectbox(
+        "Dataset",
+        ids,
+        index=ids.index(wanted) if wanted in by_id else 0,
+        format_func=lambda i: f"{by_id[i]['name']} (#{i})",
+        key=key,
+    )
+    st.query_params["dataset"] = str(chosen)
+    return by_id[chosen]
+
+
+def outcome_legend(outcomes: Sequence[str] = tuple(OUTCOME_COLORS)) -> None:
+    """One line of coloured swatches naming what each box colour means."""
+    swatches = " ".join(
+        f"<span style='display:inline-block;margin-right:0.8em'>"
+        f"<span style='display:inline-block;width:0.9em;height:0.9em;border:2px solid "
+        f"rgb{OUTCOME_COLORS[name]};margin-right:0.3em;vertical-align:middle'></span>"
+        f"{'ground truth' if name == 'gt' else name}</span>"
+        for name in outcomes
+    )
+    st.markdown(swatches, unsafe_allow_html=True)
