@@ -7,10 +7,14 @@ the next run. Writes (submit, cancel) go straight to the client and clear the ca
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import streamlit as st
+from PIL import Image
 
 from dashboard.client import DEFAULT_API_URL, ApiClient, ApiError
 
@@ -21,10 +25,12 @@ __all__ = [
     "client",
     "compare_images",
     "config",
+    "dataset",
     "datasets",
     "detections",
     "endpoints",
     "evaluation",
+    "forget_lists",
     "has_endpoint",
     "images",
     "job",
@@ -32,12 +38,15 @@ __all__ = [
     "jobs",
     "leaderboard",
     "metrics",
-    "overlays",
+    "overlay",
+    "overlay_tiles",
     "submit_job",
     "weights",
 ]
 
 API_URL_ENV = "DETLAB_API_URL"
+# Overlays are rendered by the API, one request each; this many are asked for at once.
+OVERLAY_FETCHES = 8
 
 
 def api_url() -> str:
@@ -87,6 +96,10 @@ def datasets() -> list[dict[str, Any]]:
     return _recent(api_url(), "datasets", {})
 
 
+def dataset(dataset_id: int) -> dict[str, Any]:
+    return _recent(api_url(), "dataset", {"dataset_id": dataset_id})
+
+
 def job_options() -> dict[str, Any]:
     return _lasting(api_url(), "job_options", {})
 
@@ -130,15 +143,53 @@ def detections(job_id: int, image_id: int) -> dict[str, Any]:
     return _lasting(api_url(), "detections", {"job_id": job_id, "image_id": image_id})
 
 
-# Pages of PNGs are large, so fewer of them are kept than of the JSON reads.
-@st.cache_data(ttl=600, show_spinner=False, max_entries=40)
-def _overlays(base_url: str, pairs: list[tuple[int, int]], score_thr: float, show: str) -> Any:
-    return _client(base_url).overlays(pairs, score_thr=score_thr, show=show)
+@st.cache_data(ttl=600, show_spinner=False, max_entries=20)
+def _overlay(base_url: str, job_id: int, image_id: int, score_thr: float, show: str) -> bytes:
+    return _client(base_url).overlay(job_id, image_id, score_thr=score_thr, show=show)
 
 
-def overlays(pairs: list[tuple[int, int]], *, score_thr: float, show: str) -> list[bytes]:
-    """PNG overlays of (job id, image id) pairs, fetched together."""
-    return _overlays(api_url(), pairs, score_thr, show)
+def overlay(job_id: int, image_id: int, *, score_thr: float, show: str) -> bytes:
+    """One overlay PNG at full size."""
+    return _overlay(api_url(), job_id, image_id, score_thr, show)
+
+
+# A grid shows overlays a few hundred pixels wide, so each is shrunk to a JPEG tile (a full-size
+# PNG of a 1333x800 photo is ~2 MB, its tile ~60 kB) and the tiles are what is cached.
+@st.cache_data(ttl=600, show_spinner=False, max_entries=2000)
+def _tile(
+    base_url: str, job_id: int, image_id: int, score_thr: float, show: str, width: int
+) -> bytes:
+    png = _client(base_url).overlay(
+        job_id, image_id, score_thr=score_thr, show=show, max_width=width
+    )
+    return shrink(png, width=width)
+
+
+def overlay_tiles(
+    pairs: list[tuple[int, int]], *, score_thr: float, show: str, width: int = 640
+) -> Iterator[tuple[int, bytes]]:
+    """(position, JPEG tile at most `width` px wide) of (job id, image id) pairs, each as soon
+    as it is ready; the API renders them concurrently."""
+    base_url = api_url()
+    if not pairs:
+        return
+    with ThreadPoolExecutor(max_workers=min(OVERLAY_FETCHES, len(pairs))) as pool:
+        futures = {
+            pool.submit(_tile, base_url, job_id, image_id, score_thr, show, width): position
+            for position, (job_id, image_id) in enumerate(pairs)
+        }
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def shrink(png: bytes, *, width: int) -> bytes:
+    with Image.open(io.BytesIO(png)) as image:
+        rgb = image.convert("RGB")
+    if rgb.width > width:
+        rgb = rgb.resize((width, round(rgb.height * width / rgb.width)), Image.Resampling.BOX)
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=88)
+    return out.getvalue()
 
 
 def compare_images(job_a: int, job_b: int, **params: Any) -> dict[str, Any]:
@@ -147,16 +198,17 @@ def compare_images(job_a: int, job_b: int, **params: Any) -> dict[str, Any]:
 
 def submit_job(spec: dict[str, Any]) -> dict[str, Any]:
     created = client().submit_job(spec)
-    _forget_lists()
+    forget_lists()
     return created
 
 
 def cancel_job(job_id: int) -> dict[str, Any]:
     cancelled = client().cancel_job(job_id)
-    _forget_lists()
+    forget_lists()
     return cancelled
 
 
-def _forget_lists() -> None:
+def forget_lists() -> None:
+    """Drop cached job lists and progress, after a write or when a job finished."""
     _live.clear()
     _recent.clear()

@@ -11,13 +11,19 @@ st.set_page_config(page_title="DetLab", page_icon="🔬", layout="wide")
 
 page = st.navigation(
     [
-        st.Page("pages/leaderboard.py", title="Leaderboard", icon="🏆", url_path="leaderboard",
-                default=True),
-        st.Page("pages/jobs.py", title="Jobs", icon="⚙️", url_path="jobs"),
-        st.Page("pages/run.py", title="Run detail", icon="📈", url_path="run"),
-        st.Page("pages/explorer.py", title="Predictions explorer", icon="🔍",
-                url_path="explorer"),
-        st.Page("pages/compare.py", title="Compare", icon="⚖️", url_path="compare"),
+        st.Page(
+            "app_pages/leaderboard.py",
+            title="Leaderboard",
+            icon="🏆",
+            url_path="leaderboard",
+            default=True,
+        ),
+        st.Page("app_pages/jobs.py", title="Jobs", icon="⚙️", url_path="jobs"),
+        st.Page("app_pages/run.py", title="Run detail", icon="📈", url_path="run"),
+        st.Page(
+            "app_pages/explorer.py", title="Predictions explorer", icon="🔍", url_path="explorer"
+        ),
+        st.Page("app_pages/compare.py", title="Compare", icon="⚖️", url_path="compare"),
     ]
 )
 st.sidebar.caption(f"API: `{api.api_url()}`")

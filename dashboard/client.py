@@ -6,7 +6,6 @@ Nothing here knows about Streamlit, so the client can be used from scripts and t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -14,8 +13,6 @@ import httpx
 __all__ = ["DEFAULT_API_URL", "ApiClient", "ApiError", "describe_detail"]
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
-# Overlays are rendered by the API, one request each; this many run at once.
-OVERLAY_FETCHES = 8
 
 
 class ApiError(Exception):
@@ -64,7 +61,7 @@ class ApiClient:
 
     def __init__(self, base_url: str = DEFAULT_API_URL, *, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        limits = httpx.Limits(max_connections=32, max_keepalive_connections=OVERLAY_FETCHES)
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, limits=limits)
 
     def close(self) -> None:
@@ -126,8 +123,13 @@ class ApiClient:
         limit: int = 50,
         offset: int = 0,
     ) -> dict[str, Any]:
-        params = {"status": status, "kind": kind, "dataset": dataset, "limit": limit,
-                  "offset": offset}
+        params = {
+            "status": status,
+            "kind": kind,
+            "dataset": dataset,
+            "limit": limit,
+            "offset": offset,
+        }
         return self._json("GET", "/jobs", params=params)
 
     def job(self, job_id: int) -> dict[str, Any]:
@@ -165,8 +167,14 @@ class ApiClient:
         offset: int = 0,
         **axes: str | None,
     ) -> dict[str, Any]:
-        params = {"dataset": dataset, "metric": metric, "order": order, "limit": limit,
-                  "offset": offset, **axes}
+        params = {
+            "dataset": dataset,
+            "metric": metric,
+            "order": order,
+            "limit": limit,
+            "offset": offset,
+            **axes,
+        }
         return self._json("GET", "/leaderboard", params=params)
 
     def evaluation(self, job_id: int) -> dict[str, Any]:
@@ -182,37 +190,33 @@ class ApiClient:
         limit: int = 24,
         offset: int = 0,
     ) -> dict[str, Any]:
-        params = {"error_type": error_type, "class": category, "sort": sort, "limit": limit,
-                  "offset": offset}
+        params = {
+            "error_type": error_type,
+            "class": category,
+            "sort": sort,
+            "limit": limit,
+            "offset": offset,
+        }
         return self._json("GET", f"/jobs/{job_id}/images", params=params)
 
     def detections(self, job_id: int, image_id: int) -> dict[str, Any]:
         return self._json("GET", f"/jobs/{job_id}/images/{image_id}/detections")
 
     def overlay(
-        self, job_id: int, image_id: int, *, score_thr: float = 0.3, show: str = "gt,tp,errors"
-    ) -> bytes:
-        params = {"score_thr": score_thr, "show": show}
-        return self._request(
-            "GET", f"/jobs/{job_id}/images/{image_id}/overlay.png", params=params
-        ).content
-
-    def overlays(
         self,
-        pairs: Iterable[tuple[int, int]],
+        job_id: int,
+        image_id: int,
         *,
         score_thr: float = 0.3,
         show: str = "gt,tp,errors",
-    ) -> list[bytes]:
-        """Overlays of (job id, image id) pairs, fetched concurrently, in the order given."""
-        pairs = list(pairs)
-        if not pairs:
-            return []
-        with ThreadPoolExecutor(max_workers=min(OVERLAY_FETCHES, len(pairs))) as pool:
-            return list(pool.map(
-                lambda pair: self.overlay(pair[0], pair[1], score_thr=score_thr, show=show),
-                pairs,
-            ))
+        max_width: int | None = None,
+    ) -> bytes:
+        """The overlay PNG; `max_width` asks the API for a smaller rendering (ignored by an
+        API that does not offer it)."""
+        params = {"score_thr": score_thr, "show": show, "max_width": max_width}
+        return self._request(
+            "GET", f"/jobs/{job_id}/images/{image_id}/overlay.png", params=params
+        ).content
 
     def compare_images(
         self, job_a: int, job_b: int, *, limit: int = 12, offset: int = 0

@@ -23,6 +23,7 @@ __all__ = [
     "job_label",
     "outcome_legend",
     "pick_dataset",
+    "pick_job",
     "query_int",
     "show_api_error",
     "show_not_available",
@@ -61,8 +62,10 @@ def show_api_error(err: ApiError, *, doing: str) -> None:
             "`DETLAB_API_URL`."
         )
     else:
-        st.error(f"Could not {doing}: the API answered with an error.\n\n"
-                 f"URL tried: `{err.url}`  \n{err.message}")
+        st.error(
+            f"Could not {doing}: the API answered with an error.\n\n"
+            f"URL tried: `{err.url}`  \n{err.message}"
+        )
 
 
 def show_not_available(what: str, path: str) -> None:
@@ -139,6 +142,36 @@ def pick_dataset(datasets: Sequence[dict[str, Any]], *, key: str) -> dict[str, A
         key=key,
     )
     st.query_params["dataset"] = str(chosen)
+    return by_id[chosen]
+
+
+def pick_job(
+    jobs: Sequence[dict[str, Any]], *, key: str, label: str = "Run"
+) -> dict[str, Any] | None:
+    """A job selectbox kept in the `job` query parameter; None when there is none to pick.
+
+    A job named by the URL but not among `jobs` (e.g. an older one) is read and offered too.
+    """
+    by_id = {job["id"]: job for job in jobs}
+    wanted = query_int("job")
+    if wanted is not None and wanted not in by_id:
+        try:
+            by_id = {wanted: api.job(wanted), **by_id}
+        except ApiError as err:
+            if err.status != 404:
+                raise
+            st.warning(f"Job #{wanted} does not exist; pick another one.")
+    if not by_id:
+        return None
+    ids = list(by_id)
+    chosen = st.selectbox(
+        label,
+        ids,
+        index=ids.index(wanted) if wanted in by_id else 0,
+        format_func=lambda i: job_label(by_id[i]),
+        key=key,
+    )
+    st.query_params["job"] = str(chosen)
     return by_id[chosen]
 
 

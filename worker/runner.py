@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+import backend.models  # noqa: F401 - every table, so the ORM can resolve foreign keys
 from backend.config import Settings
 from backend.db import utcnow
 from backend.jobs.models import FINISHED_STATUSES, Job, JobKind, JobStatus
@@ -46,14 +47,24 @@ def claim(sessions: sessionmaker[Session], job_id: int) -> tuple[Job, bool] | No
 
 
 def _finish(session: Session, job: Job, status: JobStatus, error: str | None) -> None:
-    session.execute(update(Job).where(Job.id == job.id).values(
-        status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow()))
+    session.execute(
+        update(Job)
+        .where(Job.id == job.id)
+        .values(status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow())
+    )
     session.commit()
 
 
 def run_job(job_id: int, *, settings: Settings, sessions: sessionmaker[Session]) -> JobStatus:
     """Run a queued (or redelivered) job to its end and record the outcome; never raises."""
-    claimed = claim(sessions, job_id)
+    try:
+        claimed = claim(sessions, job_id)
+    except Exception as exc:
+        log.exception("job %s could not be started", job_id)
+        _record_failure(
+            sessions, job_id, f"the worker could not start it: {_describe(exc, spec={})}"
+        )
+        return JobStatus.failed
     if claimed is None:
         with sessions() as session:
             job = session.get(Job, job_id)
@@ -81,14 +92,30 @@ def run_job(job_id: int, *, settings: Settings, sessions: sessionmaker[Session])
     return status
 
 
+def _record_failure(sessions: sessionmaker[Session], job_id: int, reason: str) -> None:
+    """Best effort: a job that cannot even be claimed must not stay queued forever."""
+    try:
+        with sessions() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(status=JobStatus.failed, error=reason[:2000], finished_at=utcnow())
+            )
+            session.commit()
+    except Exception:
+        log.exception("could not record the failure of job %s", job_id)
+
+
 def _describe(exc: BaseException, *, spec: dict[str, Any]) -> str:
     """A failure reason a user can act on."""
     name = type(exc).__name__
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if name == "OutOfMemoryError" or "CUDA out of memory" in text:
         size = spec.get("image_scale") or spec.get("image_size")
-        return (f"CUDA out of memory with batch_size {spec.get('batch_size')} at image size "
-                f"{size}; lower either, or enable amp")
+        return (
+            f"CUDA out of memory with batch_size {spec.get('batch_size')} at image size "
+            f"{size}; lower either, or enable amp"
+        )
     return f"{name}: {text}"[:2000]
 
 
@@ -98,8 +125,10 @@ def require_cuda_for_amp(amp: bool) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise JobFailed("amp (fp16 mixed precision) needs a CUDA GPU and this worker has "
-                            "none; submit with amp false or run a GPU worker")
+            raise JobFailed(
+                "amp (fp16 mixed precision) needs a CUDA GPU and this worker has "
+                "none; submit with amp false or run a GPU worker"
+            )
 
 
 def save_config(cfg: Any, path: Path, *, job_id: int, sessions: sessionmaker[Session]) -> None:
@@ -107,13 +136,15 @@ def save_config(cfg: Any, path: Path, *, job_id: int, sessions: sessionmaker[Ses
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg.dump(str(path))
     with sessions() as session:
-        session.execute(update(Job).where(Job.id == job_id)
-                        .values(config_text=path.read_text(encoding="utf-8")))
+        session.execute(
+            update(Job).where(Job.id == job_id).values(config_text=path.read_text(encoding="utf-8"))
+        )
         session.commit()
 
 
-def train(cfg: Any, *, job_id: int, resuming: bool, sessions: sessionmaker[Session]
-          ) -> tuple[Any, JobProgressHook]:
+def train(
+    cfg: Any, *, job_id: int, resuming: bool, sessions: sessionmaker[Session]
+) -> tuple[Any, JobProgressHook]:
     """Train with mmengine's Runner and DetLab's progress hook, resuming a redelivered job
     from its last checkpoint (ours, so mmengine's pickled types are allowed to load)."""
     from mmengine.runner import Runner

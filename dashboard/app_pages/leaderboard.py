@@ -58,8 +58,9 @@ def filter_rows(frame: pd.DataFrame) -> pd.DataFrame:
     columns = st.columns(len(FILTERS))
     for column, (axis, label) in zip(columns, FILTERS.items(), strict=True):
         choices = sorted(frame[axis].dropna().unique().tolist())
-        chosen = column.multiselect(label, choices, key=f"leaderboard-filter-{axis}",
-                                    placeholder="all")
+        chosen = column.multiselect(
+            label, choices, key=f"leaderboard-filter-{axis}", placeholder="all"
+        )
         if chosen:
             keep &= frame[axis].isin(chosen)
     return frame[keep]
@@ -107,9 +108,11 @@ metric = st.selectbox(
 )
 board = api.leaderboard(dataset=dataset["id"], metric=metric, limit=ROW_LIMIT)
 if not board["items"]:
-    st.info(f"No fine-tune job on {dataset['name']} has finished yet. Submit one on the Jobs "
-            "page; it appears here when it succeeds.")
-    st.page_link("pages/jobs.py", label="Go to Jobs", icon="⚙️")
+    st.info(
+        f"No fine-tune job on {dataset['name']} has finished yet. Submit one on the Jobs "
+        "page; it appears here when it succeeds."
+    )
+    st.page_link("app_pages/jobs.py", label="Go to Jobs", icon="⚙️")
     st.stop()
 
 runs = filter_rows(leaderboard_frame(board["items"]))
@@ -117,21 +120,38 @@ label = views.METRIC_LABELS[metric]
 shown = f"{len(runs):,} of {board['total']:,} finished runs"
 if board["total"] > len(board["items"]):
     shown += f" (the best {len(board['items']):,} by {label} are loaded)"
-st.caption(f"{shown} on **{dataset['name']}**. Click a column to sort; select a row to open "
-           "the run.")
+st.caption(
+    f"{shown} on **{dataset['name']}**. Click a column to sort; select a row to open the run."
+)
 
 selection = st.dataframe(
     runs,
     hide_index=True,
     width="stretch",
     height=min(600, 38 + 35 * max(len(runs), 1)),
-    column_order=["run", "name", *views.METRIC_LABELS.values(), "detector", "backbone", "init",
-                  "neck", "image scale", "epochs", "iterations", "lr", "seed", "batch_size",
-                  "data_fraction", "finished"],
+    column_order=[
+        "run",
+        "name",
+        *views.METRIC_LABELS.values(),
+        "detector",
+        "backbone",
+        "init",
+        "neck",
+        "image scale",
+        "epochs",
+        "iterations",
+        "lr",
+        "seed",
+        "batch_size",
+        "data_fraction",
+        "finished",
+    ],
     column_config={
         "run": st.column_config.LinkColumn("Run", display_text=r"job=(\d+)", width="small"),
-        **{name: st.column_config.NumberColumn(name, format="%.1f")
-           for name in views.METRIC_LABELS.values()},
+        **{
+            name: st.column_config.NumberColumn(name, format="%.1f")
+            for name in views.METRIC_LABELS.values()
+        },
         "lr": st.column_config.NumberColumn("lr", format="%g"),
         "finished": st.column_config.DatetimeColumn("finished", format="YYYY-MM-DD HH:mm"),
     },
@@ -141,12 +161,18 @@ selection = st.dataframe(
 )
 picked = selection.selection.rows if selection else []
 if picked:
-    st.switch_page("pages/run.py", query_params={"job": str(runs.iloc[picked[0]]["job_id"])})
+    st.switch_page("app_pages/run.py", query_params={"job": str(runs.iloc[picked[0]]["job_id"])})
 
-group = st.segmented_control(
-    "Group the chart by", list(GROUPINGS), format_func=GROUPINGS.get, default="backbone",
-    key="leaderboard-group",
-) or "backbone"
+group = (
+    st.segmented_control(
+        "Group the chart by",
+        list(GROUPINGS),
+        format_func=GROUPINGS.get,
+        default="backbone",
+        key="leaderboard-group",
+    )
+    or "backbone"
+)
 if runs.empty:
     st.info("No run matches these filters.")
 else:

@@ -1,0 +1,199 @@
+"""Compare: two or more finished runs on one dataset side by side: their metrics and spec,
+the per-class AP difference to the first (the baseline), and the images where one run is right
+and the other wrong as paired overlays.
+
+The runs come from the `jobs` query parameter (`compare?jobs=3,5`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard import api, views
+from dashboard.client import ApiError, describe_detail
+
+MAX_RUNS = 6
+PAIRS_PAGE = 8
+AXES = (
+    "detector",
+    "backbone",
+    "neck",
+    "init",
+    "norm",
+    "image_scale",
+    "epochs",
+    "iterations",
+    "batch_size",
+    "lr",
+    "seed",
+    "data_fraction",
+    "amp",
+)
+
+
+def run_label(row: dict[str, Any]) -> str:
+    return (
+        f"#{row['job_id']} {row['name'] or ''} · {row['backbone']} · {row['init']} · "
+        f"mAP {views.format_ap(row['bbox_mAP'])}"
+    )
+
+
+def short_label(row: dict[str, Any]) -> str:
+    return f"#{row['job_id']} {row['name'] or ''}".strip()
+
+
+def pick_runs(rows: dict[int, dict[str, Any]]) -> list[int]:
+    wanted = [
+        int(part)
+        for part in st.query_params.get("jobs", "").split(",")
+        if part.strip().isdigit() and int(part) in rows
+    ]
+    chosen = st.multiselect(
+        "Runs (the first is the baseline)",
+        list(rows),
+        default=wanted[:MAX_RUNS],
+        format_func=lambda i: run_label(rows[i]),
+        max_selections=MAX_RUNS,
+        key="compare-jobs",
+    )
+    st.query_params["jobs"] = ",".join(str(i) for i in chosen)
+    return chosen
+
+
+def metrics_table(runs: list[dict[str, Any]]) -> None:
+    """One column per run: AP figures, then the spec axes on which the runs differ."""
+    frame = pd.DataFrame(
+        {short_label(r): [views.ap_points(r[m]) for m in views.METRIC_LABELS] for r in runs},
+        index=list(views.METRIC_LABELS.values()),
+    )
+    baseline = frame.iloc[:, 0]
+    for run in frame.columns[1:]:
+        frame[f"Δ {run}"] = (frame[run] - baseline).round(1)
+    st.dataframe(frame, width="stretch")
+    differing = [axis for axis in AXES if len({str(r[axis]) for r in runs}) > 1]
+    if differing:
+        st.caption("Where the specs differ")
+        st.dataframe(
+            pd.DataFrame(
+                {short_label(r): [str(r[a]) for a in differing] for r in runs}, index=differing
+            ),
+            width="stretch",
+        )
+
+
+def per_class_difference(runs: list[dict[str, Any]]) -> None:
+    """AP per class of each run minus the baseline's, in AP points."""
+    per_class = {
+        short_label(r): {
+            name: views.ap_points(ap)
+            for name, ap in api.evaluation(r["job_id"])["per_class_ap"].items()
+        }
+        for r in runs
+    }
+    frame = pd.DataFrame(per_class)
+    baseline = frame.columns[0]
+    figure = go.Figure()
+    for run in frame.columns[1:]:
+        difference = (frame[run] - frame[baseline]).round(1)
+        figure.add_trace(
+            go.Bar(x=frame.index, y=difference, name=f"{run} − {baseline}", text=difference)
+        )
+    figure.update_layout(
+        title=f"AP per class, difference to {baseline}",
+        barmode="group",
+        yaxis_title="Δ AP (points)",
+        height=360,
+        margin={"t": 50, "b": 40},
+    )
+    left, right = st.columns([3, 2])
+    left.plotly_chart(figure, width="stretch")
+    right.dataframe(frame, width="stretch")
+
+
+def paired_images(runs: list[dict[str, Any]]) -> None:
+    """Images where the baseline and another run disagree, their overlays side by side."""
+    baseline, others = runs[0], {r["job_id"]: r for r in runs[1:]}
+    pair_col, thr_col = st.columns([3, 2])
+    other_id = pair_col.selectbox(
+        "Images of the baseline against",
+        list(others),
+        format_func=lambda i: short_label(others[i]),
+        key="compare-other",
+    )
+    score_thr = thr_col.slider("Score threshold", 0.0, 1.0, 0.3, 0.05, key="compare-thr")
+    other = others[other_id]
+    page = st.session_state.get("compare-page", 1)
+    try:
+        listing = api.compare_images(
+            baseline["job_id"], other_id, limit=PAIRS_PAGE, offset=(page - 1) * PAIRS_PAGE
+        )
+    except ApiError as err:
+        if err.missing_endpoint:
+            views.show_not_available("Paired images", "/jobs/{a}/compare/{b}/images")
+        elif err.status == 422:
+            st.warning(describe_detail(err.detail))
+        else:
+            raise
+        return
+    if not listing["items"]:
+        st.info("The two runs agree on every image.")
+        return
+    names = {"a": short_label(baseline), "b": short_label(other)}
+    views.outcome_legend()
+    slots = []
+    for item in listing["items"]:
+        st.markdown(f"**{item['file_name']}** · better: {names[item['better']]}")
+        for column, side in zip(st.columns(2), "ab", strict=True):
+            counts = item[side]
+            caption = (
+                f"{names[side]}: {counts['tp']} TP · {counts['errors']} errors · "
+                f"{counts['missed']} missed"
+            )
+            slots.append((column.skeleton(height=240), caption))
+    pairs = [
+        (job_id, item["image_id"])
+        for item in listing["items"]
+        for job_id in (baseline["job_id"], other_id)
+    ]
+    try:
+        for position, tile in api.overlay_tiles(
+            pairs, score_thr=score_thr, show="gt,tp,errors", width=960
+        ):
+            slot, caption = slots[position]
+            slot.image(tile, caption=caption, width="stretch")
+    except ApiError as err:
+        if not err.missing_endpoint:
+            raise
+        views.show_not_available("Overlays", "/jobs/{job_id}/images/{image_id}/overlay.png")
+    pages = -(-listing["total"] // PAIRS_PAGE)
+    if pages > 1:
+        st.pagination(pages, key="compare-page")
+
+
+st.title("Compare runs")
+dataset = views.pick_dataset(api.datasets(), key="compare-dataset")
+if dataset is None:
+    st.stop()
+board = api.leaderboard(dataset=dataset["id"], limit=1000)
+rows = {row["job_id"]: row for row in board["items"]}
+if len(rows) < 2:
+    st.info(
+        f"Comparing needs two finished fine-tune runs on {dataset['name']}; it has {len(rows)}."
+    )
+    st.stop()
+chosen = pick_runs(rows)
+if len(chosen) < 2:
+    st.info("Pick two or more runs; the first one is the baseline the others are compared to.")
+    st.stop()
+runs = [rows[job_id] for job_id in chosen]
+
+st.subheader("Metrics")
+metrics_table(runs)
+st.subheader("AP per class")
+per_class_difference(runs)
+st.subheader("Where they disagree")
+paired_images(runs)

@@ -1,0 +1,185 @@
+"""Predictions explorer: one run's val images as overlays, worst first, filtered by class and
+error type, redrawn at the chosen score threshold; a click enlarges one with its boxes.
+
+The job comes from the `job` query parameter and the enlarged image from `image`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import api, views
+from dashboard.client import ApiError
+
+PAGE_SIZE = 24
+SORTS = {"worst": "worst first", "best": "best first", "image_id": "by image id"}
+SHOW = {"gt": "ground truth", "tp": "true positives", "errors": "errors"}
+
+
+def image_caption(item: dict[str, Any]) -> str:
+    errors = sum(item[kind] for kind in views.ERROR_TYPES if kind != "missed")
+    return f"{item['file_name']} · {item['tp']} TP · {errors} errors · {item['missed']} missed"
+
+
+def open_image(image_id: int) -> None:
+    st.query_params["image"] = str(image_id)
+
+
+def first_page() -> None:
+    st.session_state["explorer-page"] = 1
+
+
+def close_image() -> None:
+    st.query_params.pop("image", None)
+
+
+@st.dialog("Image", width="large", on_dismiss=close_image)
+def enlarged(job_id: int, image_id: int, *, score_thr: float, show: str) -> None:
+    """The overlay at full size, its box list and the legend of the colours."""
+    try:
+        found = api.detections(job_id, image_id)
+        png = api.overlay(job_id, image_id, score_thr=score_thr, show=show)
+    except ApiError as err:
+        views.show_api_error(err, doing=f"load image {image_id}")
+        return
+    st.markdown(f"**{found['file_name']}** · {found['width']}×{found['height']} px")
+    st.image(png, width="stretch", output_format="PNG")
+    views.outcome_legend()
+    boxes = [d for d in found["detections"] if d["score"] >= score_thr]
+    st.markdown(f"**Predictions with score ≥ {score_thr:.2f}** ({len(boxes)})")
+    if boxes:
+        st.dataframe(box_table(boxes), hide_index=True, width="stretch")
+    missed = [g for g in found["ground_truth"] if g.get("missed")]
+    st.caption(
+        f"{len(found['ground_truth'])} ground-truth boxes, {len(missed)} missed"
+        + (f": {', '.join(g['category'] for g in missed)}" if missed else "")
+    )
+    if st.button("Close"):
+        close_image()
+        st.rerun()
+
+
+def box_table(detections: list[dict[str, Any]]):
+    frame = pd.DataFrame(
+        {
+            "class": [d["category"] for d in detections],
+            "score": [round(d["score"], 3) for d in detections],
+            "IoU": [None if d.get("iou") is None else round(d["iou"], 2) for d in detections],
+            "outcome": [d["error_type"] for d in detections],
+            "GT class": [d.get("gt_category") or "" for d in detections],
+            "box (x, y, w, h)": [", ".join(f"{v:.0f}" for v in d["bbox"]) for d in detections],
+        }
+    )
+
+    def colour(outcome: str) -> str:
+        rgb = views.OUTCOME_COLORS.get(outcome)
+        return f"background-color: rgba{(*rgb, 0.35)}" if rgb else ""
+
+    return frame.style.map(colour, subset=["outcome"])
+
+
+def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    classes = [c["name"] for c in api.dataset(job["dataset_id"])["stats"]["categories"]]
+    counts = (evaluation.get("analysis") or {}).get("counts")
+    error_types = [kind for kind in views.ERROR_TYPES if not counts or kind in counts]
+    class_col, error_col, sort_col, thr_col = st.columns([2, 2, 2, 3])
+    chosen = {
+        "category": class_col.selectbox(
+            "Class",
+            [None, *classes],
+            format_func=lambda c: c or "all classes",
+            key="explorer-class",
+            on_change=first_page,
+        ),
+        "error_type": error_col.selectbox(
+            "Error type",
+            [None, *error_types],
+            format_func=lambda e: e or "any outcome",
+            key="explorer-error",
+            on_change=first_page,
+        ),
+        "sort": sort_col.selectbox(
+            "Order", list(SORTS), format_func=SORTS.get, key="explorer-sort", on_change=first_page
+        ),
+    }
+    score_thr = thr_col.slider("Score threshold", 0.0, 1.0, 0.3, 0.05, key="explorer-thr")
+    shown = st.pills(
+        "Draw",
+        list(SHOW),
+        format_func=SHOW.get,
+        selection_mode="multi",
+        default=list(SHOW),
+        key="explorer-show",
+    ) or list(SHOW)
+    return {**chosen, "score_thr": score_thr, "show": ",".join(shown)}
+
+
+st.title("Predictions explorer")
+finished = api.jobs(status="succeeded", kind="finetune", limit=200)["items"]
+job = views.pick_job(finished, key="explorer-job")
+if job is None:
+    st.info("No fine-tune job has succeeded yet; its predictions appear here when one does.")
+    st.stop()
+evaluation = api.evaluation(job["id"])
+chosen = filters(job, evaluation)
+score_thr, show = chosen.pop("score_thr"), chosen.pop("show")
+
+page = st.session_state.get("explorer-page", 1)
+try:
+    listing = api.images(job["id"], **chosen, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+except ApiError as err:
+    if not err.missing_endpoint:
+        raise
+    views.show_not_available("The predictions explorer", "/jobs/{job_id}/images")
+    st.stop()
+
+if not listing["items"]:
+    st.info("No image matches these filters.")
+    st.stop()
+
+first = (page - 1) * PAGE_SIZE + 1
+st.caption(
+    f"Images {first}–{first + len(listing['items']) - 1} of {listing['total']:,}. "
+    "Enlarge one to see its boxes."
+)
+views.outcome_legend()
+area = st.empty()
+with area.container():
+    grid = st.grid(4, border=True, key="explorer-grid")
+    slots = []
+    for item in listing["items"]:
+        with grid.cell():
+            slots.append(st.skeleton(height=180))
+            st.button(
+                "Enlarge",
+                key=f"enlarge-{item['image_id']}",
+                on_click=open_image,
+                args=(item["image_id"],),
+                icon="🔍",
+            )
+try:
+    # each tile appears as soon as the API has rendered it
+    for position, tile in api.overlay_tiles(
+        [(job["id"], item["image_id"]) for item in listing["items"]],
+        score_thr=score_thr,
+        show=show,
+    ):
+        slots[position].image(
+            tile, caption=image_caption(listing["items"][position]), width="stretch"
+        )
+except ApiError as err:
+    if not err.missing_endpoint:
+        raise
+    area.empty()
+    views.show_not_available("Overlays", "/jobs/{job_id}/images/{image_id}/overlay.png")
+    st.stop()
+pages = -(-listing["total"] // PAGE_SIZE)
+if pages > 1:
+    st.pagination(pages, key="explorer-page")
+
+image_id = views.query_int("image")
+if image_id is not None:
+    enlarged(job["id"], image_id, score_thr=score_thr, show=show)

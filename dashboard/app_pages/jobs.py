@@ -1,0 +1,334 @@
+"""Jobs: what runs now (live progress, ETA, cancel), a form to submit a job, and the history.
+
+The choices of the form come from `GET /jobs/options`; a refused job shows the API's own
+validation message.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import api, views
+from dashboard.client import ApiError, describe_detail
+
+HISTORY_PAGE = 50
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+INIT_CHOICES = {
+    "checkpoint": "checkpoint file",
+    "weights_id": "registered weights",
+}
+
+
+@st.fragment(run_every=2)
+def active_jobs() -> None:
+    """Running jobs with a progress bar and ETA, then the queue; refreshed every 2 s."""
+    try:
+        running = api.jobs(live=True, status="running", limit=100)["items"]
+        queued = api.jobs(live=True, status="queued", limit=100)["items"]
+    except ApiError as err:
+        views.show_api_error(err, doing="load the running and queued jobs")
+        return
+    active_ids = {job["id"] for job in running + queued}
+    finished = st.session_state.get("jobs-active-ids", set()) - active_ids
+    st.session_state["jobs-active-ids"] = active_ids
+    if finished:  # the history below changed: rerun the whole page, not only this part
+        api.forget_lists()
+        st.rerun(scope="app")
+
+    if not active_ids:
+        st.caption("No job is running or queued.")
+    for job in running:
+        job_row(job, bar=True)
+    for position, job in enumerate(sorted(queued, key=lambda j: j["id"]), start=1):
+        job_row(job, bar=False, position=position)
+
+
+def job_row(job: dict[str, Any], *, bar: bool, position: int | None = None) -> None:
+    label, progress, cancel = st.columns([3, 6, 1], vertical_alignment="center")
+    label.page_link("app_pages/run.py", label=views.job_label(job), query_params={"job": job["id"]})
+    if bar:
+        progress.progress(job["progress"] or 0.0, text=progress_text(job))
+    else:
+        progress.caption(f"queued, position {position}")
+    if job["cancel_requested"]:
+        cancel.caption("stopping…")
+    elif cancel.button("Cancel", key=f"cancel-{job['id']}"):
+        try:
+            api.cancel_job(job["id"])
+            st.toast(f"Cancel requested for job #{job['id']}")
+        except ApiError as err:
+            st.warning(f"Job #{job['id']} was not cancelled: {describe_detail(err.detail)}")
+
+
+def progress_text(job: dict[str, Any]) -> str:
+    total = job["progress_total"]
+    if not total:
+        return "starting…"
+    text = f"iteration {job['progress_iter']:,} / {total:,} ({job['progress']:.0%})"
+    if job["eta_seconds"] is not None:
+        text += f" · ETA {views.format_duration(job['eta_seconds'])}"
+    return text
+
+
+def history_table(options: dict[str, Any], datasets: dict[int, str]) -> None:
+    status_col, kind_col, dataset_col = st.columns(3)
+    status = status_col.selectbox(
+        "Status", [None, *STATUSES], format_func=lambda s: s or "any", key="jobs-status"
+    )
+    kind = kind_col.selectbox(
+        "Kind", [None, *options["kind"]], format_func=lambda k: k or "any", key="jobs-kind"
+    )
+    dataset = dataset_col.selectbox(
+        "Dataset",
+        [None, *datasets],
+        format_func=lambda d: datasets[d] if d else "any",
+        key="jobs-dataset",
+    )
+    page = st.session_state.get("jobs-page", 1)
+    listing = api.jobs(
+        status=status,
+        kind=kind,
+        dataset=dataset,
+        limit=HISTORY_PAGE,
+        offset=(page - 1) * HISTORY_PAGE,
+    )
+    if not listing["items"]:
+        st.info("No job matches these filters." if listing["total"] else "No job submitted yet.")
+        return
+    st.dataframe(
+        history_frame(listing["items"], datasets),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "run": st.column_config.LinkColumn("Run", display_text=r"job=(\d+)", width="small"),
+            "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
+            "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
+        },
+    )
+    pages = -(-listing["total"] // HISTORY_PAGE)
+    st.caption(f"{listing['total']:,} jobs, newest first.")
+    if pages > 1:
+        st.pagination(pages, key="jobs-page")
+
+
+def history_frame(items: list[dict[str, Any]], datasets: dict[int, str]) -> pd.DataFrame:
+    def took(job: dict[str, Any]) -> str:
+        if not job["started_at"] or not job["finished_at"]:
+            return "–"
+        started = datetime.fromisoformat(job["started_at"])
+        finished = datetime.fromisoformat(job["finished_at"])
+        return views.format_duration((finished - started).total_seconds())
+
+    return pd.DataFrame(
+        {
+            "run": [f"run?job={job['id']}" for job in items],
+            "name": [job["name"] or "" for job in items],
+            "kind": [job["kind"] for job in items],
+            "status": [job["status"] for job in items],
+            "progress": [job["progress"] for job in items],
+            "dataset": [datasets.get(job["dataset_id"], job["dataset_id"]) for job in items],
+            "detector": [job["spec"].get("detector") for job in items],
+            "backbone": [job["spec"].get("backbone") for job in items],
+            "init": [views.init_label(job["spec"].get("init")) for job in items],
+            "created": pd.to_datetime([job["created_at"] for job in items], utc=True),
+            "took": [took(job) for job in items],
+            "error": [job["error"] or "" for job in items],
+        }
+    )
+
+
+def finetune_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str, Any] | None:
+    """The fine-tune form; returns the spec to submit when it is submitted."""
+    defaults = options["defaults"]
+    init_kinds = [i if isinstance(i, str) else next(iter(i)) for i in options["init"]]
+    with st.form("submit-finetune"):
+        dataset_id = st.selectbox("Dataset", list(datasets), format_func=datasets.get)
+        name = st.text_input("Name (optional)")
+        detector_col, backbone_col, neck_col, norm_col = st.columns(4)
+        detector = detector_col.selectbox(
+            "Detector", options["detector"], index=options["detector"].index(defaults["detector"])
+        )
+        backbone = backbone_col.selectbox(
+            "Backbone", options["backbone"], index=options["backbone"].index(defaults["backbone"])
+        )
+        neck = neck_col.selectbox(
+            "Neck", options["neck"], index=options["neck"].index(defaults["neck"])
+        )
+        norm = norm_col.selectbox(
+            "Norm", [None, *options["norm"]], format_func=lambda n: n or "default for the init"
+        )
+        init_col, checkpoint_col, prefix_col = st.columns([1, 2, 1])
+        init = init_col.selectbox(
+            "Backbone init",
+            init_kinds,
+            index=init_kinds.index(defaults["init"]),
+            format_func=lambda i: INIT_CHOICES.get(i, i),
+        )
+        checkpoint = checkpoint_col.text_input(
+            "Checkpoint path (for a checkpoint file)", placeholder="/data/pretrain/moco.pth"
+        )
+        prefix = prefix_col.text_input("Key prefix to strip", placeholder="module.encoder_q.")
+        weights_id = weights_choice() if "weights_id" in init_kinds else None
+
+        unit_col, length_col, width_col, height_col = st.columns(4)
+        unit = unit_col.radio("Schedule in", ["epochs", "iterations"], horizontal=True)
+        length = length_col.number_input("Length", value=12, step=1)
+        width = width_col.number_input("Image width", value=defaults["image_scale"][0], step=32)
+        height = height_col.number_input("Image height", value=defaults["image_scale"][1], step=32)
+        batch_col, optimizer_col, lr_col, seed_col = st.columns(4)
+        values: dict[str, Any] = {
+            "batch_size": batch_col.number_input("Batch size", value=defaults["batch_size"]),
+            "optimizer": optimizer_col.selectbox(
+                "Optimizer",
+                options["optimizer"],
+                index=options["optimizer"].index(defaults["optimizer"]),
+            ),
+            "lr": lr_col.number_input(
+                "Learning rate", value=defaults["lr"], format="%.5f", step=0.001
+            ),
+            "seed": seed_col.number_input("Seed", value=defaults["seed"], step=1),
+        }
+        with st.expander("More settings"):
+            left, middle, right = st.columns(3)
+            values["weight_decay"] = left.number_input(
+                "Weight decay", value=defaults["weight_decay"], format="%.6f", step=1e-5
+            )
+            values["momentum"] = middle.number_input("Momentum", value=defaults["momentum"])
+            values["warmup_iters"] = right.number_input(
+                "Warm-up iterations", value=defaults["warmup_iters"], step=1
+            )
+            values["warmup_ratio"] = left.number_input(
+                "Warm-up ratio", value=defaults["warmup_ratio"], format="%.4f", step=1e-4
+            )
+            values["data_fraction"] = middle.number_input(
+                "Share of the train split", value=defaults["data_fraction"], step=0.1
+            )
+            values["eval_interval"] = right.number_input(
+                "Evaluate every (epochs or iterations)", value=defaults["eval_interval"], step=1
+            )
+            values["checkpoint_interval"] = (
+                left.number_input(
+                    "Checkpoint every (0: as evaluation)",
+                    value=defaults["checkpoint_interval"] or 0,
+                    step=1,
+                )
+                or None
+            )
+            values["num_workers"] = middle.number_input(
+                "Loader workers", value=defaults["num_workers"], step=1
+            )
+            values["roi_samples_per_image"] = right.number_input(
+                "RoIs per image (two-stage)", value=defaults["roi_samples_per_image"], step=16
+            )
+            values["test_proposals_per_image"] = left.number_input(
+                "Test proposals per image", value=defaults["test_proposals_per_image"], step=100
+            )
+            values["amp"] = middle.checkbox("Mixed precision (amp)", value=defaults["amp"])
+        if not st.form_submit_button("Submit fine-tune job", type="primary"):
+            return None
+
+    chosen_init: Any = init
+    if init == "checkpoint":
+        chosen_init = {"checkpoint": checkpoint, "prefix": prefix}
+    elif init == "weights_id":
+        chosen_init = {"weights_id": weights_id}
+    spec = {
+        "detector": detector,
+        "backbone": backbone,
+        "neck": neck,
+        "norm": norm,
+        "init": chosen_init,
+        "image_scale": [width, height],
+        **values,
+    }
+    # Settings left at their defaults are not sent, so the API applies its own rules to them
+    # (e.g. the RoI sampling setting that a one-stage detector does not accept).
+    spec = {key: value for key, value in spec.items() if value != defaults.get(key)}
+    spec.update({"kind": "finetune", "dataset_id": dataset_id, unit: int(length)})
+    if name.strip():
+        spec["name"] = name.strip()
+    return spec
+
+
+def weights_choice() -> int | None:
+    """A registered weights entry, or its id typed in when the API cannot list them yet."""
+    if api.has_endpoint("/weights"):
+        try:
+            registered = {w["id"]: w for w in api.weights()}
+        except ApiError:
+            registered = {}
+        if registered:
+            return st.selectbox(
+                "Registered weights (for registered weights)",
+                list(registered),
+                format_func=lambda i: f"#{i} {registered[i].get('name', '')}",
+            )
+    return st.number_input("Weights id (for registered weights)", value=1, step=1)
+
+
+def json_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str, Any] | None:
+    """Any kind of job the API accepts, written as its JSON spec."""
+    kind = st.selectbox("Kind", options["kind"], key="json-kind")
+    example = {
+        "kind": kind,
+        "dataset_id": next(iter(datasets), 1),
+        "name": "",
+        "epochs": 12,
+        **(options["defaults"] if kind == "finetune" else {}),
+    }
+    with st.form("submit-json"):
+        text = st.text_area("Spec (JSON)", value=json.dumps(example, indent=2), height=360)
+        if not st.form_submit_button("Submit job"):
+            return None
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        st.error(f"The spec is not valid JSON: {exc}")
+        return None
+    if not isinstance(spec, dict):
+        st.error('The spec must be a JSON object, e.g. {"dataset_id": 1, "epochs": 12}.')
+        return None
+    return spec
+
+
+def submit(spec: dict[str, Any]) -> None:
+    try:
+        job = api.submit_job(spec)
+    except ApiError as err:
+        if err.status == 422:
+            st.error(f"The API refused this job:\n\n{describe_detail(err.detail)}")
+        else:
+            views.show_api_error(err, doing="submit the job")
+        return
+    st.success(f"Job #{job['id']} queued: {views.job_label(job)}")
+    st.page_link(
+        "app_pages/run.py", label=f"Open job #{job['id']}", query_params={"job": job["id"]}
+    )
+
+
+st.title("Jobs")
+options = api.job_options()
+datasets = {d["id"]: d["name"] for d in api.datasets()}
+
+st.subheader("Running and queued")
+active_jobs()
+
+st.subheader("Submit a job")
+if not datasets:
+    st.info("Register a dataset (`POST /datasets`) before submitting jobs.")
+else:
+    finetune_tab, json_tab = st.tabs(["Fine-tune", "Spec as JSON (any kind)"])
+    with finetune_tab:
+        spec = finetune_form(options, datasets)
+    with json_tab:
+        spec = json_form(options, datasets) or spec
+    if spec is not None:
+        submit(spec)
+
+st.subheader("History")
+history_table(options, datasets)

@@ -1,0 +1,313 @@
+"""Run detail: one job's training curves, final metrics, per-class AP, error breakdown,
+confusion matrix, and downloads of its mmdet config, evaluation and predictions.
+
+The job comes from the `job` query parameter (`run?job=12`); a running job's part of the
+page refreshes on its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard import api, views
+from dashboard.client import ApiError, describe_detail
+
+ACTIVE = ("queued", "running")
+PREDICTIONS_PATH = "/jobs/{job_id}/predictions"
+
+
+def line_figure(
+    series: list[dict[str, Any]],
+    *,
+    title: str,
+    x_title: str,
+    y_title: str,
+    by_epoch: bool = False,
+    scale: float = 1.0,
+) -> go.Figure:
+    figure = go.Figure()
+    for line in series:
+        x = line["epochs"] if by_epoch else line["steps"]
+        points = [(a, scale * v) for a, v in zip(x, line["values"], strict=True) if v >= 0]
+        figure.add_trace(
+            go.Scatter(
+                x=[a for a, _ in points],
+                y=[v for _, v in points],
+                name=line["key"].split("/")[-1],
+                mode="lines+markers" if len(points) < 30 else "lines",
+            )
+        )
+    figure.update_layout(
+        title=title,
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        height=340,
+        margin={"t": 50, "b": 40},
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return figure
+
+
+def training_curves(job: dict[str, Any]) -> None:
+    """Loss components and lr over iterations, validation AP over epochs."""
+    finished = job["status"] not in ACTIVE
+    series = api.metrics(job["id"], finished=finished)
+    if not series:
+        st.caption("No metric reported yet; the worker writes them as it trains.")
+        return
+    losses = [s for s in series if s["key"].startswith("train/loss")]
+    lr = [s for s in series if s["key"] == "train/lr"]
+    val = [s for s in series if s["key"].startswith("val/bbox_mAP")]
+    loss_col, lr_col = st.columns(2)
+    if losses:
+        loss_col.plotly_chart(
+            line_figure(losses, title="Losses", x_title="iteration", y_title="loss"),
+            width="stretch",
+        )
+    if lr:
+        lr_col.plotly_chart(
+            line_figure(lr, title="Learning rate", x_title="iteration", y_title="lr"),
+            width="stretch",
+        )
+    if val:
+        by_epoch = all(e is not None for s in val for e in s["epochs"])
+        st.plotly_chart(
+            line_figure(
+                val,
+                title="Validation AP",
+                by_epoch=by_epoch,
+                scale=100,
+                x_title="epoch" if by_epoch else "iteration",
+                y_title="AP (points)",
+            ),
+            width="stretch",
+        )
+    if any(s["downsampled"] for s in series):
+        st.caption("Long series are averaged down to 1,000 points.")
+
+
+def progress_section(job_id: int) -> None:
+    """Status, progress and curves; reruns every 5 s while the job is queued or running."""
+    try:
+        job = api.job(job_id, live=True)
+        show_progress(job)
+    except ApiError as err:  # a fragment's rerun is not under app.py's error handling
+        views.show_api_error(err, doing=f"refresh job #{job_id}")
+        return
+    if job["status"] not in ACTIVE and st.session_state.get("run-was-active") == job_id:
+        st.session_state.pop("run-was-active")
+        st.rerun(scope="app")  # it just finished: show its evaluation
+
+
+def show_progress(job: dict[str, Any]) -> None:
+    if job["status"] == "running" and job["progress_total"]:
+        eta = views.format_duration(job["eta_seconds"])
+        st.progress(
+            job["progress"] or 0.0,
+            text=f"iteration {job['progress_iter']:,} / {job['progress_total']:,} · ETA {eta}",
+        )
+    elif job["status"] == "queued":
+        st.info("Queued: waiting for a worker.")
+    training_curves(job)
+
+
+def final_metrics(evaluation: dict[str, Any]) -> None:
+    for column, (metric, label) in zip(
+        st.columns(len(views.METRIC_LABELS)), views.METRIC_LABELS.items(), strict=True
+    ):
+        column.metric(label, views.format_ap(evaluation[metric]))
+
+
+def per_class_ap(evaluation: dict[str, Any]) -> None:
+    points = {name: views.ap_points(ap) for name, ap in evaluation["per_class_ap"].items()}
+    scored = sorted(((ap, name) for name, ap in points.items() if ap is not None))
+    if not scored:
+        st.caption("No class has an AP (the val split has no boxes of any class).")
+        return
+    figure = go.Figure(
+        go.Bar(
+            x=[ap for ap, _ in scored],
+            y=[name for _, name in scored],
+            orientation="h",
+            text=[f"{ap:.1f}" for ap, _ in scored],
+        )
+    )
+    figure.update_layout(
+        title="AP per class",
+        xaxis_title="AP (points)",
+        height=max(260, 60 + 24 * len(scored)),
+        margin={"t": 50, "b": 40},
+    )
+    st.plotly_chart(figure, width="stretch")
+    unscored = [name for name, ap in points.items() if ap is None]
+    if unscored:
+        st.caption(f"No AP (no ground truth in val): {', '.join(sorted(unscored))}")
+
+
+def error_breakdown(analysis: dict[str, Any]) -> None:
+    """dAP per error type (AP50 gained by fixing it) and how many of each there are."""
+    dap = sorted(analysis.get("dAP", {}).items(), key=lambda item: -item[1])
+    counts = analysis.get("counts", {})
+    left, right = st.columns([3, 2])
+    figure = go.Figure(
+        go.Bar(
+            x=[kind for kind, _ in dap],
+            y=[value for _, value in dap],
+            marker_color=[
+                f"rgb{views.OUTCOME_COLORS.get(kind, (128, 128, 128))}" for kind, _ in dap
+            ],
+            text=[f"{value:.2f}" for _, value in dap],
+        )
+    )
+    figure.update_layout(
+        title="dAP50 per error type (AP50 points gained by fixing it)",
+        yaxis_title="dAP50",
+        height=340,
+        margin={"t": 50, "b": 40},
+    )
+    left.plotly_chart(figure, width="stretch")
+    right.dataframe(
+        pd.DataFrame({"outcome": list(counts), "count": list(counts.values())}),
+        hide_index=True,
+        width="stretch",
+    )
+    right.caption(f"Predictions with score ≥ {analysis.get('score_thr', '?')}.")
+    per_class = analysis.get("per_class")
+    if per_class:
+        with st.expander("Errors per class"):
+            st.dataframe(pd.DataFrame(per_class).T.fillna(0).astype(int), width="stretch")
+
+
+def confusion_heatmap(confusion: dict[str, Any]) -> None:
+    labels, matrix = confusion["labels"], confusion["matrix"]
+    figure = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=labels,
+            y=labels,
+            colorscale="Blues",
+            texttemplate="%{z}",
+            hovertemplate="ground truth %{y}<br>predicted %{x}<br>%{z}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        title=f"Confusion matrix (score ≥ {confusion.get('score_thr')}, "
+        f"IoU ≥ {confusion.get('iou_thr')})",
+        xaxis_title="predicted",
+        yaxis_title="ground truth",
+        yaxis_autorange="reversed",
+        height=max(360, 120 + 40 * len(labels)),
+        margin={"t": 50, "b": 40},
+    )
+    st.plotly_chart(figure, width="stretch")
+
+
+def downloads(job: dict[str, Any], evaluation: dict[str, Any] | None) -> None:
+    config_col, evaluation_col, predictions_col = st.columns(3)
+    try:
+        config_col.download_button(
+            "mmdet config",
+            api.config(job["id"]),
+            file_name=f"job_{job['id']}_config.py",
+            mime="text/x-python",
+            icon="⬇️",
+        )
+    except ApiError as err:
+        if err.status != 404:
+            raise
+        config_col.caption(describe_detail(err.detail))
+    if evaluation is not None:
+        evaluation_col.download_button(
+            "evaluation (JSON)",
+            json.dumps(evaluation, indent=2),
+            file_name=f"job_{job['id']}_evaluation.json",
+            mime="application/json",
+            icon="⬇️",
+        )
+        if api.has_endpoint(PREDICTIONS_PATH):
+            predictions_col.download_button(
+                "predictions (COCO results JSON)",
+                functools.partial(api.client().predictions, job["id"]),
+                file_name=f"job_{job['id']}_predictions.bbox.json",
+                mime="application/json",
+                icon="⬇️",
+            )
+        else:
+            predictions_col.caption(
+                f"Predictions file download: not available yet (this API does not serve "
+                f"`{PREDICTIONS_PATH}`). On the server: `{evaluation['predictions_path']}`"
+            )
+
+
+def read_evaluation(job: dict[str, Any]) -> dict[str, Any] | None:
+    if job["status"] != "succeeded":
+        return None
+    try:
+        return api.evaluation(job["id"])
+    except ApiError as err:
+        if err.status != 404:
+            raise
+        st.info(describe_detail(err.detail))
+        return None
+
+
+st.title("Run detail")
+job = views.pick_job(api.jobs(limit=200)["items"], key="run-job")
+if job is None:
+    st.info("No job submitted yet. Submit one on the Jobs page.")
+    st.stop()
+job = api.job(job["id"], live=job["status"] in ACTIVE)
+spec = job["spec"]
+
+st.header(views.job_label(job))
+st.caption(
+    f"{job['kind']} · status **{job['status']}** · dataset #{job['dataset_id']} · created "
+    f"{job['created_at'][:19].replace('T', ' ')}"
+    + (f" · worker {job['worker_host']}" if job["worker_host"] else "")
+)
+if job["error"]:
+    (st.error if job["status"] == "failed" else st.warning)(job["error"])
+with st.expander("Spec"):
+    st.json(spec)
+
+links = st.columns(3)
+links[0].page_link(
+    "app_pages/explorer.py",
+    label="Explore its predictions",
+    icon="🔍",
+    query_params={"job": job["id"]},
+)
+links[1].page_link(
+    "app_pages/compare.py",
+    label="Compare with other runs",
+    icon="⚖️",
+    query_params={"jobs": str(job["id"]), "dataset": str(job["dataset_id"])},
+)
+
+active = job["status"] in ACTIVE
+if active:
+    st.session_state["run-was-active"] = job["id"]
+st.subheader("Training")
+st.fragment(progress_section, run_every=5 if active else None)(job["id"])
+
+evaluation = read_evaluation(job)
+if evaluation is not None:
+    st.subheader("Final metrics (val)")
+    final_metrics(evaluation)
+    per_class_ap(evaluation)
+    st.subheader("Error breakdown")
+    analysis = evaluation.get("analysis")
+    if not analysis:
+        st.info("The error analysis is not available yet for this run.")
+    else:
+        error_breakdown(analysis)
+        if analysis.get("confusion"):
+            confusion_heatmap(analysis["confusion"])
+st.subheader("Downloads")
+downloads(job, evaluation)
