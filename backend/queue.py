@@ -12,7 +12,6 @@ from backend.config import Settings, get_settings
 __all__ = ["celery_config", "get_client", "enqueue"]
 
 TASK_NAME = "jobs.run"
-QUEUE = "detlab"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -29,7 +28,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": settings.broker_url,
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
-        "task_default_queue": QUEUE,
+        "task_default_queue": settings.queue,
         "task_ignore_result": True,  # job state lives in the database
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -55,4 +54,4 @@ def get_client() -> Celery:
 
 def enqueue(job_id: int) -> None:
     """Queue a job for the workers; only its id travels."""
-    get_client().send_task(TASK_NAME, args=[job_id], queue=QUEUE)
+    get_client().send_task(TASK_NAME, args=[job_id])

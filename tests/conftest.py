@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -96,6 +97,8 @@ def lab_env(lab_home: Path, data_root: Path, pg_url: str, redis_url: str) -> Ite
         "DETLAB_BROKER_URL": redis_url,
         "DETLAB_DATA_ROOTS": str(data_root),
         "DETLAB_ARTIFACT_ROOT": str(lab_home / "artifacts"),
+        # a queue of this session's own, so no other worker on the same Redis takes its jobs
+        "DETLAB_QUEUE": f"detlab-test-{uuid.uuid4().hex[:8]}",
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
@@ -199,7 +202,9 @@ def worker(lab_env, lab_home):
 @pytest.fixture(scope="session")
 def api(lab_env):
     """The API in its own process, as uvicorn serves it."""
-    port = 18765
+    with socket.socket() as probe:  # a free port, so a stray server cannot answer instead
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "backend.main:app", "--port", str(port)],
         cwd=ROOT,

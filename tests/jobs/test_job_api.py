@@ -2,6 +2,7 @@
 
 import base64
 import json
+import os
 
 import pytest
 import redis
@@ -44,7 +45,7 @@ def test_invalid_specs_are_422(client, dataset_id, change, expected):
 
 def test_submit_queues_the_job_id_on_redis(client, dataset_id, redis_url):
     broker = redis.Redis.from_url(redis_url)
-    before = broker.llen("detlab")
+    before = broker.llen(os.environ["DETLAB_QUEUE"])
     response = client.post(
         "/jobs",
         json={"dataset_id": dataset_id, "iterations": 10, "backbone": "resnet18", "name": "probe"},
@@ -52,8 +53,9 @@ def test_submit_queues_the_job_id_on_redis(client, dataset_id, redis_url):
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["status"] == "queued" and job["spec"]["backbone"] == "resnet18"
-    assert broker.llen("detlab") == before + 1
-    message = json.loads(broker.lpop("detlab"))  # take it back so no worker runs it
+    assert broker.llen(os.environ["DETLAB_QUEUE"]) == before + 1
+    # take it back so no worker runs it
+    message = json.loads(broker.lpop(os.environ["DETLAB_QUEUE"]))
     assert message["headers"]["task"] == "jobs.run"
     args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
     assert args == [job["id"]]  # only the id travels
