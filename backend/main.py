@@ -15,6 +15,7 @@ from backend.evaluations.router import router as evaluations_router
 from backend.jobs.router import router as jobs_router
 from backend.leaderboard.router import router as leaderboard_router
 from backend.migrate import upgrade_head
+from backend.weights.router import router as weights_router
 
 __all__ = ["create_app", "app"]
 
@@ -40,7 +41,13 @@ def create_app(*, migrate: bool = True) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    for router in (datasets_router, jobs_router, leaderboard_router, evaluations_router):
+    for router in (
+        datasets_router,
+        jobs_router,
+        leaderboard_router,
+        evaluations_router,
+        weights_router,
+    ):
         app.include_router(router)
     return app
 

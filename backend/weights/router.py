@@ -1,0 +1,44 @@
+"""Weights routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from backend.deps import SessionDep, SettingsDep
+from backend.weights import service
+from backend.weights.schemas import JobLink, WeightsDetail, WeightsImport, WeightsPage, WeightsRead
+
+router = APIRouter(prefix="/weights", tags=["weights"])
+
+
+@router.post("", response_model=WeightsRead, status_code=201)
+def import_weights(weights_in: WeightsImport, session: SessionDep, settings: SettingsDep):
+    assert settings.artifact_root is not None
+    return service.import_weights(
+        session=session,
+        weights_in=weights_in,
+        roots=settings.data_roots,
+        artifact_root=settings.artifact_root,
+    )
+
+
+@router.get("", response_model=WeightsPage)
+def list_weights(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+):
+    items, total = service.list_weights(session=session, limit=limit, offset=offset)
+    return WeightsPage(items=[WeightsRead.model_validate(w) for w in items], total=total)
+
+
+@router.get("/{weights_id}", response_model=WeightsDetail)
+def get_weights(weights_id: int, session: SessionDep):
+    weights = service.get(session=session, weights_id=weights_id)
+    jobs = service.finetune_jobs(session=session, weights_id=weights_id)
+    return WeightsDetail(
+        **WeightsRead.model_validate(weights).model_dump(),
+        finetune_jobs=[JobLink(id=j.id, name=j.name, status=j.status.value) for j in jobs],
+    )
