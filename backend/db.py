@@ -37,6 +37,8 @@ class Base(DeclarativeBase):
 
 def make_engine(url: str) -> Engine:
     """An engine for url; SQLite gets foreign keys and a busy timeout for many processes."""
+    if url.startswith("postgresql://"):  # psycopg 3 is the driver DetLab installs
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
