@@ -37,7 +37,6 @@ PY
 }
 
 echo "detlab install: $VENV"
-pip_install "setuptools<70" wheel
 pip_install "$(pin torch)" "$(pin torchvision)" "$(pin numpy)"
 
 MMCV=$(pin mmcv)
@@ -45,6 +44,8 @@ mmcv_ops_work() { "$PY" -c "from mmcv.ops import nms, RoIAlign" >/dev/null 2>&1;
 if ! mmcv_ops_work; then
   if ! pip_install --no-deps --only-binary mmcv "$MMCV" 2>/dev/null; then
     echo "detlab install: no $MMCV wheel found; building it from the sdist (about 20 min on 2 cores)"
+    # mmcv's setup.py imports pkg_resources, gone from setuptools 70+
+    pip_install "setuptools<70" wheel
     build=$(mktemp -d)
     "$PY" -m pip download -q --no-deps --no-binary mmcv --no-build-isolation "$MMCV" -d "$build"
     tar -xzf "$build"/mmcv-*.tar.gz -C "$build"
@@ -54,6 +55,7 @@ if ! mmcv_ops_work; then
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
       "$PY" -m pip wheel --no-deps --no-build-isolation -w "$CACHE" "$src"
     rm -rf "$build"
+    pip_install "setuptools>=77"  # what torch 2.14 asks for, back after the build
     pip_install --no-deps --only-binary mmcv "$MMCV"
   fi
 fi
