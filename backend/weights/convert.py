@@ -17,6 +17,7 @@ and plain containers only.
 
 from __future__ import annotations
 
+import importlib
 import io
 import pickle
 import pickletools
@@ -129,21 +130,30 @@ def load_backbone(path: str | Path, *, architecture: str) -> ConvertedWeights:
 # reading ------------------------------------------------------------------------------------
 
 
+def _numpy_function(module: str, name: str) -> Any:
+    """numpy 2 moved numpy.core to numpy._core; take the function from whichever exists."""
+    for package in ("numpy._core", "numpy.core"):
+        try:
+            return getattr(importlib.import_module(f"{package}.{module}"), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"numpy has no {module}.{name}")
+
+
 @lru_cache(maxsize=1)
 def _numpy_globals() -> dict[str, Any]:
     """What a pickle of numpy arrays names; building these runs no code from the file."""
     import numpy as np
 
-    try:
-        from numpy._core import multiarray, numeric  # numpy >= 2
-    except ImportError:
-        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
-
     found: dict[str, Any] = {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
-    for package in ("numpy.core", "numpy._core"):  # files written under numpy 1 or 2
-        found[f"{package}.multiarray._reconstruct"] = multiarray._reconstruct
-        found[f"{package}.multiarray.scalar"] = multiarray.scalar
-        found[f"{package}.numeric._frombuffer"] = numeric._frombuffer  # pickle protocol 5
+    for module, name in (
+        ("multiarray", "_reconstruct"),
+        ("multiarray", "scalar"),
+        ("numeric", "_frombuffer"),  # arrays pickled with protocol 5
+    ):
+        function = _numpy_function(module, name)
+        for package in ("numpy.core", "numpy._core"):  # pickles name the writer's package
+            found[f"{package}.{module}.{name}"] = function
     for name in dir(np.dtypes):
         value = getattr(np.dtypes, name)
         if isinstance(value, type) and issubclass(value, np.dtype):
@@ -208,7 +218,7 @@ def _read_pickle(path: Path) -> Any:
             return _ArrayUnpickler(handle, encoding="latin1").load()
     except _ForbiddenGlobal as exc:
         raise _refused(path, [str(exc)]) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - garbage can fail anywhere inside the unpickler
         raise _unreadable(path, f"{type(exc).__name__}: {exc}"[:300]) from None
 
 
@@ -219,7 +229,7 @@ def _read_torch(path: Path) -> Any:
         # numpy arrays and scalars are common in checkpoint metadata and are harmless
         with torch.serialization.safe_globals(list(_numpy_globals().values())):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - garbage can fail anywhere inside the unpickler
         message = str(exc)
         names = re.findall(r"GLOBAL ([\w.]+)", message) or _unsafe_globals(path)
         if names:
@@ -227,7 +237,8 @@ def _read_torch(path: Path) -> Any:
         lines = [line.strip() for line in message.splitlines() if line.strip()]
         # torch's first lines explain weights_only in general; the cause follows them
         why = next((line for line in lines if "weights_only" not in line), "")
-        raise _unreadable(path, why.removeprefix("WeightsUnpickler error: ")[:300]) from None
+        why = why.removeprefix("WeightsUnpickler error: ").split(". ")[0]
+        raise _unreadable(path, why[:300]) from None
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -266,7 +277,7 @@ def _pickled_globals(data: bytes) -> list[str]:
                 elif opcode.name == "MEMOIZE":
                     memo[len(memo)] = strings[-1] if top_is_string else None
                     pushed_string = top_is_string
-                elif opcode.name in ("GET", "BINGET", "LONG_BINGET") and memo.get(arg):
+                elif opcode.name.endswith("GET") and isinstance(arg, int) and memo.get(arg):
                     strings.append(memo[arg] or "")
                     pushed_string = True
                 top_is_string = pushed_string
@@ -395,21 +406,20 @@ def _expected_shapes(architecture: str) -> dict[str, tuple[int, ...]]:
 
 
 def _differences(state: dict[str, torch.Tensor], architecture: str) -> dict[str, list[str]]:
-    """Per kind of difference against architecture ("shape mismatch", "missing", "unexpected"),
-    the keys, each followed by its expected and found shape where they differ."""
+    """Keys that differ from architecture's backbone, by kind; mismatches give both shapes."""
     expected = _expected_shapes(architecture)
     found = {key: tuple(value.shape) for key, value in state.items()}
     return {
-        "shape mismatch": [
+        "shape mismatches": [
             f"{key}: expected {list(shape)}, found {list(found[key])}"
             for key, shape in expected.items()
             if key in found and found[key] != shape
         ],
         # torchvision and detectron2 files have no num_batches_tracked; mmdet starts it at 0
-        "missing": [
+        "missing keys": [
             key for key in expected if key not in found and not key.endswith("num_batches_tracked")
         ],
-        "unexpected": [key for key in found if key not in expected],
+        "unexpected keys": [key for key in found if key not in expected],
     }
 
 
@@ -435,8 +445,9 @@ def _check_architecture(
         else f"accepted: the weights of a {architecture} backbone, or the architecture the "
         f"file was trained with (one of {', '.join(ARCHITECTURES)})"
     )
+    absent = {"missing keys": "missing", "unexpected keys": f"not in a {architecture} backbone"}
     problems = [
-        {"key": item.split(":")[0], "problem": item.partition(": ")[2] or kind}
+        {"key": item.split(":")[0], "problem": item.partition(": ")[2] or absent[kind]}
         for kind, items in differences.items()
         for item in items[:20]
     ]

@@ -8,14 +8,14 @@ from fastapi import APIRouter, Query
 
 from backend.deps import SessionDep, SettingsDep
 from backend.weights import service
-from backend.weights.schemas import JobLink, WeightsDetail, WeightsImport, WeightsPage, WeightsRead
+from backend.weights.schemas import WeightsDetail, WeightsImport, WeightsPage, WeightsRead
 
 router = APIRouter(prefix="/weights", tags=["weights"])
 
 
 @router.post("", response_model=WeightsRead, status_code=201)
 def import_weights(weights_in: WeightsImport, session: SessionDep, settings: SettingsDep):
-    assert settings.artifact_root is not None
+    assert settings.artifact_root is not None  # Settings fills it in
     return service.import_weights(
         session=session,
         weights_in=weights_in,
@@ -36,9 +36,4 @@ def list_weights(
 
 @router.get("/{weights_id}", response_model=WeightsDetail)
 def get_weights(weights_id: int, session: SessionDep):
-    weights = service.get(session=session, weights_id=weights_id)
-    jobs = service.finetune_jobs(session=session, weights_id=weights_id)
-    return WeightsDetail(
-        **WeightsRead.model_validate(weights).model_dump(),
-        finetune_jobs=[JobLink(id=j.id, name=j.name, status=j.status.value) for j in jobs],
-    )
+    return service.detail(session=session, weights_id=weights_id)

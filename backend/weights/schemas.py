@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["WeightsImport", "WeightsRead", "WeightsPage", "WeightsDetail", "JobLink"]
+from backend.jobs.models import JobStatus
+from backend.weights.convert import Architecture
 
-ARCHITECTURES = ("resnet18", "resnet50", "resnet101", "resnext101_32x4d")
+__all__ = ["WeightsImport", "WeightsRead", "WeightsPage", "WeightsDetail", "JobRef"]
 
 
 class WeightsImport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200, pattern=r"^[\w.\- ]+$")
-    path: str = Field(description="checkpoint under an allowed data root")
-    architecture: Literal["resnet18", "resnet50", "resnet101", "resnext101_32x4d"]
+    path: str = Field(
+        min_length=1,
+        description="checkpoint under an allowed data root: .pth, .pth.tar, .pt or detectron2 .pkl",
+    )
+    architecture: Architecture = Field(description="the backbone the checkpoint holds")
     method: str = Field(
-        default="other",
-        pattern=r"^[a-z0-9_]{1,50}$",
-        description="imagenet, mocov2, densecl, detco, ...",
+        pattern=r"^[a-z0-9_\-]{1,50}$",
+        description="how it was trained, lowercase: imagenet, mocov2, detco, densecl, other, ...",
     )
 
 
@@ -45,13 +48,15 @@ class WeightsPage(BaseModel):
     total: int
 
 
-class JobLink(BaseModel):
+class JobRef(BaseModel):
+    """A job that used a weights entry."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: int
     name: str | None
-    status: str
+    status: JobStatus
 
 
 class WeightsDetail(WeightsRead):
-    finetune_jobs: list[JobLink]
+    finetune_jobs: list[JobRef]

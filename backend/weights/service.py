@@ -1,59 +1,61 @@
-"""The weights registry: imported checkpoints and pretrain outputs, with their lineage."""
+"""The weights registry: imported checkpoints and pretrain outputs, and the jobs that used them."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend.datasets.validation import PathOutsideRoots, confine
 from backend.errors import Conflict, Invalid, NotFound
 from backend.jobs.models import Job, JobKind
+from backend.weights.convert import SUFFIXES, ConvertedWeights, WeightsFileError, load_backbone
 from backend.weights.models import Weights
-from backend.weights.schemas import WeightsImport
+from backend.weights.schemas import JobRef, WeightsDetail, WeightsImport, WeightsRead
 
-__all__ = ["import_weights", "register_produced", "list_weights", "get", "finetune_jobs"]
-
-
-def _check_name(session: Session, name: str) -> None:
-    if session.scalar(select(Weights.id).where(Weights.name == name)) is not None:
-        raise Conflict(f"weights named {name!r} exist; choose another name")
+__all__ = ["import_weights", "register_produced", "list_weights", "get", "detail"]
 
 
 def import_weights(
     *, session: Session, weights_in: WeightsImport, roots: list[Path], artifact_root: Path
 ) -> Weights:
-    """Convert an external checkpoint to mmdet's ResNet layout and register it."""
-    from backend.weights.convert import ConversionFailed, load_backbone, save_backbone
-
-    _check_name(session, weights_in.name)
+    """Convert a checkpoint under the data roots to mmdet's ResNet layout and register it."""
+    _check_name_free(session, weights_in.name)
     try:
         source = confine(weights_in.path, roots)
     except PathOutsideRoots as exc:
         raise Invalid(f"path: {exc}") from None
     if not source.is_file():
-        raise Invalid(f"path: {weights_in.path} is not a file; give a checkpoint file")
+        raise Invalid(
+            f"path: {weights_in.path} is not a file; give the path of a checkpoint "
+            f"({', '.join(SUFFIXES)}) under an allowed data root"
+        )
     try:
         converted = load_backbone(source, architecture=weights_in.architecture)
-    except ConversionFailed as exc:
-        raise Invalid(str(exc)) from None
-    out = artifact_root / "weights" / f"{hashlib.sha256(source.read_bytes()).hexdigest()}.pth"
-    sha256 = save_backbone(converted, out)
+    except WeightsFileError as exc:
+        raise Invalid(f"path: {exc}", problems=exc.problems) from None
+    path, sha256 = _store(converted, artifact_root / "weights")
     weights = Weights(
         name=weights_in.name,
         architecture=weights_in.architecture,
         method=weights_in.method,
         source=converted.source_format,
-        path=str(out),
+        path=str(path),
         sha256=sha256,
-        report=converted.report(source),
+        report={
+            "source_format": converted.source_format,
+            "dropped": converted.dropped,
+            "kept_keys": len(converted.state_dict),
+            "source_path": str(source),
+        },
     )
-    session.add(weights)
-    session.commit()
-    return weights
+    return _commit(session, weights)
 
 
 def register_produced(
@@ -67,25 +69,23 @@ def register_produced(
     job_id: int,
     report: dict[str, Any],
 ) -> Weights:
-    """Register the backbone a pretrain job produced."""
-    _check_name(session, name)
-    weights = Weights(
-        name=name,
-        architecture=architecture,
-        method=method,
-        source="pretrain_job",
-        path=str(path),
-        sha256=sha256,
-        producing_job_id=job_id,
-        report=report,
-    )
-    session.add(weights)
-    session.commit()
-    return weights
+    """Register the backbone a pretrain job exported; a rerun of that job updates its entry."""
+    weights = session.scalar(select(Weights).where(Weights.name == name))
+    if weights is None:
+        weights = Weights(name=name, producing_job_id=job_id)
+    elif weights.producing_job_id != job_id:
+        raise Conflict(f"weights named {name!r} exist and come from elsewhere; choose another name")
+    weights.architecture = architecture
+    weights.method = method
+    weights.source = "pretrain_job"
+    weights.path = str(path)
+    weights.sha256 = sha256
+    weights.report = report
+    return _commit(session, weights)
 
 
 def list_weights(*, session: Session, limit: int, offset: int) -> tuple[list[Weights], int]:
-    """One page of weights, newest first."""
+    """One page of weights entries, newest first, and the total count."""
     total = session.scalar(select(func.count(Weights.id))) or 0
     items = session.scalars(
         select(Weights).order_by(Weights.id.desc()).limit(limit).offset(offset)
@@ -97,16 +97,56 @@ def get(*, session: Session, weights_id: int) -> Weights:
     """The weights entry with this id, or NotFound."""
     weights = session.get(Weights, weights_id)
     if weights is None:
-        raise NotFound(f"weights {weights_id} not found")
+        raise NotFound(f"weights {weights_id} not found; see GET /weights for the registered ones")
     return weights
 
 
-def finetune_jobs(*, session: Session, weights_id: int) -> list[Job]:
-    """The fine-tune jobs that started from these weights."""
-    return list(
-        session.scalars(
-            select(Job)
-            .where(Job.weights_id == weights_id, Job.kind == JobKind.finetune)
-            .order_by(Job.id)
-        )
+def detail(*, session: Session, weights_id: int) -> WeightsDetail:
+    """A weights entry with the fine-tune jobs that started from it."""
+    weights = get(session=session, weights_id=weights_id)
+    jobs = session.scalars(
+        select(Job)
+        .where(Job.weights_id == weights_id, Job.kind == JobKind.finetune)
+        .order_by(Job.id)
     )
+    return WeightsDetail(
+        **WeightsRead.model_validate(weights).model_dump(),
+        finetune_jobs=[JobRef.model_validate(job) for job in jobs],
+    )
+
+
+def _check_name_free(session: Session, name: str) -> None:
+    if session.scalar(select(Weights.id).where(Weights.name == name)) is not None:
+        raise Conflict(f"weights named {name!r} exist; choose another name")
+
+
+def _commit(session: Session, weights: Weights) -> Weights:
+    session.add(weights)
+    try:
+        session.commit()
+    except IntegrityError:  # the same name registered at the same moment
+        session.rollback()
+        raise Conflict(f"weights named {weights.name!r} exist; choose another name") from None
+    return weights
+
+
+def _store(converted: ConvertedWeights, folder: Path) -> tuple[Path, str]:
+    """Save the state dict as folder/<sha256 of the file>.pth; returns the path and the hash."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".part", delete=False) as handle:
+        partial = Path(handle.name)
+    try:
+        meta = {"architecture": converted.architecture, "source_format": converted.source_format}
+        torch.save({"state_dict": converted.state_dict, "meta": meta}, partial)
+        digest = hashlib.sha256()
+        with partial.open("rb") as saved:
+            for block in iter(lambda: saved.read(1 << 20), b""):
+                digest.update(block)
+        target = folder / f"{digest.hexdigest()}.pth"
+        partial.chmod(0o644)  # mkstemp makes it private; the worker may run as another user
+        os.replace(partial, target)  # atomic: a reader never sees half a file
+    finally:
+        partial.unlink(missing_ok=True)
+    return target, digest.hexdigest()
