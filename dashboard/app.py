@@ -7,23 +7,29 @@ import streamlit as st
 from dashboard import api, views
 from dashboard.client import ApiError
 
-st.set_page_config(page_title="DetLab", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="DetLab", page_icon=":material/center_focus_strong:", layout="wide")
 
+# The default page is served at "/"; the others at their url_path, e.g. /run?job=12.
 page = st.navigation(
     [
         st.Page(
-            "app_pages/leaderboard.py",
-            title="Leaderboard",
-            icon="🏆",
-            url_path="leaderboard",
-            default=True,
+            "app_pages/leaderboard.py", title="Leaderboard", icon=":material/trophy:", default=True
         ),
-        st.Page("app_pages/jobs.py", title="Jobs", icon="⚙️", url_path="jobs"),
-        st.Page("app_pages/run.py", title="Run detail", icon="📈", url_path="run"),
         st.Page(
-            "app_pages/explorer.py", title="Predictions explorer", icon="🔍", url_path="explorer"
+            "app_pages/jobs.py", title="Jobs", icon=":material/manufacturing:", url_path="jobs"
         ),
-        st.Page("app_pages/compare.py", title="Compare", icon="⚖️", url_path="compare"),
+        st.Page(
+            "app_pages/run.py", title="Run detail", icon=":material/monitoring:", url_path="run"
+        ),
+        st.Page(
+            "app_pages/explorer.py",
+            title="Predictions explorer",
+            icon=":material/image_search:",
+            url_path="explorer",
+        ),
+        st.Page(
+            "app_pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"
+        ),
     ]
 )
 st.sidebar.caption(f"API: `{api.api_url()}`")

@@ -95,7 +95,8 @@ def job_label(job: dict[str, Any]) -> str:
     spec = job.get("spec") or {}
     parts = [f"#{job['id']}", job.get("name") or spec.get("kind", job.get("kind", ""))]
     if spec.get("backbone"):
-        parts.append(f"{spec['backbone']} · {init_label(spec.get('init'))}")
+        how = init_label(spec["init"]) if "init" in spec else spec.get("method", "")
+        parts.append(f"{spec['backbone']} · {how}")
     if job.get("status"):
         parts.append(job["status"])
     return " · ".join(str(p) for p in parts if p)

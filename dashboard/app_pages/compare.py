@@ -73,7 +73,7 @@ def metrics_table(runs: list[dict[str, Any]]) -> None:
     baseline = frame.iloc[:, 0]
     for run in frame.columns[1:]:
         frame[f"Δ {run}"] = (frame[run] - baseline).round(1)
-    st.dataframe(frame, width="stretch")
+    st.dataframe(frame.style.format("{:.1f}", na_rep="–"), width="stretch")
     differing = [axis for axis in AXES if len({str(r[axis]) for r in runs}) > 1]
     if differing:
         st.caption("Where the specs differ")
@@ -111,7 +111,7 @@ def per_class_difference(runs: list[dict[str, Any]]) -> None:
     )
     left, right = st.columns([3, 2])
     left.plotly_chart(figure, width="stretch")
-    right.dataframe(frame, width="stretch")
+    right.dataframe(frame.style.format("{:.1f}", na_rep="–"), width="stretch")
 
 
 def paired_images(runs: list[dict[str, Any]]) -> None:
@@ -175,6 +175,9 @@ def paired_images(runs: list[dict[str, Any]]) -> None:
 
 
 st.title("Compare runs")
+named = st.query_params.get("jobs", "").split(",")[0]
+if "dataset" not in st.query_params and named.isdigit():  # e.g. a link from a run's page
+    st.query_params["dataset"] = str(api.job(int(named))["dataset_id"])
 dataset = views.pick_dataset(api.datasets(), key="compare-dataset")
 if dataset is None:
     st.stop()

@@ -46,12 +46,13 @@ def enlarged(job_id: int, image_id: int, *, score_thr: float, show: str) -> None
         views.show_api_error(err, doing=f"load image {image_id}")
         return
     st.markdown(f"**{found['file_name']}** · {found['width']}×{found['height']} px")
-    st.image(png, width="stretch", output_format="PNG")
+    # small images are enlarged to a readable size, large ones fit the dialog
+    st.image(png, width=max(found["width"], 640), output_format="PNG")
     views.outcome_legend()
     boxes = [d for d in found["detections"] if d["score"] >= score_thr]
     st.markdown(f"**Predictions with score ≥ {score_thr:.2f}** ({len(boxes)})")
     if boxes:
-        st.dataframe(box_table(boxes), hide_index=True, width="stretch")
+        st.table(box_table(boxes).hide(axis="index"))
     missed = [g for g in found["ground_truth"] if g.get("missed")]
     st.caption(
         f"{len(found['ground_truth'])} ground-truth boxes, {len(missed)} missed"
@@ -66,8 +67,8 @@ def box_table(detections: list[dict[str, Any]]):
     frame = pd.DataFrame(
         {
             "class": [d["category"] for d in detections],
-            "score": [round(d["score"], 3) for d in detections],
-            "IoU": [None if d.get("iou") is None else round(d["iou"], 2) for d in detections],
+            "score": [d["score"] for d in detections],
+            "IoU": [d.get("iou") for d in detections],
             "outcome": [d["error_type"] for d in detections],
             "GT class": [d.get("gt_category") or "" for d in detections],
             "box (x, y, w, h)": [", ".join(f"{v:.0f}" for v in d["bbox"]) for d in detections],
@@ -78,7 +79,9 @@ def box_table(detections: list[dict[str, Any]]):
         rgb = views.OUTCOME_COLORS.get(outcome)
         return f"background-color: rgba{(*rgb, 0.35)}" if rgb else ""
 
-    return frame.style.map(colour, subset=["outcome"])
+    return frame.style.map(colour, subset=["outcome"]).format(
+        {"score": "{:.3f}", "IoU": "{:.2f}"}, na_rep="–"
+    )
 
 
 def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +127,12 @@ if job is None:
     st.info("No fine-tune job has succeeded yet; its predictions appear here when one does.")
     st.stop()
 evaluation = api.evaluation(job["id"])
+if api.has_endpoint("/jobs/{job_id}/images") and not evaluation.get("analysis"):
+    st.info(
+        f"Job #{job['id']} has no error analysis yet, so its images cannot be sorted or "
+        "filtered by outcome; the API computes it when a job succeeds."
+    )
+    st.stop()
 chosen = filters(job, evaluation)
 score_thr, show = chosen.pop("score_thr"), chosen.pop("show")
 
@@ -137,13 +146,18 @@ except ApiError as err:
     st.stop()
 
 if not listing["items"]:
+    if page > 1:  # past the end after a change of run: back to the first page
+        first_page()
+        st.rerun()
     st.info("No image matches these filters.")
     st.stop()
 
 first = (page - 1) * PAGE_SIZE + 1
+counted_from = (evaluation.get("analysis") or {}).get("score_thr", "?")
 st.caption(
-    f"Images {first}–{first + len(listing['items']) - 1} of {listing['total']:,}. "
-    "Enlarge one to see its boxes."
+    f"Images {first}–{first + len(listing['items']) - 1} of {listing['total']:,}. Counts are "
+    f"of predictions with score ≥ {counted_from}; boxes are drawn from score {score_thr:.2f}. "
+    "Enlarge an image to see its boxes."
 )
 views.outcome_legend()
 area = st.empty()
@@ -158,7 +172,7 @@ with area.container():
                 key=f"enlarge-{item['image_id']}",
                 on_click=open_image,
                 args=(item["image_id"],),
-                icon="🔍",
+                icon=":material/zoom_in:",
             )
 try:
     # each tile appears as soon as the API has rendered it

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from dashboard import api, views
 from dashboard.client import ApiError, describe_detail
@@ -60,9 +61,11 @@ def job_row(job: dict[str, Any], *, bar: bool, position: int | None = None) -> N
     elif cancel.button("Cancel", key=f"cancel-{job['id']}"):
         try:
             api.cancel_job(job["id"])
-            st.toast(f"Cancel requested for job #{job['id']}")
         except ApiError as err:
             st.warning(f"Job #{job['id']} was not cancelled: {describe_detail(err.detail)}")
+        else:
+            st.toast(f"Cancel requested for job #{job['id']}")
+            st.rerun(scope="fragment")
 
 
 def progress_text(job: dict[str, Any]) -> str:
@@ -143,119 +146,202 @@ def history_frame(items: list[dict[str, Any]], datasets: dict[int, str]) -> pd.D
 
 
 def finetune_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str, Any] | None:
-    """The fine-tune form; returns the spec to submit when it is submitted."""
+    """The fine-tune form; returns the spec to submit when it is submitted.
+
+    Its widgets are keyed "finetune-<spec field>".
+    """
     defaults = options["defaults"]
     init_kinds = [i if isinstance(i, str) else next(iter(i)) for i in options["init"]]
+
+    def pick(place: DeltaGenerator, label: str, field: str, choices: list, **kwargs: Any) -> Any:
+        index = choices.index(defaults[field]) if defaults.get(field) in choices else 0
+        return place.selectbox(label, choices, index=index, key=f"finetune-{field}", **kwargs)
+
+    def number(place: DeltaGenerator, label: str, field: str, **kwargs: Any) -> Any:
+        return place.number_input(label, value=defaults[field], key=f"finetune-{field}", **kwargs)
+
     with st.form("submit-finetune"):
-        dataset_id = st.selectbox("Dataset", list(datasets), format_func=datasets.get)
-        name = st.text_input("Name (optional)")
-        detector_col, backbone_col, neck_col, norm_col = st.columns(4)
-        detector = detector_col.selectbox(
-            "Detector", options["detector"], index=options["detector"].index(defaults["detector"])
+        dataset_id = st.selectbox(
+            "Dataset", list(datasets), format_func=datasets.get, key="finetune-dataset_id"
         )
-        backbone = backbone_col.selectbox(
-            "Backbone", options["backbone"], index=options["backbone"].index(defaults["backbone"])
-        )
-        neck = neck_col.selectbox(
-            "Neck", options["neck"], index=options["neck"].index(defaults["neck"])
-        )
-        norm = norm_col.selectbox(
-            "Norm", [None, *options["norm"]], format_func=lambda n: n or "default for the init"
-        )
-        init_col, checkpoint_col, prefix_col = st.columns([1, 2, 1])
-        init = init_col.selectbox(
+        name = st.text_input("Name (optional)", key="finetune-name")
+        columns = st.columns(4)
+        values: dict[str, Any] = {
+            "detector": pick(columns[0], "Detector", "detector", options["detector"]),
+            "backbone": pick(columns[1], "Backbone", "backbone", options["backbone"]),
+            "neck": pick(columns[2], "Neck", "neck", options["neck"]),
+            "norm": pick(
+                columns[3],
+                "Norm",
+                "norm",
+                [None, *options["norm"]],
+                format_func=lambda n: n or "default for the init",
+            ),
+        }
+        init_col, checkpoint_col, prefix_col, weights_col = st.columns([1, 2, 1, 1])
+        init = pick(
+            init_col,
             "Backbone init",
+            "init",
             init_kinds,
-            index=init_kinds.index(defaults["init"]),
             format_func=lambda i: INIT_CHOICES.get(i, i),
         )
         checkpoint = checkpoint_col.text_input(
-            "Checkpoint path (for a checkpoint file)", placeholder="/data/pretrain/moco.pth"
+            "Checkpoint path (for a checkpoint file)",
+            placeholder="/data/pretrain/moco.pth",
+            key="finetune-checkpoint",
         )
-        prefix = prefix_col.text_input("Key prefix to strip", placeholder="module.encoder_q.")
-        weights_id = weights_choice() if "weights_id" in init_kinds else None
+        prefix = prefix_col.text_input(
+            "Key prefix to strip", placeholder="module.encoder_q.", key="finetune-prefix"
+        )
+        weights_id = weights_choice(weights_col) if "weights_id" in init_kinds else None
 
-        unit_col, length_col, width_col, height_col = st.columns(4)
-        unit = unit_col.radio("Schedule in", ["epochs", "iterations"], horizontal=True)
-        length = length_col.number_input("Length", value=12, step=1)
-        width = width_col.number_input("Image width", value=defaults["image_scale"][0], step=32)
-        height = height_col.number_input("Image height", value=defaults["image_scale"][1], step=32)
-        batch_col, optimizer_col, lr_col, seed_col = st.columns(4)
-        values: dict[str, Any] = {
-            "batch_size": batch_col.number_input("Batch size", value=defaults["batch_size"]),
-            "optimizer": optimizer_col.selectbox(
-                "Optimizer",
-                options["optimizer"],
-                index=options["optimizer"].index(defaults["optimizer"]),
-            ),
-            "lr": lr_col.number_input(
-                "Learning rate", value=defaults["lr"], format="%.5f", step=0.001
-            ),
-            "seed": seed_col.number_input("Seed", value=defaults["seed"], step=1),
-        }
+        columns = st.columns(4)
+        unit = columns[0].radio(
+            "Schedule in", ["epochs", "iterations"], horizontal=True, key="finetune-unit"
+        )
+        length = columns[1].number_input("Length", value=12, step=1, key="finetune-length")
+        width = columns[2].number_input(
+            "Image width", value=defaults["image_scale"][0], step=32, key="finetune-width"
+        )
+        height = columns[3].number_input(
+            "Image height", value=defaults["image_scale"][1], step=32, key="finetune-height"
+        )
+        columns = st.columns(4)
+        values["batch_size"] = number(columns[0], "Batch size", "batch_size")
+        values["optimizer"] = pick(columns[1], "Optimizer", "optimizer", options["optimizer"])
+        values["lr"] = number(columns[2], "Learning rate", "lr", format="%.5f", step=0.001)
+        values["seed"] = number(columns[3], "Seed", "seed", step=1)
         with st.expander("More settings"):
             left, middle, right = st.columns(3)
-            values["weight_decay"] = left.number_input(
-                "Weight decay", value=defaults["weight_decay"], format="%.6f", step=1e-5
+            values["weight_decay"] = number(
+                left, "Weight decay", "weight_decay", format="%.6f", step=1e-5
             )
-            values["momentum"] = middle.number_input("Momentum", value=defaults["momentum"])
-            values["warmup_iters"] = right.number_input(
-                "Warm-up iterations", value=defaults["warmup_iters"], step=1
+            values["momentum"] = number(middle, "Momentum", "momentum")
+            values["warmup_iters"] = number(right, "Warm-up iterations", "warmup_iters", step=1)
+            values["warmup_ratio"] = number(
+                left, "Warm-up ratio", "warmup_ratio", format="%.4f", step=1e-4
             )
-            values["warmup_ratio"] = left.number_input(
-                "Warm-up ratio", value=defaults["warmup_ratio"], format="%.4f", step=1e-4
+            values["data_fraction"] = number(
+                middle, "Share of the train split", "data_fraction", step=0.1
             )
-            values["data_fraction"] = middle.number_input(
-                "Share of the train split", value=defaults["data_fraction"], step=0.1
-            )
-            values["eval_interval"] = right.number_input(
-                "Evaluate every (epochs or iterations)", value=defaults["eval_interval"], step=1
+            values["eval_interval"] = number(
+                right, "Evaluate every (epochs or iterations)", "eval_interval", step=1
             )
             values["checkpoint_interval"] = (
                 left.number_input(
                     "Checkpoint every (0: as evaluation)",
                     value=defaults["checkpoint_interval"] or 0,
                     step=1,
+                    key="finetune-checkpoint_interval",
                 )
                 or None
             )
-            values["num_workers"] = middle.number_input(
-                "Loader workers", value=defaults["num_workers"], step=1
+            values["num_workers"] = number(middle, "Loader workers", "num_workers", step=1)
+            values["roi_samples_per_image"] = number(
+                right, "RoIs per image (two-stage)", "roi_samples_per_image", step=16
             )
-            values["roi_samples_per_image"] = right.number_input(
-                "RoIs per image (two-stage)", value=defaults["roi_samples_per_image"], step=16
+            values["test_proposals_per_image"] = number(
+                left, "Test proposals per image", "test_proposals_per_image", step=100
             )
-            values["test_proposals_per_image"] = left.number_input(
-                "Test proposals per image", value=defaults["test_proposals_per_image"], step=100
+            values["amp"] = middle.checkbox(
+                "Mixed precision (amp)", value=defaults["amp"], key="finetune-amp"
             )
-            values["amp"] = middle.checkbox("Mixed precision (amp)", value=defaults["amp"])
         if not st.form_submit_button("Submit fine-tune job", type="primary"):
             return None
 
-    chosen_init: Any = init
+    values["init"] = init
     if init == "checkpoint":
-        chosen_init = {"checkpoint": checkpoint, "prefix": prefix}
+        values["init"] = {"checkpoint": checkpoint, "prefix": prefix}
     elif init == "weights_id":
-        chosen_init = {"weights_id": weights_id}
-    spec = {
-        "detector": detector,
-        "backbone": backbone,
-        "neck": neck,
-        "norm": norm,
-        "init": chosen_init,
-        "image_scale": [width, height],
-        **values,
-    }
-    # Settings left at their defaults are not sent, so the API applies its own rules to them
-    # (e.g. the RoI sampling setting that a one-stage detector does not accept).
-    spec = {key: value for key, value in spec.items() if value != defaults.get(key)}
+        values["init"] = {"weights_id": weights_id}
+    values["image_scale"] = [width, height]
+    spec = without_defaults(values, defaults)
     spec.update({"kind": "finetune", "dataset_id": dataset_id, unit: int(length)})
     if name.strip():
         spec["name"] = name.strip()
     return spec
 
 
-def weights_choice() -> int | None:
+def pretrain_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str, Any] | None:
+    """The self-supervised pretraining form; returns the spec when it is submitted."""
+    defaults = options.get("pretrain_defaults", {})
+    methods = options.get("method", [defaults.get("method")])
+    backbones = options.get("pretrain_backbone", [defaults.get("backbone")])
+    with st.form("submit-pretrain"):
+        name = st.text_input("Name (optional)", key="pretrain-name")
+        method_col, backbone_col, source_col = st.columns([1, 1, 2])
+        values: dict[str, Any] = {
+            "method": method_col.selectbox("Method", methods),
+            "backbone": backbone_col.selectbox(
+                "Backbone", backbones, index=backbones.index(defaults.get("backbone", backbones[0]))
+            ),
+        }
+        source = source_col.radio(
+            "Images",
+            ["dataset", "folder"],
+            horizontal=True,
+            format_func={"dataset": "a dataset's train split", "folder": "a folder"}.get,
+        )
+        dataset_col, folder_col = st.columns(2)
+        dataset_id = dataset_col.selectbox(
+            "Dataset", list(datasets), format_func=datasets.get, key="pretrain-dataset"
+        )
+        folder = folder_col.text_input(
+            "Image folder (under a data root)", placeholder="/data/unlabelled"
+        )
+        unit_col, length_col, batch_col, size_col = st.columns(4)
+        unit = unit_col.radio(
+            "Schedule in", ["epochs", "iterations"], horizontal=True, key="pretrain-unit"
+        )
+        length = length_col.number_input("Length", value=200, step=1, key="pretrain-length")
+        numbers = {
+            "batch_size": ("Batch size", batch_col, 1),
+            "image_size": ("Crop size", size_col, 32),
+            "lr": ("Learning rate", None, 0.01),
+            "weight_decay": ("Weight decay", None, 1e-5),
+            "momentum_coefficient": ("Key encoder EMA step", None, 1e-4),
+            "queue_length": ("Queue length", None, 256),
+            "feature_dim": ("Feature size", None, 8),
+            "temperature": ("Temperature", None, 0.05),
+            "seed": ("Seed", None, 1),
+            "num_workers": ("Loader workers", None, 1),
+        }
+        more = st.columns(4)
+        for position, (field, (label, column, step)) in enumerate(numbers.items()):
+            if field not in defaults:
+                continue
+            place = column or more[position % 4]
+            values[field] = place.number_input(
+                label,
+                value=defaults[field],
+                step=step,
+                key=f"pretrain-{field}",
+                format="%.6g" if isinstance(defaults[field], float) else "%d",
+            )
+        values["amp"] = st.checkbox(
+            "Mixed precision (amp)", value=defaults.get("amp", False), key="pretrain-amp"
+        )
+        if not st.form_submit_button("Submit pretraining job", type="primary"):
+            return None
+    spec = without_defaults(values, defaults)
+    spec.update({"kind": "pretrain", unit: int(length)})
+    if source == "dataset":
+        spec["dataset_id"] = dataset_id
+    else:
+        spec["image_folder"] = folder
+    if name.strip():
+        spec["name"] = name.strip()
+    return spec
+
+
+def without_defaults(spec: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The settings that differ from the API's defaults. The others are not sent, so the API
+    applies its own rules to them (e.g. a RoI setting that a one-stage detector refuses)."""
+    return {key: value for key, value in spec.items() if value != defaults.get(key)}
+
+
+def weights_choice(place: DeltaGenerator) -> int | None:
     """A registered weights entry, or its id typed in when the API cannot list them yet."""
     if api.has_endpoint("/weights"):
         try:
@@ -263,26 +349,26 @@ def weights_choice() -> int | None:
         except ApiError:
             registered = {}
         if registered:
-            return st.selectbox(
-                "Registered weights (for registered weights)",
+            return place.selectbox(
+                "Weights (for registered weights)",
                 list(registered),
                 format_func=lambda i: f"#{i} {registered[i].get('name', '')}",
+                key="finetune-weights_id",
             )
-    return st.number_input("Weights id (for registered weights)", value=1, step=1)
+    return place.number_input(
+        "Weights id (for registered weights)", value=1, step=1, key="finetune-weights_id"
+    )
 
 
 def json_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str, Any] | None:
     """Any kind of job the API accepts, written as its JSON spec."""
     kind = st.selectbox("Kind", options["kind"], key="json-kind")
-    example = {
-        "kind": kind,
-        "dataset_id": next(iter(datasets), 1),
-        "name": "",
-        "epochs": 12,
-        **(options["defaults"] if kind == "finetune" else {}),
-    }
+    defaults = options.get("defaults" if kind == "finetune" else f"{kind}_defaults", {})
+    example = {"kind": kind, "dataset_id": next(iter(datasets), 1), "epochs": 12, **defaults}
     with st.form("submit-json"):
-        text = st.text_area("Spec (JSON)", value=json.dumps(example, indent=2), height=360)
+        text = st.text_area(
+            "Spec (JSON)", value=json.dumps(example, indent=2), height=360, key=f"json-spec-{kind}"
+        )
         if not st.form_submit_button("Submit job"):
             return None
     try:
@@ -322,10 +408,14 @@ st.subheader("Submit a job")
 if not datasets:
     st.info("Register a dataset (`POST /datasets`) before submitting jobs.")
 else:
-    finetune_tab, json_tab = st.tabs(["Fine-tune", "Spec as JSON (any kind)"])
-    with finetune_tab:
-        spec = finetune_form(options, datasets)
-    with json_tab:
+    forms = {"finetune": ("Fine-tune", finetune_form), "pretrain": ("Pretrain", pretrain_form)}
+    offered = [kind for kind in forms if kind in options["kind"]]
+    tabs = st.tabs([forms[kind][0] for kind in offered] + ["Spec as JSON (any kind)"])
+    spec = None
+    for tab, kind in zip(tabs, offered, strict=False):
+        with tab:
+            spec = forms[kind][1](options, datasets) or spec
+    with tabs[-1]:
         spec = json_form(options, datasets) or spec
     if spec is not None:
         submit(spec)

@@ -112,7 +112,7 @@ if not board["items"]:
         f"No fine-tune job on {dataset['name']} has finished yet. Submit one on the Jobs "
         "page; it appears here when it succeeds."
     )
-    st.page_link("app_pages/jobs.py", label="Go to Jobs", icon="⚙️")
+    st.page_link("app_pages/jobs.py", label="Go to Jobs", icon=":material/manufacturing:")
     st.stop()
 
 runs = filter_rows(leaderboard_frame(board["items"]))

@@ -216,7 +216,7 @@ def downloads(job: dict[str, Any], evaluation: dict[str, Any] | None) -> None:
             api.config(job["id"]),
             file_name=f"job_{job['id']}_config.py",
             mime="text/x-python",
-            icon="⬇️",
+            icon=":material/download:",
         )
     except ApiError as err:
         if err.status != 404:
@@ -228,7 +228,7 @@ def downloads(job: dict[str, Any], evaluation: dict[str, Any] | None) -> None:
             json.dumps(evaluation, indent=2),
             file_name=f"job_{job['id']}_evaluation.json",
             mime="application/json",
-            icon="⬇️",
+            icon=":material/download:",
         )
         if api.has_endpoint(PREDICTIONS_PATH):
             predictions_col.download_button(
@@ -236,7 +236,7 @@ def downloads(job: dict[str, Any], evaluation: dict[str, Any] | None) -> None:
                 functools.partial(api.client().predictions, job["id"]),
                 file_name=f"job_{job['id']}_predictions.bbox.json",
                 mime="application/json",
-                icon="⬇️",
+                icon=":material/download:",
             )
         else:
             predictions_col.caption(
@@ -246,7 +246,7 @@ def downloads(job: dict[str, Any], evaluation: dict[str, Any] | None) -> None:
 
 
 def read_evaluation(job: dict[str, Any]) -> dict[str, Any] | None:
-    if job["status"] != "succeeded":
+    if job["status"] != "succeeded" or job["kind"] != "finetune":
         return None
     try:
         return api.evaluation(job["id"])
@@ -276,19 +276,20 @@ if job["error"]:
 with st.expander("Spec"):
     st.json(spec)
 
-links = st.columns(3)
-links[0].page_link(
-    "app_pages/explorer.py",
-    label="Explore its predictions",
-    icon="🔍",
-    query_params={"job": job["id"]},
-)
-links[1].page_link(
-    "app_pages/compare.py",
-    label="Compare with other runs",
-    icon="⚖️",
-    query_params={"jobs": str(job["id"]), "dataset": str(job["dataset_id"])},
-)
+if job["kind"] == "finetune":
+    links = st.columns(3)
+    links[0].page_link(
+        "app_pages/explorer.py",
+        label="Explore its predictions",
+        icon=":material/image_search:",
+        query_params={"job": job["id"]},
+    )
+    links[1].page_link(
+        "app_pages/compare.py",
+        label="Compare with other runs",
+        icon=":material/compare:",
+        query_params={"jobs": str(job["id"]), "dataset": str(job["dataset_id"])},
+    )
 
 active = job["status"] in ACTIVE
 if active:

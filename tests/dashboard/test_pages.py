@@ -1,0 +1,271 @@
+"""Every dashboard page rendered with AppTest against a real API process and a real worker.
+
+The API (uvicorn) serves a Postgres database seeded through its own endpoints: a dataset and
+two finished tiny fine-tune runs. The pages are asserted on what they show.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from dashboard_seed import TINY, open_page, seed_runs, texts, wait_for
+
+from dashboard import views
+from dashboard.client import ApiClient, ApiError
+
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens there
+
+
+@pytest.fixture(scope="module")
+def seeded(api, worker, shapes_payload):
+    return seed_runs(api, shapes_payload)
+
+
+@pytest.fixture(autouse=True)
+def dashboard_env(api, monkeypatch):
+    monkeypatch.setenv("DETLAB_API_URL", str(api.base_url))
+
+
+def plotly_titles(at) -> list[str]:
+    titles = []
+    for chart in at.get("plotly_chart"):
+        title = json.loads(chart.proto.spec).get("layout", {}).get("title", {})
+        titles.append(title.get("text", "") if isinstance(title, dict) else str(title))
+    return titles
+
+
+def test_leaderboard_ranks_the_runs_and_filters_them(api, seeded):
+    at = open_page("leaderboard", dataset=seeded.dataset_id)
+    assert not at.exception and not at.error
+    board = api.get("/leaderboard", params={"dataset": seeded.dataset_id}).json()["items"]
+    table = at.dataframe[0].value
+    assert list(table["job_id"]) == [row["job_id"] for row in board]  # best mAP first
+    assert set(table["job_id"]) == {seeded.job_a["id"], seeded.job_b["id"]}
+    assert "2 of 2 finished runs" in texts(at.caption)
+
+    row = table.set_index("job_id").loc[seeded.job_a["id"]]
+    expected = next(r for r in board if r["job_id"] == seeded.job_a["id"])
+    assert row["mAP"] == pytest.approx(round(100 * expected["bbox_mAP"], 1))
+    assert row["mAP50"] == pytest.approx(round(100 * expected["bbox_mAP_50"], 1))
+    assert (row["backbone"], row["init"], row["neck"]) == ("resnet18", "scratch", "fpn")
+    assert (row["image scale"], row["iterations"], row["seed"]) == ("128×128", 30, 0)
+    assert row["run"] == f"run?job={seeded.job_a['id']}"
+    assert plotly_titles(at) == ["mAP by backbone (mean ± std over runs)"]
+
+    at.multiselect(key="leaderboard-filter-seed").select(1).run()
+    assert list(at.dataframe[0].value["job_id"]) == [seeded.job_b["id"]]
+    assert "1 of 2 finished runs" in texts(at.caption)
+
+    at.segmented_control(key="leaderboard-group").set_value("init").run()
+    assert plotly_titles(at) == ["mAP by init (mean ± std over runs)"]
+
+
+def test_leaderboard_row_selection_opens_the_run(seeded):
+    at = open_page("leaderboard", dataset=seeded.dataset_id)
+    position = list(at.dataframe[0].value["job_id"]).index(seeded.job_b["id"])
+    at.session_state["leaderboard-table"] = {"selection": {"rows": [position], "columns": []}}
+    at.run()
+    assert at.query_params["job"] == str(seeded.job_b["id"])
+    assert at.header[0].value.startswith(f"#{seeded.job_b['id']} · dash-b")
+
+
+def test_jobs_page_lists_history_and_shows_the_apis_validation_message(seeded):
+    at = open_page("jobs")
+    assert not at.exception and not at.error
+    history = at.dataframe[0].value
+    assert {"dash-a", "dash-b"} <= set(history["name"])
+    assert set(history.loc[history["name"].isin(["dash-a", "dash-b"]), "status"]) == {"succeeded"}
+
+    at.selectbox(key="finetune-backbone").select("swin_t")
+    at.selectbox(key="finetune-norm").select("bn")
+    at.selectbox(key="finetune-init").select("scratch")
+    at.button(key="FormSubmitter:submit-finetune-Submit fine-tune job").click().run()
+    assert "The API refused this job" in texts(at.error)
+    assert "norm applies to ResNet backbones; swin_t uses LayerNorm" in texts(at.error)
+
+    at.text_area(key="json-spec-finetune").input('{"dataset_id": 1, "epochs": ')
+    at.button(key="FormSubmitter:submit-json-Submit job").click().run()
+    assert "not valid JSON" in texts(at.error)
+
+
+def test_jobs_page_submits_shows_live_progress_and_cancels(api, seeded):
+    at = open_page("jobs")
+    at.selectbox(key="finetune-dataset_id").select(seeded.dataset_id)
+    at.selectbox(key="finetune-backbone").select("resnet18")
+    at.selectbox(key="finetune-init").select("scratch")
+    at.text_input(key="finetune-name").input("dash-long")
+    at.radio(key="finetune-unit").set_value("iterations")
+    for field, value in {
+        "length": 5000,
+        "width": 128,
+        "height": 128,
+        "lr": 0.005,
+        "warmup_iters": 10,
+        "num_workers": 0,
+        "roi_samples_per_image": 64,
+        "test_proposals_per_image": 100,
+    }.items():
+        at.number_input(key=f"finetune-{field}").set_value(value)
+    at.button(key="FormSubmitter:submit-finetune-Submit fine-tune job").click().run()
+    assert not at.error, texts(at.error)
+    assert "queued: #" in texts(at.success)
+    job_id = int(texts(at.success).split("#")[1].split(" ")[0])
+    job = api.get(f"/jobs/{job_id}").json()
+    assert job["name"] == "dash-long" and job["spec"]["iterations"] == 5000
+    assert job["spec"]["roi_samples_per_image"] == TINY["roi_samples_per_image"]
+
+    wait_for(api, job_id, until=lambda j: j["status"] == "running" and j["progress_iter"] >= 2)
+    at = open_page("jobs")
+    bars = [bar for bar in at.get("progress") if "iteration" in bar.text]
+    assert len(bars) == 1 and "/ 5,000" in bars[0].text and "ETA" in bars[0].text
+
+    at.button(key=f"cancel-{job_id}").click().run()
+    assert api.get(f"/jobs/{job_id}").json()["cancel_requested"] is True
+    assert (
+        wait_for(api, job_id, until=lambda j: j["status"] != "running", timeout=60)["status"]
+        == "cancelled"
+    )
+
+
+def test_run_page_shows_curves_metrics_breakdown_and_downloads(api, seeded):
+    job_id = seeded.job_a["id"]
+    at = open_page("run", job=job_id)
+    assert not at.exception and not at.error
+    assert at.header[0].value == f"#{job_id} · dash-a · resnet18 · scratch · succeeded"
+    evaluation = api.get(f"/jobs/{job_id}/evaluation").json()
+    shown = {metric.label: metric.value for metric in at.metric}
+    assert shown["mAP"] == views.format_ap(evaluation["bbox_mAP"])
+    assert shown["mAP50"] == views.format_ap(evaluation["bbox_mAP_50"])
+    assert set(shown) == set(views.METRIC_LABELS.values())
+
+    titles = plotly_titles(at)
+    assert {"Losses", "Learning rate", "Validation AP"} <= set(titles)
+    if any(ap is not None for ap in evaluation["per_class_ap"].values()):
+        assert "AP per class" in titles
+    if evaluation["analysis"] is None:
+        assert "error analysis is not available yet" in texts(at.info)
+    else:
+        assert "dAP50 per error type (AP50 points gained by fixing it)" in titles
+        assert any(title.startswith("Confusion matrix") for title in titles)
+        counts = at.dataframe[0].value.set_index("outcome")["count"].to_dict()
+        assert counts == evaluation["analysis"]["counts"]
+
+    downloads = [button.label for button in at.get("download_button")]
+    assert {"mmdet config", "evaluation (JSON)"} <= set(downloads)
+
+
+def test_run_page_of_an_unknown_job_says_so(seeded):
+    at = open_page("run", job=987654)
+    assert not at.exception
+    assert "Job #987654 does not exist" in texts(at.warning)
+
+
+def test_explorer_shows_worst_overlays_and_enlarges_one(api, seeded):
+    job_id = seeded.job_a["id"]
+    at = open_page("explorer", job=job_id)
+    assert not at.exception and not at.error
+    response = api.get(f"/jobs/{job_id}/images", params={"sort": "worst", "limit": 24})
+    if response.status_code == 404 and response.json()["detail"] == "Not Found":
+        assert "not available yet" in texts(at.info)
+        return
+
+    listing = response.json()
+    expected = [item["file_name"] for item in listing["items"]]
+    captions = [image.captions[0] for image in at.image]
+    assert [caption.split(" · ")[0] for caption in captions] == expected  # worst first
+    first = listing["items"][0]
+    assert captions[0].startswith(f"{first['file_name']} · {first['tp']} TP")
+    assert f"of {listing['total']}" in texts(at.caption)
+
+    at.button(key=f"enlarge-{first['image_id']}").click().run()
+    assert at.query_params["image"] == str(first["image_id"])
+    found = api.get(f"/jobs/{job_id}/images/{first['image_id']}/detections").json()
+    kept = [d for d in found["detections"] if d["score"] >= 0.3]
+    assert f"**Predictions with score ≥ 0.30** ({len(kept)})" in texts(at.markdown)
+    if kept:
+        boxes = at.table[0].value
+        assert list(boxes["outcome"]) == [d["error_type"] for d in kept]
+        assert list(boxes["class"]) == [d["category"] for d in kept]
+
+    at.slider(key="explorer-thr").set_value(0.9).run()
+    assert not at.exception
+    assert len([image for image in at.image if image.captions[0]]) == len(expected)
+
+    at.selectbox(key="explorer-error").select("missed").run()
+    missed = api.get(f"/jobs/{job_id}/images", params={"error_type": "missed"}).json()
+    grid = [image.captions[0].split(" · ")[0] for image in at.image if image.captions[0]]
+    assert grid == [item["file_name"] for item in missed["items"][:24]]
+
+
+def test_compare_shows_both_runs_metrics_and_class_differences(api, seeded):
+    a, b = seeded.job_a["id"], seeded.job_b["id"]
+    at = open_page("compare", jobs=f"{a},{b}")
+    assert not at.exception and not at.error
+    metrics = at.dataframe[0].value
+    assert list(metrics.columns) == [f"#{a} dash-a", f"#{b} dash-b", f"Δ #{b} dash-b"]
+    evaluation_a = api.get(f"/jobs/{a}/evaluation").json()
+    assert metrics.loc["mAP", f"#{a} dash-a"] == pytest.approx(
+        views.ap_points(evaluation_a["bbox_mAP"])
+    )
+    differing = at.dataframe[1].value
+    assert list(differing.index) == ["seed"]
+    assert f"AP per class, difference to #{a} dash-a" in plotly_titles(at)
+
+    response = api.get(f"/jobs/{a}/compare/{b}/images", params={"limit": 8})
+    if response.status_code == 404 and response.json()["detail"] == "Not Found":
+        assert "Paired images is not available yet" in texts(at.info)
+        return
+    pairs = response.json()["items"]
+    if not pairs:
+        assert "agree on every image" in texts(at.info)
+    else:
+        shown = [image.captions[0] for image in at.image]
+        assert len(shown) == 2 * len(pairs)
+        assert shown[0].startswith(f"#{a} dash-a: {pairs[0]['a']['tp']} TP")
+
+
+@pytest.mark.parametrize(
+    ("page", "query"),
+    [
+        ("leaderboard", {}),
+        ("jobs", {}),
+        ("run", {"job": 1}),
+        ("explorer", {"job": 1}),
+        ("compare", {"jobs": "1,2"}),
+    ],
+)
+def test_pages_say_plainly_when_the_api_is_unreachable(monkeypatch, page, query):
+    monkeypatch.setenv("DETLAB_API_URL", UNREACHABLE)
+    at = open_page(page, **query)
+    assert not at.exception
+    message = texts(at.error)
+    assert f"the DetLab API at `{UNREACHABLE}` did not answer" in message
+    assert f"URL tried: `{UNREACHABLE}/" in message
+
+
+def test_client_errors_carry_the_url_and_the_apis_message(api, seeded):
+    client = ApiClient(str(api.base_url))
+    with pytest.raises(ApiError) as refused:
+        client.submit_job({"dataset_id": seeded.dataset_id, "epochs": 1, "lr": -1})
+    assert refused.value.status == 422 and refused.value.url == f"{api.base_url}/jobs"
+    assert "lr: Input should be greater than 0" in refused.value.message
+
+    with pytest.raises(ApiError) as missing_job:
+        client.job(987654)
+    assert missing_job.value.status == 404 and not missing_job.value.missing_endpoint
+    assert "job 987654 not found" in missing_job.value.message
+
+    with pytest.raises(ApiError) as missing_route:
+        client._json("GET", "/no-such-endpoint")
+    assert missing_route.value.missing_endpoint
+
+    with pytest.raises(ApiError) as unreachable:
+        ApiClient(UNREACHABLE).datasets()
+    assert unreachable.value.unreachable and unreachable.value.url.startswith(UNREACHABLE)
+
+
+def test_legend_colours_are_the_overlays_colours():
+    from backend.analysis.overlay import OUTCOME_COLORS
+
+    assert views.OUTCOME_COLORS == OUTCOME_COLORS
