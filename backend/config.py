@@ -30,8 +30,11 @@ class Settings(BaseSettings):
     broker_url: str = ""
     artifact_root: Path | None = None
     data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
-    queue: str = Field(default="detlab", pattern=r"^[A-Za-z0-9_.\-]{1,100}$",
-                       description="broker queue the API sends jobs to and workers consume")
+    queue: str = Field(
+        default="detlab",
+        pattern=r"^[A-Za-z0-9_.\-]{1,100}$",
+        description="broker queue the API sends jobs to and workers consume",
+    )
     # A job that runs longer than this is redelivered to another worker.
     visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=3600)
 

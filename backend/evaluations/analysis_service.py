@@ -243,6 +243,17 @@ def image_detections(
     }
 
 
+def _scaled(items: list[Any], factor: float) -> list[dict[str, Any]]:
+    """Boxes as dicts with coordinates multiplied by factor, for a shrunk rendering."""
+    fields = ("category_id", "score", "error_type", "gt_category_id", "missed", "ignored")
+    out = []
+    for item in items:
+        entry = {f: getattr(item, f) for f in fields if hasattr(item, f)}
+        entry["bbox"] = [v * factor for v in item.bbox]
+        out.append(entry)
+    return out
+
+
 def overlay_png(
     *,
     session: Session,
@@ -250,6 +261,7 @@ def overlay_png(
     image_id: int,
     score_thr: float = 0.3,
     show: list[str] | None = None,
+    max_width: int | None = None,
 ) -> bytes:
     """The image with ground truth and predictions drawn, coloured by outcome."""
     from PIL import Image
@@ -259,11 +271,20 @@ def overlay_png(
     dataset = dataset_service.get(session=session, dataset_id=job.dataset_id or 0)
     path = dataset_service.image_file(dataset=dataset, image_id=image_id, split="val")
     with Image.open(path) as image:
+        gt_boxes: list[Any] = found.ground_truth
+        predictions: list[Any] = found.predictions
+        if max_width and image.width > max_width:
+            # shrink before drawing: far cheaper to render and send than the full size
+            factor = max_width / image.width
+            image = image.convert("RGB").resize(
+                (max_width, max(1, round(image.height * factor))), Image.Resampling.BILINEAR
+            )
+            gt_boxes, predictions = _scaled(gt_boxes, factor), _scaled(predictions, factor)
         try:
             return render_overlay(
                 image,
-                found.ground_truth,
-                found.predictions,
+                gt_boxes,
+                predictions,
                 categories=names,
                 score_thr=score_thr,
                 show=show or ["gt", "tp", "errors"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import FileResponse
 
 from backend.deps import SessionDep
 from backend.evaluations import analysis_service, service
@@ -16,6 +17,13 @@ router = APIRouter(prefix="/jobs", tags=["evaluations"])
 @router.get("/{job_id}/evaluation", response_model=EvaluationRead)
 def get_evaluation(job_id: int, session: SessionDep):
     return service.get_for_job(session=session, job_id=job_id)
+
+
+@router.get("/{job_id}/predictions", response_class=FileResponse)
+def download_predictions(job_id: int, session: SessionDep):
+    """The val predictions as a COCO results file."""
+    path = service.predictions_file(session=session, job_id=job_id)
+    return FileResponse(path, media_type="application/json", filename=f"job{job_id}.bbox.json")
 
 
 @router.post("/{job_id}/analysis", response_model=EvaluationRead)
@@ -81,6 +89,7 @@ def overlay(
     session: SessionDep,
     score_thr: Annotated[float, Query(ge=0, le=1)] = 0.3,
     show: str = "gt,tp,errors",
+    max_width: Annotated[int | None, Query(ge=64, le=8192)] = None,
 ):
     png = analysis_service.overlay_png(
         session=session,
@@ -88,6 +97,7 @@ def overlay(
         image_id=image_id,
         score_thr=score_thr,
         show=[part.strip() for part in show.split(",") if part],
+        max_width=max_width,
     )
     return Response(png, media_type="image/png")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete
@@ -12,7 +13,7 @@ from backend.evaluations.models import Evaluation
 from backend.jobs import service as job_service
 from backend.leaderboard.schemas import METRICS
 
-__all__ = ["get_for_job", "store"]
+__all__ = ["get_for_job", "predictions_file", "store"]
 
 
 def get_for_job(*, session: Session, job_id: int) -> Evaluation:
@@ -25,6 +26,15 @@ def get_for_job(*, session: Session, job_id: int) -> Evaluation:
             "stored when a fine-tune job succeeds"
         )
     return evaluation
+
+
+def predictions_file(*, session: Session, job_id: int) -> Path:
+    """The COCO results file of a job's val predictions, or NotFound saying why."""
+    evaluation = get_for_job(session=session, job_id=job_id)
+    path = Path(evaluation.predictions_path or "")
+    if not evaluation.predictions_path or not path.is_file():
+        raise NotFound(f"the predictions file of job {job_id} is gone ({path})")
+    return path
 
 
 def store(

@@ -23,8 +23,7 @@ def _check_dataset(session: Session, dataset_id: int) -> None:
         dataset_service.get(session=session, dataset_id=dataset_id)
     except NotFound:
         raise Invalid(
-            f"dataset_id: dataset {dataset_id} not found; see GET /datasets for "
-            "the registered ones"
+            f"dataset_id: dataset {dataset_id} not found; see GET /datasets for the registered ones"
         ) from None
 
 

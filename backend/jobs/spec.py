@@ -187,11 +187,14 @@ class PretrainSpec(_Strict):
         if (self.epochs is None) == (self.iterations is None):
             raise ValueError("give exactly one of 'epochs' or 'iterations'")
         if (self.dataset_id is None) == (self.image_folder is None):
-            raise ValueError("give exactly one of 'dataset_id' (its train images are used) or "
-                             "'image_folder'")
+            raise ValueError(
+                "give exactly one of 'dataset_id' (its train images are used) or 'image_folder'"
+            )
         if self.queue_length % self.batch_size:
-            raise ValueError(f"queue_length ({self.queue_length}) must be a multiple of "
-                             f"batch_size ({self.batch_size}) so whole batches enter the queue")
+            raise ValueError(
+                f"queue_length ({self.queue_length}) must be a multiple of "
+                f"batch_size ({self.batch_size}) so whole batches enter the queue"
+            )
         return self
 
     @property
@@ -212,8 +215,11 @@ def _kind(value: Any) -> str:
 # "kind" may be left out for fine-tune jobs, the common case
 JobSpec = Annotated[
     Annotated[FinetuneSpec, Tag("finetune")] | Annotated[PretrainSpec, Tag("pretrain")],
-    Discriminator(_kind, custom_error_type="invalid_kind",
-                  custom_error_message="kind must be 'finetune' or 'pretrain'"),
+    Discriminator(
+        _kind,
+        custom_error_type="invalid_kind",
+        custom_error_message="kind must be 'finetune' or 'pretrain'",
+    ),
 ]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from backend.errors import Invalid
 from backend.evaluations.models import Evaluation
@@ -49,6 +49,7 @@ def rows(
     column = getattr(Evaluation, metric)
     query = (
         select(Job, Evaluation, Weights)
+        .options(defer(Job.config_text), defer(Evaluation.analysis))
         .join(Evaluation, Evaluation.job_id == Job.id)
         .outerjoin(Weights, Weights.id == Job.weights_id)
         .where(Job.kind == JobKind.finetune, Job.status == JobStatus.succeeded)
