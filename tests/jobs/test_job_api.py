@@ -43,9 +43,25 @@ def test_invalid_specs_are_422(client, dataset_id, change, expected):
     assert expected in _detail(client.post("/jobs", json=spec))
 
 
-def test_submit_queues_the_job_id_on_redis(client, dataset_id, redis_url):
+@pytest.fixture
+def inspect_queue():
+    """Route the API's jobs to a queue no worker of this session consumes, then restore."""
+    from backend.config import get_settings
+    from backend.queue import get_client
+
+    original = os.environ["DETLAB_QUEUE"]
+    os.environ["DETLAB_QUEUE"] = f"{original}-inspect"
+    get_settings.cache_clear()
+    get_client.cache_clear()
+    yield os.environ["DETLAB_QUEUE"]
+    os.environ["DETLAB_QUEUE"] = original
+    get_settings.cache_clear()
+    get_client.cache_clear()
+
+
+def test_submit_queues_the_job_id_on_redis(client, dataset_id, redis_url, inspect_queue):
     broker = redis.Redis.from_url(redis_url)
-    before = broker.llen(os.environ["DETLAB_QUEUE"])
+    before = broker.llen(inspect_queue)
     response = client.post(
         "/jobs",
         json={"dataset_id": dataset_id, "iterations": 10, "backbone": "resnet18", "name": "probe"},
@@ -53,9 +69,9 @@ def test_submit_queues_the_job_id_on_redis(client, dataset_id, redis_url):
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["status"] == "queued" and job["spec"]["backbone"] == "resnet18"
-    assert broker.llen(os.environ["DETLAB_QUEUE"]) == before + 1
+    assert broker.llen(inspect_queue) == before + 1
     # take it back so no worker runs it
-    message = json.loads(broker.lpop(os.environ["DETLAB_QUEUE"]))
+    message = json.loads(broker.lpop(inspect_queue))
     assert message["headers"]["task"] == "jobs.run"
     args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
     assert args == [job["id"]]  # only the id travels
