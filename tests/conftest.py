@@ -225,3 +225,22 @@ def api(lab_env):
     yield client
     process.terminate()
     process.wait(timeout=30)
+
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture(scope="session")
+def wait_job(api):
+    """wait_job(job_id, until=..., timeout=...): poll GET /jobs/{id} until the condition holds."""
+
+    def wait(job_id: int, *, until=lambda job: job["status"] in FINISHED, timeout: float = 420):
+        deadline = time.monotonic() + timeout
+        while True:
+            job = api.get(f"/jobs/{job_id}").json()
+            if until(job):
+                return job
+            assert time.monotonic() < deadline, f"job {job_id} stuck: {job}"
+            time.sleep(0.5)
+
+    return wait

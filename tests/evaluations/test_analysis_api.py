@@ -135,8 +135,9 @@ def test_breakdown_worst_images_detections_and_overlay(client, db, dataset_id, v
     overlay = Image.open(io.BytesIO(response.content))
     image = next(i for i in val["images"] if i["id"] == wrong["image_id"])
     assert overlay.size[0] >= image["width"] and overlay.size[1] >= image["height"]
-    small = client.get(f"/jobs/{job_id}/images/{wrong['image_id']}/overlay.png",
-                       params={"max_width": 64})
+    small = client.get(
+        f"/jobs/{job_id}/images/{wrong['image_id']}/overlay.png", params={"max_width": 64}
+    )
     assert small.status_code == 200
     assert Image.open(io.BytesIO(small.content)).size[0] < overlay.size[0]
 

@@ -3,7 +3,6 @@ entry, and a fine-tune job starts from exactly those weights."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -31,20 +30,10 @@ def dataset_id(api, shapes_payload):
     return response.json()["id"]
 
 
-def _wait(api, job_id: int, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = api.get(f"/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} stuck: {job}"
-        time.sleep(0.5)
-
-
-def _pretrain(api, dataset_id: int, method: str) -> tuple[dict, dict]:
+def _pretrain(api, wait_job, dataset_id: int, method: str) -> tuple[dict, dict]:
     response = api.post("/jobs", json={**SMALL, "method": method, "dataset_id": dataset_id})
     assert response.status_code == 201, response.text
-    job = _wait(api, response.json()["id"])
+    job = wait_job(response.json()["id"])
     assert job["status"] == "succeeded", job["error"]
     weights = [w for w in api.get("/weights").json()["items"] if w["producing_job_id"] == job["id"]]
     assert len(weights) == 1
@@ -57,10 +46,10 @@ def _losses(api, job_id: int) -> list[float]:
 
 
 @pytest.mark.parametrize("method", ["mocov2", "detco"])
-def test_pretrain_method_produces_mmdet_resnet_weights(api, worker, dataset_id, method):
+def test_pretrain_method_produces_mmdet_resnet_weights(api, worker, wait_job, dataset_id, method):
     from mmdet.models.backbones import ResNet
 
-    job, weights = _pretrain(api, dataset_id, method)
+    job, weights = _pretrain(api, wait_job, dataset_id, method)
     assert len(_losses(api, job["id"])) == 20
     assert weights["method"] == method and weights["architecture"] == "resnet18"
     state = torch.load(weights["path"], map_location="cpu", weights_only=True)["state_dict"]
@@ -70,8 +59,10 @@ def test_pretrain_method_produces_mmdet_resnet_weights(api, worker, dataset_id, 
     assert ("type='DetCo'" if method == "detco" else "type='MoCo'") in config
 
 
-def test_densecl_loss_falls_and_finetune_starts_from_its_weights(api, worker, dataset_id, lab_env):
-    job, weights = _pretrain(api, dataset_id, "densecl")
+def test_densecl_loss_falls_and_finetune_starts_from_its_weights(
+    api, worker, wait_job, dataset_id, lab_env
+):
+    job, weights = _pretrain(api, wait_job, dataset_id, "densecl")
     losses = _losses(api, job["id"])
     # the first iterations run against a random queue; compare once it holds real keys
     assert sum(losses[-5:]) / 5 < sum(losses[3:8]) / 5, losses
@@ -93,7 +84,7 @@ def test_densecl_loss_falls_and_finetune_starts_from_its_weights(api, worker, da
         "roi_samples_per_image": 32,
         "test_proposals_per_image": 50,
     }
-    finetune = _wait(api, api.post("/jobs", json=spec).json()["id"])
+    finetune = wait_job(api.post("/jobs", json=spec).json()["id"])
     assert finetune["status"] == "succeeded", finetune["error"]
     assert finetune["weights_id"] == weights["id"]
 

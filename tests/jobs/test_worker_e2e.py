@@ -30,16 +30,6 @@ def dataset_id(api, shapes_payload):
     return response.json()["id"]
 
 
-def _wait(api, job_id: int, *, until, timeout: float = 420) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = api.get(f"/jobs/{job_id}").json()
-        if until(job):
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} stuck: {job}"
-        time.sleep(0.5)
-
-
 def _finished(job: dict) -> bool:
     return job["status"] in ("succeeded", "failed", "cancelled")
 
@@ -50,7 +40,9 @@ def _series(api, job_id: int, key: str) -> dict:
     return series[0]
 
 
-def test_tiny_job_succeeds_with_metrics_evaluation_and_leaderboard_row(api, worker, dataset_id):
+def test_tiny_job_succeeds_with_metrics_evaluation_and_leaderboard_row(
+    api, worker, wait_job, dataset_id
+):
     spec = {
         **TINY,
         "dataset_id": dataset_id,
@@ -59,7 +51,7 @@ def test_tiny_job_succeeds_with_metrics_evaluation_and_leaderboard_row(api, work
         "name": "tiny-r18",
     }
     job = api.post("/jobs", json=spec).json()
-    job = _wait(api, job["id"], until=_finished)
+    job = wait_job(job["id"], until=_finished)
     assert job["status"] == "succeeded", job["error"]
     assert job["progress_iter"] == job["progress_total"] == 60
 
@@ -97,20 +89,20 @@ def test_tiny_job_succeeds_with_metrics_evaluation_and_leaderboard_row(api, work
     assert row["bbox_mAP"] == evaluation["bbox_mAP"]
 
 
-def test_cancel_a_running_job_keeps_its_metrics(api, worker, dataset_id):
+def test_cancel_a_running_job_keeps_its_metrics(api, worker, wait_job, dataset_id):
     spec = {**TINY, "dataset_id": dataset_id, "iterations": 5000, "eval_interval": 5000}
     job = api.post("/jobs", json=spec).json()
-    _wait(api, job["id"], until=lambda j: j["status"] == "running" and j["progress_iter"] >= 3)
+    wait_job(job["id"], until=lambda j: j["status"] == "running" and j["progress_iter"] >= 3)
     asked = time.monotonic()
     assert api.post(f"/jobs/{job['id']}/cancel").json()["cancel_requested"] is True
-    job = _wait(api, job["id"], until=_finished, timeout=60)
+    job = wait_job(job["id"], until=_finished, timeout=60)
     took = time.monotonic() - asked
     assert job["status"] == "cancelled", job
     assert took < 15, f"cancel took {took:.1f}s"
     assert len(_series(api, job["id"], "train/loss")["values"]) >= 3
 
 
-def test_corrupt_checkpoint_fails_with_a_message(api, worker, dataset_id, data_root):
+def test_corrupt_checkpoint_fails_with_a_message(api, worker, wait_job, dataset_id, data_root):
     corrupt = data_root / "corrupt.pth"
     corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint" * 10)
     spec = {
@@ -120,12 +112,12 @@ def test_corrupt_checkpoint_fails_with_a_message(api, worker, dataset_id, data_r
         "norm": "bn",
         "init": {"checkpoint": str(corrupt), "prefix": "module.encoder_q."},
     }
-    job = _wait(api, api.post("/jobs", json=spec).json()["id"], until=_finished, timeout=120)
+    job = wait_job(api.post("/jobs", json=spec).json()["id"], until=_finished, timeout=120)
     assert job["status"] == "failed"
     assert "backbone init failed" in job["error"] and "corrupt.pth" in job["error"]
 
 
-def test_killed_worker_child_resumes_from_checkpoint(api, worker, dataset_id, lab_env):
+def test_killed_worker_child_resumes_from_checkpoint(api, worker, wait_job, dataset_id, lab_env):
     spec = {
         **TINY,
         "dataset_id": dataset_id,
@@ -135,8 +127,7 @@ def test_killed_worker_child_resumes_from_checkpoint(api, worker, dataset_id, la
     }
     job = api.post("/jobs", json=spec).json()
     checkpoint = Path(lab_env["DETLAB_ARTIFACT_ROOT"]) / "jobs" / str(job["id"]) / "work"
-    _wait(
-        api,
+    wait_job(
         job["id"],
         until=lambda j: j["progress_iter"] >= 14 and (checkpoint / "iter_10.pth").is_file(),
     )
@@ -145,7 +136,7 @@ def test_killed_worker_child_resumes_from_checkpoint(api, worker, dataset_id, la
     assert pids, "the worker has no child process running the job"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)  # the training process dies without any cleanup
-    job = _wait(api, job["id"], until=_finished)
+    job = wait_job(job["id"], until=_finished)
     assert job["status"] == "succeeded", job["error"]
     assert job["attempts"] == 2
     steps = _series(api, job["id"], "train/loss")["steps"]
