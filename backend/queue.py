@@ -18,9 +18,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings shared by the API (producer) and the workers (consumers)."""
     transport_options: dict[str, Any] = {}
     if settings.broker_url.startswith("filesystem://"):
-        folder = str(settings.broker_folder)
-        # one folder for both directions; store_processed would break redelivery
-        transport_options = {"data_folder_in": folder, "data_folder_out": folder}
+        folder = settings.broker_folder
+        # one folder for both directions; store_processed would break redelivery. The
+        # exchange tables go beside it, not in kombu's default "control" under the cwd.
+        transport_options = {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "control_folder": str(folder / "control"),
+        }
     else:
         # far above the longest job, else Redis redelivers a still-running task
         transport_options = {"visibility_timeout": settings.visibility_timeout_s}

@@ -48,25 +48,53 @@ def main() -> int:
     engine = make_engine(url)
     rng = random.Random(0)
     with Session(engine) as session:
-        dataset = Dataset(name="bench", train_ann="-", val_ann="-", train_images="-",
-                          val_images="-", stats={"categories": [
-                              {"id": i, "name": f"class{i}"} for i in range(1, 11)]})
+        dataset = Dataset(
+            name="bench",
+            train_ann="-",
+            val_ann="-",
+            train_images="-",
+            val_images="-",
+            stats={"categories": [{"id": i, "name": f"class{i}"} for i in range(1, 11)]},
+        )
         session.add(dataset)
         session.flush()
-        jobs = [Job(kind=JobKind.finetune, status=JobStatus.succeeded, dataset_id=dataset.id,
-                    spec={}) for _ in range(args.jobs)]
+        jobs = [
+            Job(kind=JobKind.finetune, status=JobStatus.succeeded, dataset_id=dataset.id, spec={})
+            for _ in range(args.jobs)
+        ]
         session.add_all(jobs)
         session.flush()
         for job in jobs:
             rows, errors = [], []
             for image_id in range(args.images):
                 badness = rng.random() * 10
-                rows.append(dict(job_id=job.id, image_id=image_id, file_name=f"{image_id}.jpg",
-                                 n_gt=7, n_pred=100, tp=5, classification=1, localization=1,
-                                 both=0, duplicate=2, background=80, missed=1, badness=badness))
+                rows.append(
+                    dict(
+                        job_id=job.id,
+                        image_id=image_id,
+                        file_name=f"{image_id}.jpg",
+                        n_gt=7,
+                        n_pred=100,
+                        tp=5,
+                        classification=1,
+                        localization=1,
+                        both=0,
+                        duplicate=2,
+                        background=80,
+                        missed=1,
+                        badness=badness,
+                    )
+                )
                 for error in rng.sample(ERRORS, 3):
-                    errors.append(dict(job_id=job.id, image_id=image_id, error_type=error,
-                                       category_id=rng.randint(1, 10), badness=badness))
+                    errors.append(
+                        dict(
+                            job_id=job.id,
+                            image_id=image_id,
+                            error_type=error,
+                            category_id=rng.randint(1, 10),
+                            badness=badness,
+                        )
+                    )
             session.execute(insert(ImageResult), rows)
             session.execute(insert(ImageError), errors)
         session.commit()
@@ -77,15 +105,23 @@ def main() -> int:
         for _ in range(50):
             started = time.perf_counter()
             items, total = analysis_service.list_images(
-                session=session, job_id=target, error_type="classification",
-                class_name="class3", sort="worst", limit=24, offset=0)
+                session=session,
+                job_id=target,
+                error_type="classification",
+                class_name="class3",
+                sort="worst",
+                limit=24,
+                offset=0,
+            )
             timings.append((time.perf_counter() - started) * 1000)
         assert items and items[0].badness >= items[-1].badness
     engine.dispose()
-    print(f"{engine.dialect.name}: worst-images query (error_type + class filter, 24 of "
-          f"{total} matching, {args.images} images per job, {args.jobs} jobs): "
-          f"median {statistics.median(timings):.1f} ms, p95 "
-          f"{sorted(timings)[int(len(timings) * 0.95)]:.1f} ms")
+    print(
+        f"{engine.dialect.name}: worst-images query (error_type + class filter, 24 of "
+        f"{total} matching, {args.images} images per job, {args.jobs} jobs): "
+        f"median {statistics.median(timings):.1f} ms, p95 "
+        f"{sorted(timings)[int(len(timings) * 0.95)]:.1f} ms"
+    )
     if created and args.database_url:
         admin = make_engine(args.database_url).execution_options(isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:

@@ -47,6 +47,9 @@ __all__ = [
 API_URL_ENV = "DETLAB_API_URL"
 # Overlays are rendered by the API, one request each; this many are asked for at once.
 OVERLAY_FETCHES = 8
+# The pages draw the colour legend beside the overlays, so the images carry none of their own
+# (on small images it would cover much of the picture).
+OVERLAY_LEGEND = "none"
 
 
 def api_url() -> str:
@@ -145,7 +148,9 @@ def detections(job_id: int, image_id: int) -> dict[str, Any]:
 
 @st.cache_data(ttl=600, show_spinner=False, max_entries=20)
 def _overlay(base_url: str, job_id: int, image_id: int, score_thr: float, show: str) -> bytes:
-    return _client(base_url).overlay(job_id, image_id, score_thr=score_thr, show=show)
+    return _client(base_url).overlay(
+        job_id, image_id, score_thr=score_thr, show=show, legend=OVERLAY_LEGEND
+    )
 
 
 def overlay(job_id: int, image_id: int, *, score_thr: float, show: str) -> bytes:
@@ -160,7 +165,7 @@ def _tile(
     base_url: str, job_id: int, image_id: int, score_thr: float, show: str, width: int
 ) -> bytes:
     png = _client(base_url).overlay(
-        job_id, image_id, score_thr=score_thr, show=show, max_width=width
+        job_id, image_id, score_thr=score_thr, show=show, max_width=width, legend=OVERLAY_LEGEND
     )
     return shrink(png, width=width)
 

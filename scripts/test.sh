@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 ./scripts/install.sh
 VENV=${DETLAB_VENV:-$PWD/.venv}
 "$VENV/bin/ruff" check backend worker dashboard tests benchmarks scripts
+"$VENV/bin/ruff" format --check backend worker dashboard tests benchmarks scripts
 "$VENV/bin/mypy"
 exec "$VENV/bin/python" -m pytest "$@"

@@ -39,19 +39,29 @@ def _load_base(method: str) -> Any:
 
 def _model(spec: PretrainSpec, base_model: Any) -> dict[str, Any]:
     channels = STAGE_CHANNELS[spec.backbone]
-    head = dict(type="ContrastiveHead", loss=dict(type="CrossEntropyLoss"),
-                temperature=spec.temperature)
-    common = dict(queue_len=spec.queue_length, feat_dim=spec.feature_dim,
-                  momentum=spec.momentum_coefficient, head=head)
-    backbone = dict(type="ResNet", depth=DEPTHS[spec.backbone], norm_cfg=dict(type="BN"),
-                    zero_init_residual=False)
+    head = dict(
+        type="ContrastiveHead", loss=dict(type="CrossEntropyLoss"), temperature=spec.temperature
+    )
+    common = dict(
+        queue_len=spec.queue_length,
+        feat_dim=spec.feature_dim,
+        momentum=spec.momentum_coefficient,
+        head=head,
+    )
+    backbone = dict(
+        type="ResNet",
+        depth=DEPTHS[spec.backbone],
+        norm_cfg=dict(type="BN"),
+        zero_init_residual=False,
+    )
     if spec.method == "detco":
         backbone["out_indices"] = (0, 1, 2, 3)
         return dict(type="DetCo", backbone=backbone, stage_channels=channels, **common)
     model = base_model.to_dict()
     model.update(common, backbone=backbone)
-    model["neck"].update(in_channels=channels[-1], hid_channels=max(channels[-1], 512),
-                         out_channels=spec.feature_dim)
+    model["neck"].update(
+        in_channels=channels[-1], hid_channels=max(channels[-1], 512), out_channels=spec.feature_dim
+    )
     return model
 
 
@@ -70,12 +80,18 @@ def build_pretrain_config(spec: PretrainSpec, *, image_folder: str, paths: JobPa
     for step in cfg.view_pipeline:
         if step["type"] == "RandomResizedCrop":
             step["scale"] = spec.image_size
-    pipeline = [dict(type="LoadImageFromFile"),
-                dict(type="MultiView", num_views=2, transforms=[cfg.view_pipeline]),
-                dict(type="PackInputs")]
-    loader.dataset = dict(type="CustomDataset", data_root="",
-                          data_prefix=image_folder.rstrip("/") + "/", with_label=False,
-                          pipeline=pipeline)
+    pipeline = [
+        dict(type="LoadImageFromFile"),
+        dict(type="MultiView", num_views=2, transforms=[cfg.view_pipeline]),
+        dict(type="PackInputs"),
+    ]
+    loader.dataset = dict(
+        type="CustomDataset",
+        data_root="",
+        data_prefix=image_folder.rstrip("/") + "/",
+        with_label=False,
+        pipeline=pipeline,
+    )
     if spec.by_epoch:
         total = spec.length
         cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=total)
@@ -84,16 +100,23 @@ def build_pretrain_config(spec: PretrainSpec, *, image_folder: str, paths: JobPa
         cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=total)
         loader.sampler = dict(type="InfiniteSampler", shuffle=True)
         cfg.log_processor = dict(window_size=10, by_epoch=False)
-    cfg.param_scheduler = [dict(type="CosineAnnealingLR", T_max=total, by_epoch=spec.by_epoch,
-                                begin=0, end=total)]
+    cfg.param_scheduler = [
+        dict(type="CosineAnnealingLR", T_max=total, by_epoch=spec.by_epoch, begin=0, end=total)
+    ]
     optimizer = dict(type="SGD", lr=spec.lr, weight_decay=spec.weight_decay, momentum=0.9)
-    cfg.optim_wrapper = dict(type="AmpOptimWrapper" if spec.amp else "OptimWrapper",
-                             optimizer=optimizer)
+    cfg.optim_wrapper = dict(
+        type="AmpOptimWrapper" if spec.amp else "OptimWrapper", optimizer=optimizer
+    )
     if spec.amp:
         cfg.optim_wrapper.update(dtype="float16", loss_scale="dynamic")
     interval = spec.checkpoint_interval or (1 if spec.by_epoch else max(1, total // 10))
-    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=interval,
-                                        by_epoch=spec.by_epoch, max_keep_ckpts=2, save_last=True)
+    cfg.default_hooks.checkpoint = dict(
+        type="CheckpointHook",
+        interval=interval,
+        by_epoch=spec.by_epoch,
+        max_keep_ckpts=2,
+        save_last=True,
+    )
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=10)
     cfg.randomness = dict(seed=spec.seed, deterministic=False)
     cfg.work_dir = str(paths.work_dir)

@@ -36,8 +36,10 @@ def _image_folder(spec: PretrainSpec, sessions: sessionmaker[Session]) -> str:
         raise JobFailed(f"the image folder {folder} is gone")
     count = sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if count < spec.batch_size:
-        raise JobFailed(f"the image folder {folder} holds {count} images, fewer than one batch "
-                        f"({spec.batch_size}); add images or lower batch_size")
+        raise JobFailed(
+            f"the image folder {folder} holds {count} images, fewer than one batch "
+            f"({spec.batch_size}); add images or lower batch_size"
+        )
     return str(folder)
 
 
@@ -46,15 +48,19 @@ def export_backbone(model: Any, out: Path, *, meta: dict[str, Any]) -> str:
     import torch
 
     module = getattr(model, "module", model)
-    state = {key.removeprefix("backbone."): value.detach().cpu().clone()
-             for key, value in module.state_dict().items() if key.startswith("backbone.")}
+    state = {
+        key.removeprefix("backbone."): value.detach().cpu().clone()
+        for key, value in module.state_dict().items()
+        if key.startswith("backbone.")
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state, "meta": meta}, out)
     return hashlib.sha256(out.read_bytes()).hexdigest()
 
 
-def run_pretrain(job: Job, *, resuming: bool, settings: Settings,
-                 sessions: sessionmaker[Session]) -> None:
+def run_pretrain(
+    job: Job, *, resuming: bool, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     """Pretrain a backbone and register it in the weights registry."""
     assert settings.artifact_root is not None
     spec = PretrainSpec.model_validate(job.spec)
@@ -73,11 +79,21 @@ def run_pretrain(job: Job, *, resuming: bool, settings: Settings,
     runner, _ = train(cfg, job_id=job.id, resuming=resuming, sessions=sessions)
     name = f"{spec.method}-{spec.backbone}-job{job.id}"
     out = settings.artifact_root / "weights" / f"{name}.pth"
-    meta = {"architecture": spec.backbone, "method": spec.method, "producing_job": job.id,
-            "layout": "mmdet ResNet"}
+    meta = {
+        "architecture": spec.backbone,
+        "method": spec.method,
+        "producing_job": job.id,
+        "layout": "mmdet ResNet",
+    }
     sha256 = export_backbone(runner.model, out, meta=meta)
     with sessions() as session:
         weights_service.register_produced(
-            session=session, name=name, architecture=spec.backbone, method=spec.method,
-            path=out, sha256=sha256, job_id=job.id,
-            report={"iterations": runner.iter, "source_format": "detlab pretrain job"})
+            session=session,
+            name=name,
+            architecture=spec.backbone,
+            method=spec.method,
+            path=out,
+            sha256=sha256,
+            job_id=job.id,
+            report={"iterations": runner.iter, "source_format": "detlab pretrain job"},
+        )

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["DEFAULT_SHOW", "OUTCOME_COLORS", "SHOW_GROUPS", "encode_png", "render_overlay"]
+__all__ = [
+    "DEFAULT_SHOW",
+    "LEGEND_PLACES",
+    "OUTCOME_COLORS",
+    "SHOW_GROUPS",
+    "encode_png",
+    "render_overlay",
+]
 
 # One colour per outcome; the legend lists them in this order.
 OUTCOME_COLORS: dict[str, tuple[int, int, int]] = {
@@ -35,6 +42,10 @@ SHOW_GROUPS: dict[str, frozenset[str]] = {
     ),
 }
 DEFAULT_SHOW = frozenset({"gt", "tp", "errors"})
+# Where the legend goes: "inside" the top-right corner, in a strip "below" the picture (the
+# PNG grows by its height), "none", or "auto": inside unless it would cover more than a third
+# of the width or half the height (small images), then below.
+LEGEND_PLACES = ("auto", "inside", "below", "none")
 
 _POOL: tuple[int, ThreadPoolExecutor, int] | None = None
 _POOL_LOCK = threading.Lock()
@@ -93,6 +104,7 @@ def render_overlay(
     categories: Mapping[int, str],
     score_thr: float = 0.3,
     show: Collection[str] = DEFAULT_SHOW,
+    legend: str = "auto",
 ) -> bytes:
     """Draw GT and predictions of one image, coloured by outcome, and return PNG bytes.
 
@@ -100,8 +112,11 @@ def render_overlay(
     optionally ``missed``. ``matches``: PredictionMatch objects or dicts with ``bbox``,
     ``category_id``, ``score``, ``error_type`` and optionally ``gt_category_id``.
     ``show`` takes "gt", "tp", "errors" (every error and missed GT) or outcome names.
-    Predictions below ``score_thr`` and ignored predictions are not drawn.
+    Predictions below ``score_thr`` and ignored predictions are not drawn. ``legend``: one of
+    LEGEND_PLACES.
     """
+    if legend not in LEGEND_PLACES:
+        raise ValueError(f"legend: unknown value {legend!r}; accepted: {', '.join(LEGEND_PLACES)}")
     wanted = _outcomes(show)
     canvas = _as_rgb(image)
     draw = ImageDraw.Draw(canvas)
@@ -133,7 +148,14 @@ def render_overlay(
         draw.rectangle(corners, outline=OUTCOME_COLORS[outcome], width=_LINE_WIDTH)
     for outcome, (x, y, _, _), text in items:
         _draw_label(draw, x, y, text, OUTCOME_COLORS[outcome], canvas.size)
-    _draw_legend(draw, [o for o in OUTCOME_COLORS if any(i[0] == o for i in items)], canvas.size)
+    present = [o for o in OUTCOME_COLORS if any(i[0] == o for i in items)]
+    if present and legend != "none":
+        width, height = _legend_box(draw, present)
+        fits = width <= canvas.width / 3 and height <= canvas.height / 2
+        if legend == "inside" or (legend == "auto" and fits):
+            _draw_legend(draw, present, canvas.size)
+        else:
+            canvas = _with_legend_strip(canvas, present)
 
     return encode_png(np.asarray(canvas))
 
@@ -216,19 +238,53 @@ def _draw_label(
     )
 
 
+_SWATCH = 10
+_LEGEND_LINE = _TEXT_HEIGHT + 4
+_LEGEND_FILL = (32, 32, 32)
+
+
+def _legend_box(draw: ImageDraw.ImageDraw, outcomes: list[str]) -> tuple[int, int]:
+    """Width and height of the corner legend, one outcome a line."""
+    text = max(int(draw.textlength(o, font=_FONT)) for o in outcomes)
+    return _SWATCH + 3 * _PAD + text + 4, _LEGEND_LINE * len(outcomes) + 2 * _PAD
+
+
+def _legend_entry(draw: ImageDraw.ImageDraw, x: int, y: int, outcome: str) -> None:
+    """A colour swatch and the outcome's name, the swatch's top-left corner at (x, y)."""
+    draw.rectangle((x, y + 1, x + _SWATCH - 1, y + _SWATCH), fill=OUTCOME_COLORS[outcome])
+    draw.text((x + _SWATCH + _PAD + 2, y), outcome, fill=(255, 255, 255), font=_FONT)
+
+
 def _draw_legend(draw: ImageDraw.ImageDraw, outcomes: list[str], size: tuple[int, int]) -> None:
     """Box in the top-right corner naming the colours that appear."""
-    if not outcomes:
-        return
-    swatch, line = 10, _TEXT_HEIGHT + 4
-    width = swatch + 3 * _PAD + max(int(draw.textlength(o, font=_FONT)) for o in outcomes) + 4
-    height = line * len(outcomes) + 2 * _PAD
+    width, height = _legend_box(draw, outcomes)
     left = max(size[0] - width - 4, 0)
     top = 4
-    draw.rectangle((left, top, left + width - 1, top + height - 1), fill=(32, 32, 32))
+    draw.rectangle((left, top, left + width - 1, top + height - 1), fill=_LEGEND_FILL)
     for i, outcome in enumerate(outcomes):
-        y = top + _PAD + i * line
-        draw.rectangle(
-            (left + _PAD, y + 1, left + _PAD + swatch - 1, y + swatch), fill=OUTCOME_COLORS[outcome]
-        )
-        draw.text((left + 2 * _PAD + swatch + 2, y), outcome, fill=(255, 255, 255), font=_FONT)
+        _legend_entry(draw, left + _PAD, top + _PAD + i * _LEGEND_LINE, outcome)
+
+
+def _with_legend_strip(canvas: Image.Image, outcomes: list[str]) -> Image.Image:
+    """The picture above a strip holding the legend, entries side by side, wrapped to the
+    picture's width: nothing of the picture is covered."""
+    measure = ImageDraw.Draw(canvas)
+    widths = [_SWATCH + 3 * _PAD + int(measure.textlength(o, font=_FONT)) + 8 for o in outcomes]
+    lines: list[list[int]] = [[]]
+    used = _PAD
+    for index, width in enumerate(widths):
+        if lines[-1] and used + width > canvas.width:
+            lines.append([])
+            used = _PAD
+        lines[-1].append(index)
+        used += width
+    strip = _LEGEND_LINE * len(lines) + 2 * _PAD
+    grown = Image.new("RGB", (canvas.width, canvas.height + strip), _LEGEND_FILL)
+    grown.paste(canvas, (0, 0))
+    draw = ImageDraw.Draw(grown)
+    for row, members in enumerate(lines):
+        x, y = _PAD, canvas.height + _PAD + row * _LEGEND_LINE
+        for index in members:
+            _legend_entry(draw, x, y, outcomes[index])
+            x += widths[index]
+    return grown

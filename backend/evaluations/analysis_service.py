@@ -262,6 +262,7 @@ def overlay_png(
     score_thr: float = 0.3,
     show: list[str] | None = None,
     max_width: int | None = None,
+    legend: str = "auto",
 ) -> bytes:
     """The image with ground truth and predictions drawn, coloured by outcome."""
     from PIL import Image
@@ -288,9 +289,10 @@ def overlay_png(
                 categories=names,
                 score_thr=score_thr,
                 show=show or ["gt", "tp", "errors"],
+                legend=legend,
             )
-        except ValueError as exc:
-            raise Invalid(f"show: {exc}") from None
+        except ValueError as exc:  # its message names the parameter and the accepted values
+            raise Invalid(str(exc)) from None
 
 
 def compare_images(

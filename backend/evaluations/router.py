@@ -90,6 +90,13 @@ def overlay(
     score_thr: Annotated[float, Query(ge=0, le=1)] = 0.3,
     show: str = "gt,tp,errors",
     max_width: Annotated[int | None, Query(ge=64, le=8192)] = None,
+    legend: Annotated[
+        str,
+        Query(
+            description="auto (in the corner, or in a strip below small images), inside, "
+            "below or none"
+        ),
+    ] = "auto",
 ):
     png = analysis_service.overlay_png(
         session=session,
@@ -98,6 +105,7 @@ def overlay(
         score_thr=score_thr,
         show=[part.strip() for part in show.split(",") if part],
         max_width=max_width,
+        legend=legend,
     )
     return Response(png, media_type="image/png")
 

@@ -45,4 +45,5 @@ def leaderboard(
         limit=limit,
         offset=offset,
     )
-    return Leaderboard(dataset_id=dataset, metric=metric, items=items, total=total)
+    # a dict, not a Leaderboard: FastAPI validates the response model once, not twice
+    return {"dataset_id": dataset, "metric": metric, "items": items, "total": total}

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, defer
+from sqlalchemy import Row, func, select
+from sqlalchemy.orm import Session
 
 from backend.errors import Invalid
 from backend.evaluations.models import Evaluation
 from backend.jobs.models import Job, JobKind, JobStatus
-from backend.leaderboard.schemas import METRICS, LeaderboardRow
+from backend.leaderboard.schemas import METRICS
 from backend.weights.models import Weights
 
 __all__ = ["rows", "init_label", "AXES"]
@@ -19,14 +19,15 @@ __all__ = ["rows", "init_label", "AXES"]
 AXES = ("detector", "backbone", "neck", "init")
 
 
-def init_label(init: Any, weights: Weights | None = None) -> str:
-    """A short name for a spec's backbone init, as the leaderboard shows and filters it."""
+def init_label(init: Any, weights_name: str | None = None, method: str | None = None) -> str:
+    """A short name for a spec's backbone init, as the leaderboard shows and filters it;
+    ``weights_name``/``method`` are those of the registered weights a ``weights_id`` names."""
     if isinstance(init, str):
         return init
     if "weights_id" in init:
-        if weights is None:
+        if weights_name is None:
             return f"weights:{init['weights_id']}"
-        return f"weights:{weights.name} ({weights.method})"
+        return f"weights:{weights_name} ({method})"
     return f"checkpoint:{Path(init['checkpoint']).name}"
 
 
@@ -39,8 +40,12 @@ def rows(
     filters: dict[str, str] | None = None,
     limit: int = 100,
     offset: int = 0,
-) -> tuple[list[LeaderboardRow], int]:
-    """Finished fine-tune jobs sorted by a metric, filtered on spec axes."""
+) -> tuple[list[dict[str, Any]], int]:
+    """Finished fine-tune jobs sorted by a metric, filtered on spec axes.
+
+    Rows are plain dicts in the shape of ``LeaderboardRow`` (the route validates them once):
+    only the columns the table shows are read, no ORM objects are built, since a dashboard
+    asks for up to 10,000 rows at a time."""
     if metric not in METRICS:
         raise Invalid(f"metric {metric!r} is not accepted; use one of {', '.join(METRICS)}")
     unknown = sorted(set(filters or {}) - set(AXES))
@@ -48,8 +53,16 @@ def rows(
         raise Invalid(f"cannot filter on {', '.join(unknown)}; filters: {', '.join(AXES)}")
     column = getattr(Evaluation, metric)
     query = (
-        select(Job, Evaluation, Weights)
-        .options(defer(Job.config_text), defer(Evaluation.analysis))
+        select(
+            Job.id,
+            Job.name,
+            Job.dataset_id,
+            Job.spec,
+            Job.finished_at,
+            *(getattr(Evaluation, m) for m in METRICS),
+            Weights.name.label("weights_name"),
+            Weights.method.label("weights_method"),
+        )
         .join(Evaluation, Evaluation.job_id == Job.id)
         .outerjoin(Weights, Weights.id == Job.weights_id)
         .where(Job.kind == JobKind.finetune, Job.status == JobStatus.succeeded)
@@ -66,43 +79,39 @@ def rows(
         total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
         found = session.execute(query.limit(limit).offset(offset)).all()
     else:
-        matching = [
-            r
-            for r in session.execute(query).all()
-            if _matches_init(r[0].spec["init"], r[2], init_filter)
-        ]
+        matching = [r for r in session.execute(query).all() if _matches_init(r, init_filter)]
         total, found = len(matching), matching[offset : offset + limit]
-    return [_row(job, evaluation, weights) for job, evaluation, weights in found], total
+    return [_row(r) for r in found], total
 
 
-def _matches_init(init: Any, weights: Weights | None, wanted: str) -> bool:
-    label = init_label(init, weights)
+def _matches_init(row: Row[Any], wanted: str) -> bool:
+    label = init_label(row.spec["init"], row.weights_name, row.weights_method)
     return (
         label == wanted
         or label.startswith(wanted + ":")
-        or (weights is not None and wanted in (weights.name, weights.method))
+        or wanted in (row.weights_name, row.weights_method)
     )
 
 
-def _row(job: Job, evaluation: Evaluation, weights: Weights | None) -> LeaderboardRow:
-    spec = job.spec
-    return LeaderboardRow(
-        job_id=job.id,
-        name=job.name,
-        dataset_id=job.dataset_id or 0,
-        detector=spec["detector"],
-        backbone=spec["backbone"],
-        neck=spec["neck"],
-        init=init_label(spec["init"], weights),
-        norm=spec.get("norm"),
-        image_scale=list(spec["image_scale"]),
-        epochs=spec.get("epochs"),
-        iterations=spec.get("iterations"),
-        batch_size=spec["batch_size"],
-        lr=spec["lr"],
-        seed=spec["seed"],
-        data_fraction=spec["data_fraction"],
-        amp=spec["amp"],
-        finished_at=job.finished_at,
-        **{metric: getattr(evaluation, metric) for metric in METRICS},
-    )
+def _row(row: Row[Any]) -> dict[str, Any]:
+    spec = row.spec
+    return {
+        "job_id": row.id,
+        "name": row.name,
+        "dataset_id": row.dataset_id or 0,
+        "detector": spec["detector"],
+        "backbone": spec["backbone"],
+        "neck": spec["neck"],
+        "init": init_label(spec["init"], row.weights_name, row.weights_method),
+        "norm": spec.get("norm"),
+        "image_scale": list(spec["image_scale"]),
+        "epochs": spec.get("epochs"),
+        "iterations": spec.get("iterations"),
+        "batch_size": spec["batch_size"],
+        "lr": spec["lr"],
+        "seed": spec["seed"],
+        "data_fraction": spec["data_fraction"],
+        "amp": spec["amp"],
+        "finished_at": row.finished_at,
+        **{metric: getattr(row, metric) for metric in METRICS},
+    }

@@ -123,3 +123,45 @@ def test_degenerate_gt_box_is_still_marked() -> None:
     gt_boxes = [{"bbox": [5, 12, 0, 0.5], "category_id": 1}]  # zero width: allowed for GT
     pixels = decode(render_overlay(image, gt_boxes, [], categories=CATEGORIES))
     assert tuple(pixels[12, 5]) == OUTCOME_COLORS["gt"]
+
+
+def small_scene() -> tuple[np.ndarray, list[GtMatch], list[PredictionMatch]]:
+    image = np.full((128, 128, 3), GREY, dtype=np.uint8)
+    gt_boxes = [GtMatch(1, 7, 1, (70, 70, 30, 30), False, True, False, None)]
+    matches = [pred("tp", (10, 20, 40, 40)), pred("classification", (60, 20, 40, 30))]
+    return image, gt_boxes, matches
+
+
+def test_small_images_get_the_legend_in_a_strip_below_not_over_the_picture() -> None:
+    image, gt_boxes, matches = small_scene()
+    bare = decode(render_overlay(image, gt_boxes, matches, categories=CATEGORIES, legend="none"))
+    assert bare.shape == (128, 128, 3)
+    for place in ("auto", "below"):
+        png = render_overlay(image, gt_boxes, matches, categories=CATEGORIES, legend=place)
+        pixels = decode(png)
+        assert pixels.shape[0] > 128 and pixels.shape[1] == 128, place
+        assert np.array_equal(pixels[:128], bare), place  # the picture itself is untouched
+        strip = {tuple(c) for c in pixels[128:].reshape(-1, 3)}
+        drawn = {OUTCOME_COLORS[o] for o in ("tp", "classification", "missed")}
+        assert drawn <= strip and not (set(OUTCOME_COLORS.values()) - drawn) & strip, place
+    # forced inside: same size, the top-right corner covered by the legend box
+    inside = decode(
+        render_overlay(image, gt_boxes, matches, categories=CATEGORIES, legend="inside")
+    )
+    assert inside.shape == (128, 128, 3) and not np.array_equal(inside, bare)
+
+
+def test_large_images_keep_the_legend_in_the_corner_and_none_leaves_it_out() -> None:
+    image = np.full((800, 1333, 3), GREY, dtype=np.uint8)
+    matches = [pred("tp", (100, 100, 200, 200)), pred("background", (500, 300, 100, 100))]
+    auto = decode(render_overlay(image, [], matches, categories=CATEGORIES))
+    assert auto.shape == (800, 1333, 3)
+    corner = {tuple(c) for c in auto[:60, 1200:].reshape(-1, 3)}
+    assert {OUTCOME_COLORS["tp"], OUTCOME_COLORS["background"]} <= corner
+    plain = decode(render_overlay(image, [], matches, categories=CATEGORIES, legend="none"))
+    assert {tuple(c) for c in plain[:60, 1200:].reshape(-1, 3)} == {GREY}
+
+
+def test_unknown_legend_place_names_the_accepted_ones() -> None:
+    with pytest.raises(ValueError, match="legend: unknown value 'left'; accepted: auto, inside"):
+        render_overlay(np.zeros((4, 4, 3), np.uint8), [], [], categories={}, legend="left")

@@ -140,6 +140,23 @@ def test_breakdown_worst_images_detections_and_overlay(client, db, dataset_id, v
     )
     assert small.status_code == 200
     assert Image.open(io.BytesIO(small.content)).size[0] < overlay.size[0]
+    # The shapes images are 128 px: the default legend goes in a strip below the picture;
+    # "none" gives exactly the image's size; an unknown place is a 422 naming the accepted ones.
+    assert overlay.size == (image["width"], overlay.size[1]) and overlay.size[1] > image["height"]
+    bare = client.get(
+        f"/jobs/{job_id}/images/{wrong['image_id']}/overlay.png", params={"legend": "none"}
+    )
+    assert Image.open(io.BytesIO(bare.content)).size == (image["width"], image["height"])
+    refused = client.get(
+        f"/jobs/{job_id}/images/{wrong['image_id']}/overlay.png", params={"legend": "left"}
+    )
+    assert refused.status_code == 422
+    assert "legend: unknown value 'left'; accepted: auto, inside, below, none" in refused.text
+    refused = client.get(
+        f"/jobs/{job_id}/images/{wrong['image_id']}/overlay.png", params={"show": "gt,boxes"}
+    )
+    assert refused.status_code == 422
+    assert refused.json()["detail"]["message"].startswith("show: unknown value 'boxes'; accepted: ")
 
     download = client.get(f"/jobs/{job_id}/predictions")
     assert download.status_code == 200 and download.json() == results

@@ -1,0 +1,114 @@
+"""GET /leaderboard over job, evaluation and weights rows the test writes: ranking, filters,
+init labels, paging, and the 422s for what it does not accept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from backend.evaluations import service as evaluation_service
+from backend.jobs.models import Job, JobKind, JobStatus
+from backend.weights.models import Weights
+
+SPEC: dict[str, Any] = {
+    "detector": "faster_rcnn",
+    "backbone": "resnet50",
+    "neck": "fpn",
+    "init": "imagenet",
+    "norm": "frozen_bn",
+    "image_scale": [1333, 800],
+    "epochs": 12,
+    "batch_size": 2,
+    "lr": 0.02,
+    "seed": 0,
+    "data_fraction": 1.0,
+    "amp": True,
+}
+
+
+@pytest.fixture
+def dataset_id(client, shapes_payload):
+    return client.post("/datasets", json=shapes_payload).json()["id"]
+
+
+def add_job(db, dataset_id, mAP, *, status=JobStatus.succeeded, kind=JobKind.finetune, **spec):
+    job = Job(
+        kind=kind,
+        status=status,
+        dataset_id=dataset_id,
+        name=f"run-{mAP}",
+        spec={**SPEC, **spec},
+        weights_id=spec["init"].get("weights_id") if isinstance(spec.get("init"), dict) else None,
+        config_text="x" * 10_000,
+    )
+    db.add(job)
+    db.commit()
+    evaluation_service.store(
+        session=db,
+        job_id=job.id,
+        metrics={"bbox_mAP": mAP, "bbox_mAP_50": None if mAP is None else mAP + 0.2},
+        per_class_ap={},
+        predictions_path="/nowhere.json",
+    )
+    return job.id
+
+
+def test_ranking_filters_labels_and_paging(client, db, dataset_id):
+    weights = Weights(
+        name="moco-800ep",
+        architecture="resnet50",
+        method="mocov2",
+        source="pretrain_job",
+        path="/w.pth",
+        sha256="0" * 64,
+    )
+    db.add(weights)
+    db.commit()
+    best = add_job(db, dataset_id, 0.41, init={"weights_id": weights.id})
+    mid = add_job(db, dataset_id, 0.37, backbone="resnet101")
+    low = add_job(db, dataset_id, 0.12, init="scratch", norm="sync_bn")
+    unscored = add_job(db, dataset_id, None, init={"checkpoint": "/data/ckpt/detco.pth"})
+    add_job(db, dataset_id, 0.99, status=JobStatus.failed)  # not finished well: left out
+    add_job(db, dataset_id, 0.98, kind=JobKind.pretrain)  # not a fine-tune: left out
+
+    board = client.get("/leaderboard", params={"dataset": dataset_id}).json()
+    assert board["total"] == 4 and board["metric"] == "bbox_mAP"
+    assert [r["job_id"] for r in board["items"]] == [best, mid, low, unscored]  # nulls last
+    top = board["items"][0]
+    assert top["init"] == "weights:moco-800ep (mocov2)"
+    assert top["bbox_mAP"] == 0.41 and top["bbox_mAP_50"] == pytest.approx(0.61)
+    assert top["image_scale"] == [1333, 800] and top["epochs"] == 12 and top["amp"] is True
+    assert top["name"] == "run-0.41" and top["finished_at"] is None
+    assert board["items"][3]["init"] == "checkpoint:detco.pth"
+
+    ascending = client.get("/leaderboard", params={"dataset": dataset_id, "order": "asc"}).json()
+    assert [r["job_id"] for r in ascending["items"]] == [low, mid, best, unscored]
+    by_50 = client.get(
+        "/leaderboard", params={"dataset": dataset_id, "metric": "bbox_mAP_50"}
+    ).json()
+    assert [r["job_id"] for r in by_50["items"]] == [best, mid, low, unscored]
+
+    def ids(**params):
+        found = client.get("/leaderboard", params={"dataset": dataset_id, **params}).json()
+        return [r["job_id"] for r in found["items"]], found["total"]
+
+    assert ids(backbone="resnet101") == ([mid], 1)
+    assert ids(init="scratch") == ([low], 1)
+    # init matches the label, its prefix, or the registered weights' name or method
+    assert ids(init="weights") == ([best], 1)
+    assert ids(init="mocov2") == ([best], 1)
+    assert ids(init="moco-800ep") == ([best], 1)
+    assert ids(init="checkpoint") == ([unscored], 1)
+    assert ids(init="mocov2", backbone="resnet101") == ([], 0)
+    assert ids(limit=2) == ([best, mid], 4)
+    assert ids(limit=2, offset=2) == ([low, unscored], 4)
+    assert ids(init="imagenet", limit=1, offset=0) == ([mid], 1)
+
+
+def test_what_it_does_not_accept_is_a_422_naming_the_choices(client, dataset_id):
+    response = client.get("/leaderboard", params={"metric": "accuracy"})
+    assert response.status_code == 422
+    assert "metric 'accuracy' is not accepted; use one of bbox_mAP, bbox_mAP_50" in response.text
+    assert client.get("/leaderboard", params={"order": "up"}).status_code == 422
+    assert client.get("/leaderboard", params={"limit": 10_001}).status_code == 422
