@@ -50,6 +50,10 @@ OVERLAY_FETCHES = 8
 # The pages draw the colour legend beside the overlays, so the images carry none of their own
 # (on small images it would cover much of the picture).
 OVERLAY_LEGEND = "none"
+# Small images (e.g. 128 px) are drawn enlarged, so that box labels do not hide the picture:
+# tiles at least this wide, the enlarged view at least ENLARGED_MIN_WIDTH.
+TILE_MIN_WIDTH = 384
+ENLARGED_MIN_WIDTH = 768
 
 
 def api_url() -> str:
@@ -149,12 +153,17 @@ def detections(job_id: int, image_id: int) -> dict[str, Any]:
 @st.cache_data(ttl=600, show_spinner=False, max_entries=20)
 def _overlay(base_url: str, job_id: int, image_id: int, score_thr: float, show: str) -> bytes:
     return _client(base_url).overlay(
-        job_id, image_id, score_thr=score_thr, show=show, legend=OVERLAY_LEGEND
+        job_id,
+        image_id,
+        score_thr=score_thr,
+        show=show,
+        min_width=ENLARGED_MIN_WIDTH,
+        legend=OVERLAY_LEGEND,
     )
 
 
 def overlay(job_id: int, image_id: int, *, score_thr: float, show: str) -> bytes:
-    """One overlay PNG at full size."""
+    """One overlay PNG at full size (small images enlarged)."""
     return _overlay(api_url(), job_id, image_id, score_thr, show)
 
 
@@ -165,7 +174,13 @@ def _tile(
     base_url: str, job_id: int, image_id: int, score_thr: float, show: str, width: int
 ) -> bytes:
     png = _client(base_url).overlay(
-        job_id, image_id, score_thr=score_thr, show=show, max_width=width, legend=OVERLAY_LEGEND
+        job_id,
+        image_id,
+        score_thr=score_thr,
+        show=show,
+        max_width=width,
+        min_width=min(TILE_MIN_WIDTH, width),
+        legend=OVERLAY_LEGEND,
     )
     return shrink(png, width=width)
 

@@ -210,11 +210,19 @@ class ApiClient:
         score_thr: float = 0.3,
         show: str = "gt,tp,errors",
         max_width: int | None = None,
+        min_width: int | None = None,
         legend: str = "auto",
     ) -> bytes:
-        """The overlay PNG; `max_width` asks the API for a smaller rendering (ignored by an
-        API that does not offer it); `legend`: auto, inside, below or none."""
-        params = {"score_thr": score_thr, "show": show, "max_width": max_width, "legend": legend}
+        """The overlay PNG; `max_width` / `min_width` ask the API to shrink larger images or
+        enlarge smaller ones before drawing (ignored by an API that does not offer them);
+        `legend`: auto, inside, below or none."""
+        params = {
+            "score_thr": score_thr,
+            "show": show,
+            "max_width": max_width,
+            "min_width": min_width,
+            "legend": legend,
+        }
         return self._request(
             "GET", f"/jobs/{job_id}/images/{image_id}/overlay.png", params=params
         ).content

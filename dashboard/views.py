@@ -21,6 +21,7 @@ __all__ = [
     "format_duration",
     "init_label",
     "job_label",
+    "weights_names",
     "outcome_legend",
     "pick_dataset",
     "pick_job",
@@ -81,11 +82,20 @@ def query_int(name: str) -> int | None:
         return None
 
 
+def weights_names() -> dict[int, str]:
+    """Registered weights as "name (method)" by id; empty when the API cannot list them."""
+    try:
+        return {w["id"]: f"{w['name']} ({w['method']})" for w in api.weights()}
+    except ApiError:
+        return {}
+
+
 def init_label(init: Any) -> str:
+    """A spec's backbone init as the leaderboard labels it (registered weights by name)."""
     if isinstance(init, str):
         return init
     if isinstance(init, dict) and "weights_id" in init:
-        return f"weights:{init['weights_id']}"
+        return f"weights:{weights_names().get(init['weights_id'], init['weights_id'])}"
     if isinstance(init, dict) and "checkpoint" in init:
         return f"checkpoint:{str(init['checkpoint']).rsplit('/', 1)[-1]}"
     return str(init)

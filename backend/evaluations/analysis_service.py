@@ -243,8 +243,12 @@ def image_detections(
     }
 
 
+# how much overlay.png's min_width may enlarge an image
+MAX_ENLARGE = 8
+
+
 def _scaled(items: list[Any], factor: float) -> list[dict[str, Any]]:
-    """Boxes as dicts with coordinates multiplied by factor, for a shrunk rendering."""
+    """Boxes as dicts with coordinates multiplied by factor, for a resized rendering."""
     fields = ("category_id", "score", "error_type", "gt_category_id", "missed", "ignored")
     out = []
     for item in items:
@@ -262,10 +266,18 @@ def overlay_png(
     score_thr: float = 0.3,
     show: list[str] | None = None,
     max_width: int | None = None,
+    min_width: int | None = None,
     legend: str = "auto",
 ) -> bytes:
-    """The image with ground truth and predictions drawn, coloured by outcome."""
+    """The image with ground truth and predictions drawn, coloured by outcome.
+
+    ``max_width`` shrinks larger images before drawing (cheaper to render and send);
+    ``min_width`` enlarges smaller ones (nearest neighbour, so pixels stay honest, at most
+    MAX_ENLARGE times), so that box labels stay small next to a small picture."""
     from PIL import Image
+
+    if max_width and min_width and min_width > max_width:
+        raise Invalid(f"min_width ({min_width}) must not exceed max_width ({max_width})")
 
     _, found, names = _image_analysis(session, job_id, image_id, score_thr=0.05)
     job = job_service.get(session=session, job_id=job_id)
@@ -274,12 +286,14 @@ def overlay_png(
     with Image.open(path) as image:
         gt_boxes: list[Any] = found.ground_truth
         predictions: list[Any] = found.predictions
+        factor, resample = 1.0, Image.Resampling.BILINEAR
         if max_width and image.width > max_width:
-            # shrink before drawing: far cheaper to render and send than the full size
             factor = max_width / image.width
-            image = image.convert("RGB").resize(
-                (max_width, max(1, round(image.height * factor))), Image.Resampling.BILINEAR
-            )
+        elif min_width and image.width < min_width:
+            factor, resample = min(min_width / image.width, MAX_ENLARGE), Image.Resampling.NEAREST
+        if factor != 1.0:
+            size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+            image = image.convert("RGB").resize(size, resample)
             gt_boxes, predictions = _scaled(gt_boxes, factor), _scaled(predictions, factor)
         try:
             return render_overlay(

@@ -90,6 +90,10 @@ def overlay(
     score_thr: Annotated[float, Query(ge=0, le=1)] = 0.3,
     show: str = "gt,tp,errors",
     max_width: Annotated[int | None, Query(ge=64, le=8192)] = None,
+    min_width: Annotated[
+        int | None,
+        Query(ge=64, le=4096, description="enlarge smaller images to this width (up to 8x)"),
+    ] = None,
     legend: Annotated[
         str,
         Query(
@@ -105,6 +109,7 @@ def overlay(
         score_thr=score_thr,
         show=[part.strip() for part in show.split(",") if part],
         max_width=max_width,
+        min_width=min_width,
         legend=legend,
     )
     return Response(png, media_type="image/png")

@@ -17,6 +17,7 @@ from dashboard.client import ApiError
 PAGE_SIZE = 24
 SORTS = {"worst": "worst first", "best": "best first", "image_id": "by image id"}
 SHOW = {"gt": "ground truth", "tp": "true positives", "errors": "errors"}
+DEFAULT_SCORE_THR = 0.3
 
 
 def image_caption(item: dict[str, Any]) -> str:
@@ -30,6 +31,15 @@ def open_image(image_id: int) -> None:
 
 def first_page() -> None:
     st.session_state["explorer-page"] = 1
+
+
+def error_filter_changed(counted_from: float) -> None:
+    """Picking an error type lowers the drawing threshold to the one its counts use, so the
+    errors the listing counts are the ones drawn (a weak model's mistakes often score below
+    the default); clearing it restores the default."""
+    first_page()
+    chosen = st.session_state.get("explorer-error")
+    st.session_state["explorer-thr"] = counted_from if chosen else DEFAULT_SCORE_THR
 
 
 def close_image() -> None:
@@ -86,7 +96,9 @@ def box_table(detections: list[dict[str, Any]]):
 
 def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     classes = [c["name"] for c in api.dataset(job["dataset_id"])["stats"]["categories"]]
-    counts = (evaluation.get("analysis") or {}).get("counts")
+    analysis = evaluation.get("analysis") or {}
+    counts = analysis.get("counts")
+    counted_from = float(analysis.get("score_thr", DEFAULT_SCORE_THR))
     error_types = [kind for kind in views.ERROR_TYPES if not counts or kind in counts]
     class_col, error_col, sort_col, thr_col = st.columns([2, 2, 2, 3])
     chosen = {
@@ -102,13 +114,16 @@ def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
             [None, *error_types],
             format_func=lambda e: e or "any outcome",
             key="explorer-error",
-            on_change=first_page,
+            on_change=error_filter_changed,
+            args=(counted_from,),
         ),
         "sort": sort_col.selectbox(
             "Order", list(SORTS), format_func=SORTS.get, key="explorer-sort", on_change=first_page
         ),
     }
-    score_thr = thr_col.slider("Score threshold", 0.0, 1.0, 0.3, 0.05, key="explorer-thr")
+    score_thr = thr_col.slider(
+        "Score threshold", 0.0, 1.0, DEFAULT_SCORE_THR, 0.05, key="explorer-thr"
+    )
     shown = st.pills(
         "Draw",
         list(SHOW),
@@ -117,6 +132,9 @@ def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
         default=list(SHOW),
         key="explorer-show",
     ) or list(SHOW)
+    if chosen["error_type"] and "errors" in shown:
+        # filtering by an error type draws that type's boxes, not every error
+        shown = [chosen["error_type"] if s == "errors" else s for s in shown]
     return {**chosen, "score_thr": score_thr, "show": ",".join(shown)}
 
 
@@ -154,9 +172,14 @@ if not listing["items"]:
 
 first = (page - 1) * PAGE_SIZE + 1
 counted_from = (evaluation.get("analysis") or {}).get("score_thr", "?")
+drawn = (
+    f"only {chosen['error_type']} errors among the error boxes"
+    if chosen["error_type"] and chosen["error_type"] in show.split(",")
+    else "boxes"
+)
 st.caption(
     f"Images {first}–{first + len(listing['items']) - 1} of {listing['total']:,}. Counts are "
-    f"of predictions with score ≥ {counted_from}; boxes are drawn from score {score_thr:.2f}. "
+    f"of predictions with score ≥ {counted_from}; drawn: {drawn}, from score {score_thr:.2f}. "
     "Enlarge an image to see its boxes."
 )
 views.outcome_legend()

@@ -135,9 +135,15 @@ def history_frame(items: list[dict[str, Any]], datasets: dict[int, str]) -> pd.D
             "status": [job["status"] for job in items],
             "progress": [job["progress"] for job in items],
             "dataset": [datasets.get(job["dataset_id"], job["dataset_id"]) for job in items],
-            "detector": [job["spec"].get("detector") for job in items],
-            "backbone": [job["spec"].get("backbone") for job in items],
-            "init": [views.init_label(job["spec"].get("init")) for job in items],
+            "detector": [job["spec"].get("detector", "") for job in items],
+            "backbone": [job["spec"].get("backbone", "") for job in items],
+            # a pretraining has no init: its method says what it does
+            "init / method": [
+                views.init_label(job["spec"]["init"])
+                if "init" in job["spec"]
+                else job["spec"].get("method", "")
+                for job in items
+            ],
             "created": pd.to_datetime([job["created_at"] for job in items], utc=True),
             "took": [took(job) for job in items],
             "error": [job["error"] or "" for job in items],

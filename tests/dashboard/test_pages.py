@@ -76,6 +76,9 @@ def test_jobs_page_lists_history_and_shows_the_apis_validation_message(seeded):
     history = at.dataframe[0].value
     assert {"dash-a", "dash-b"} <= set(history["name"])
     assert set(history.loc[history["name"].isin(["dash-a", "dash-b"]), "status"]) == {"succeeded"}
+    assert set(history.loc[history["name"].isin(["dash-a", "dash-b"]), "init / method"]) == {
+        "scratch"
+    }
 
     at.selectbox(key="finetune-backbone").select("swin_t")
     at.selectbox(key="finetune-norm").select("bn")
@@ -196,6 +199,14 @@ def test_explorer_shows_worst_overlays_and_enlarges_one(api, seeded):
     missed = api.get(f"/jobs/{job_id}/images", params={"error_type": "missed"}).json()
     grid = [image.captions[0].split(" · ")[0] for image in at.image if image.captions[0]]
     assert grid == [item["file_name"] for item in missed["items"][:24]]
+    # the chosen error type is drawn alone, from the score its counts start at
+    counted_from = api.get(f"/jobs/{job_id}/evaluation").json()["analysis"]["score_thr"]
+    assert at.slider(key="explorer-thr").value == pytest.approx(counted_from)
+    assert f"drawn: only missed errors among the error boxes, from score {counted_from:.2f}" in (
+        texts(at.caption)
+    )
+    at.selectbox(key="explorer-error").select(None).run()
+    assert at.slider(key="explorer-thr").value == pytest.approx(0.3)
 
 
 def test_compare_shows_both_runs_metrics_and_class_differences(api, seeded):

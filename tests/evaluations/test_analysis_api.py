@@ -3,9 +3,11 @@
 import io
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from backend.analysis import OUTCOME_COLORS
 from backend.evaluations import service as evaluation_service
 from backend.jobs.models import Job, JobKind, JobStatus
 
@@ -69,7 +71,9 @@ def _other_class(val, category_id: int) -> int:
     return next(c["id"] for c in val["categories"] if c["id"] != category_id)
 
 
-def test_breakdown_worst_images_detections_and_overlay(client, db, dataset_id, val, tmp_path):
+def test_breakdown_worst_images_detections_and_overlay(
+    client, db, dataset_id, val, shapes, tmp_path
+):
     results = _perfect(val)
     wrong = results[0]
     wrong["category_id"] = _other_class(val, wrong["category_id"])  # a classification error
@@ -152,6 +156,29 @@ def test_breakdown_worst_images_detections_and_overlay(client, db, dataset_id, v
     )
     assert refused.status_code == 422
     assert "legend: unknown value 'left'; accepted: auto, inside, below, none" in refused.text
+    # min_width enlarges a small image (nearest neighbour) and draws the boxes at the new scale
+    big = client.get(
+        f"/jobs/{job_id}/images/{wrong['image_id']}/overlay.png",
+        params={"min_width": 4 * image["width"], "legend": "none", "show": "classification"},
+    )
+    enlarged = np.asarray(Image.open(io.BytesIO(big.content)).convert("RGB"))
+    assert enlarged.shape[:2] == (4 * image["height"], 4 * image["width"])
+    x, y, w, h = (round(4 * v) for v in wrong["bbox"])
+    edge = enlarged[y + h // 2, x : x + 2]
+    assert {tuple(c) for c in edge} == {OUTCOME_COLORS["classification"]}
+    with Image.open(shapes.val_images / image["file_name"]) as original:
+        plain = np.asarray(original.convert("RGB"))
+    # nearest neighbour: outside the one box and its label, each pixel is the original's 4x4
+    assert (enlarged[::4, ::4] == plain).all(axis=2).mean() > 0.9
+    capped = client.get(
+        f"/jobs/{job_id}/images/{wrong['image_id']}/overlay.png", params={"min_width": 4096}
+    )
+    assert Image.open(io.BytesIO(capped.content)).size[0] == 8 * image["width"]
+    crossed = client.get(
+        f"/jobs/{job_id}/images/{wrong['image_id']}/overlay.png",
+        params={"min_width": 512, "max_width": 256},
+    )
+    assert crossed.status_code == 422 and "min_width (512) must not exceed" in crossed.text
     refused = client.get(
         f"/jobs/{job_id}/images/{wrong['image_id']}/overlay.png", params={"show": "gt,boxes"}
     )
