@@ -59,7 +59,10 @@ def enlarged(job_id: int, image_id: int, *, score_thr: float, show: str) -> None
     # small images are enlarged to a readable size, large ones fit the dialog
     st.image(png, width=max(found["width"], 640), output_format="PNG")
     views.outcome_legend()
-    boxes = [d for d in found["detections"] if d["score"] >= score_thr]
+    outcomes = drawn_outcomes(show)
+    boxes = [
+        d for d in found["detections"] if d["score"] >= score_thr and d["error_type"] in outcomes
+    ]
     st.markdown(f"**Predictions with score ≥ {score_thr:.2f}** ({len(boxes)})")
     if boxes:
         st.table(box_table(boxes).hide(axis="index"))
@@ -71,6 +74,14 @@ def enlarged(job_id: int, image_id: int, *, score_thr: float, show: str) -> None
     if st.button("Close"):
         close_image()
         st.rerun()
+
+
+def drawn_outcomes(show: str) -> set[str]:
+    """The prediction outcomes an overlay's `show` draws ("errors" is every error type)."""
+    outcomes: set[str] = set()
+    for part in show.split(","):
+        outcomes |= set(views.ERROR_TYPES) if part == "errors" else {part}
+    return outcomes
 
 
 def box_table(detections: list[dict[str, Any]]):
@@ -133,8 +144,11 @@ def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
         key="explorer-show",
     ) or list(SHOW)
     if chosen["error_type"] and "errors" in shown:
-        # filtering by an error type draws that type's boxes, not every error
+        # filtering by an error type draws that type's boxes, not every error; ground truth
+        # stays whole (a GT box nothing found is drawn as "missed")
         shown = [chosen["error_type"] if s == "errors" else s for s in shown]
+        if "gt" in shown and chosen["error_type"] != "missed":
+            shown.append("missed")
     return {**chosen, "score_thr": score_thr, "show": ",".join(shown)}
 
 
