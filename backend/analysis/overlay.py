@@ -150,10 +150,10 @@ def render_overlay(
         _draw_label(draw, x, y, text, OUTCOME_COLORS[outcome], canvas.size)
     present = [o for o in OUTCOME_COLORS if any(i[0] == o for i in items)]
     if present and legend != "none":
-        width, height = _legend_box(draw, present)
-        fits = width <= canvas.width / 3 and height <= canvas.height / 2
+        box = _legend_box(draw, present)
+        fits = box[0] <= canvas.width / 3 and box[1] <= canvas.height / 2
         if legend == "inside" or (legend == "auto" and fits):
-            _draw_legend(draw, present, canvas.size)
+            _draw_legend(draw, present, canvas.width, box)
         else:
             canvas = _with_legend_strip(canvas, present)
 
@@ -255,10 +255,12 @@ def _legend_entry(draw: ImageDraw.ImageDraw, x: int, y: int, outcome: str) -> No
     draw.text((x + _SWATCH + _PAD + 2, y), outcome, fill=(255, 255, 255), font=_FONT)
 
 
-def _draw_legend(draw: ImageDraw.ImageDraw, outcomes: list[str], size: tuple[int, int]) -> None:
-    """Box in the top-right corner naming the colours that appear."""
-    width, height = _legend_box(draw, outcomes)
-    left = max(size[0] - width - 4, 0)
+def _draw_legend(
+    draw: ImageDraw.ImageDraw, outcomes: list[str], image_width: int, box: tuple[int, int]
+) -> None:
+    """The legend box (its size from _legend_box) in the top-right corner."""
+    width, height = box
+    left = max(image_width - width - 4, 0)
     top = 4
     draw.rectangle((left, top, left + width - 1, top + height - 1), fill=_LEGEND_FILL)
     for i, outcome in enumerate(outcomes):

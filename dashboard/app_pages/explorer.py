@@ -33,6 +33,11 @@ def first_page() -> None:
     st.session_state["explorer-page"] = 1
 
 
+def counting_threshold(evaluation: dict[str, Any]) -> float:
+    """The score from which the analysis counted predictions (its per-image error counts)."""
+    return float((evaluation.get("analysis") or {}).get("score_thr", DEFAULT_SCORE_THR))
+
+
 def error_filter_changed(counted_from: float) -> None:
     """Picking an error type lowers the drawing threshold to the one its counts use, so the
     errors the listing counts are the ones drawn (a weak model's mistakes often score below
@@ -107,9 +112,7 @@ def box_table(detections: list[dict[str, Any]]):
 
 def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     classes = [c["name"] for c in api.dataset(job["dataset_id"])["stats"]["categories"]]
-    analysis = evaluation.get("analysis") or {}
-    counts = analysis.get("counts")
-    counted_from = float(analysis.get("score_thr", DEFAULT_SCORE_THR))
+    counts = (evaluation.get("analysis") or {}).get("counts")
     error_types = [kind for kind in views.ERROR_TYPES if not counts or kind in counts]
     class_col, error_col, sort_col, thr_col = st.columns([2, 2, 2, 3])
     chosen = {
@@ -126,7 +129,7 @@ def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
             format_func=lambda e: e or "any outcome",
             key="explorer-error",
             on_change=error_filter_changed,
-            args=(counted_from,),
+            args=(counting_threshold(evaluation),),
         ),
         "sort": sort_col.selectbox(
             "Order", list(SORTS), format_func=SORTS.get, key="explorer-sort", on_change=first_page
@@ -185,7 +188,6 @@ if not listing["items"]:
     st.stop()
 
 first = (page - 1) * PAGE_SIZE + 1
-counted_from = (evaluation.get("analysis") or {}).get("score_thr", "?")
 drawn = (
     f"only {chosen['error_type']} errors among the error boxes"
     if chosen["error_type"] and chosen["error_type"] in show.split(",")
@@ -193,8 +195,8 @@ drawn = (
 )
 st.caption(
     f"Images {first}–{first + len(listing['items']) - 1} of {listing['total']:,}. Counts are "
-    f"of predictions with score ≥ {counted_from}; drawn: {drawn}, from score {score_thr:.2f}. "
-    "Enlarge an image to see its boxes."
+    f"of predictions with score ≥ {counting_threshold(evaluation):.2f}; drawn: {drawn}, "
+    f"from score {score_thr:.2f}. Enlarge an image to see its boxes."
 )
 views.outcome_legend()
 area = st.empty()

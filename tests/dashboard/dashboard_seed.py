@@ -6,7 +6,7 @@ the ones the first submitted (same database) instead of training them again.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,6 @@ TINY = {
     "iterations": 30,
     "eval_interval": 30,
 }
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -41,18 +40,9 @@ class Seeded:
     job_b: dict  # "dash-b", seed 1
 
 
-def wait_for(api: httpx.Client, job_id: int, *, until, timeout: float = 420) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = api.get(f"/jobs/{job_id}").json()
-        if until(job):
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} stuck: {job}"
-        time.sleep(0.5)
-
-
-def seed_runs(api: httpx.Client, shapes_payload: dict) -> Seeded:
-    """The shapes dataset and two finished tiny runs on it (seeds 0 and 1), through the API."""
+def seed_runs(api: httpx.Client, wait_job: Callable[..., dict], shapes_payload: dict) -> Seeded:
+    """The shapes dataset and two finished tiny runs on it (seeds 0 and 1), through the API;
+    `wait_job` is the session's fixture of that name."""
     datasets = api.get("/datasets").json()["items"]
     dataset = next((d for d in datasets if d["name"] == DATASET_NAME), None)
     if dataset is None:
@@ -71,7 +61,7 @@ def seed_runs(api: httpx.Client, shapes_payload: dict) -> Seeded:
             assert response.status_code == 201, response.text
             runs[name] = response.json()
     for name, job in runs.items():
-        job = wait_for(api, job["id"], until=lambda j: j["status"] in FINISHED)
+        job = wait_job(job["id"])
         assert job["status"] == "succeeded", job["error"]
         evaluation = api.get(f"/jobs/{job['id']}/evaluation").json()
         if evaluation["analysis"] is None:  # an API whose worker leaves it to be asked for

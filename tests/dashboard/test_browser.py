@@ -32,8 +32,8 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
-def seeded(api, worker, shapes_payload):
-    return seed_runs(api, shapes_payload)
+def seeded(api, worker, wait_job, shapes_payload):
+    return seed_runs(api, wait_job, shapes_payload)
 
 
 @pytest.fixture(scope="module")

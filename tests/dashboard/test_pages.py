@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from dashboard_seed import TINY, open_page, seed_runs, texts, wait_for
+from dashboard_seed import TINY, open_page, seed_runs, texts
 
 from dashboard import views
 from dashboard.client import ApiClient, ApiError
@@ -18,8 +18,8 @@ UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
 
 @pytest.fixture(scope="module")
-def seeded(api, worker, shapes_payload):
-    return seed_runs(api, shapes_payload)
+def seeded(api, worker, wait_job, shapes_payload):
+    return seed_runs(api, wait_job, shapes_payload)
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +92,7 @@ def test_jobs_page_lists_history_and_shows_the_apis_validation_message(seeded):
     assert "not valid JSON" in texts(at.error)
 
 
-def test_jobs_page_submits_shows_live_progress_and_cancels(api, seeded):
+def test_jobs_page_submits_shows_live_progress_and_cancels(api, wait_job, seeded):
     at = open_page("jobs")
     at.selectbox(key="finetune-dataset_id").select(seeded.dataset_id)
     at.selectbox(key="finetune-backbone").select("resnet18")
@@ -118,7 +118,7 @@ def test_jobs_page_submits_shows_live_progress_and_cancels(api, seeded):
     assert job["name"] == "dash-long" and job["spec"]["iterations"] == 5000
     assert job["spec"]["roi_samples_per_image"] == TINY["roi_samples_per_image"]
 
-    wait_for(api, job_id, until=lambda j: j["status"] == "running" and j["progress_iter"] >= 2)
+    wait_job(job_id, until=lambda j: j["status"] == "running" and j["progress_iter"] >= 2)
     at = open_page("jobs")
     bars = [bar for bar in at.get("progress") if "iteration" in bar.text]
     assert len(bars) == 1 and "/ 5,000" in bars[0].text and "ETA" in bars[0].text
@@ -126,7 +126,7 @@ def test_jobs_page_submits_shows_live_progress_and_cancels(api, seeded):
     at.button(key=f"cancel-{job_id}").click().run()
     assert api.get(f"/jobs/{job_id}").json()["cancel_requested"] is True
     assert (
-        wait_for(api, job_id, until=lambda j: j["status"] != "running", timeout=60)["status"]
+        wait_job(job_id, until=lambda j: j["status"] != "running", timeout=60)["status"]
         == "cancelled"
     )
 
