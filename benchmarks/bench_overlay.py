@@ -15,8 +15,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from backend.analysis.matching import OUTCOMES, PredictionMatch
+from backend.analysis.matching import PredictionMatch
 from backend.analysis.overlay import render_overlay
+from backend.analysis.tables import PREDICTION_OUTCOMES
 
 WIDTH, HEIGHT = 1333, 800
 
@@ -29,7 +30,7 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     categories = {1: "circle", 2: "ellipse", 3: "square", 4: "triangle"}
-    kinds = [o for o in OUTCOMES if o != "ignored"]
+    kinds = [o for o in PREDICTION_OUTCOMES if o != "ignored"]
     matches = []
     for i in range(args.boxes):
         w, h = rng.uniform(20, 300, 2).tolist()

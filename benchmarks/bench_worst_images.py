@@ -17,7 +17,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 
 from backend.db import make_engine
-from backend.evaluations import analysis_service
+from backend.evaluations import images_service
 from backend.evaluations.models import ImageError, ImageResult
 from backend.jobs.models import Job, JobKind, JobStatus
 from backend.migrate import upgrade_head
@@ -104,7 +104,7 @@ def main() -> int:
         timings = []
         for _ in range(50):
             started = time.perf_counter()
-            items, total = analysis_service.list_images(
+            items, total = images_service.list_images(
                 session=session,
                 job_id=target,
                 error_type="classification",

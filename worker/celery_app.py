@@ -40,16 +40,10 @@ def _prepare_child(**_: object) -> None:
 @worker_ready.connect
 def _requeue_orphans(**_: object) -> None:
     """Jobs left 'running' by a worker on this host that died are queued again to resume."""
-    from sqlalchemy import select
-
-    from backend.jobs.models import Job, JobStatus
+    from backend.jobs import service as job_service
 
     with session_factory()() as session:
-        orphans = session.scalars(
-            select(Job.id).where(
-                Job.status == JobStatus.running, Job.worker_host == socket.gethostname()
-            )
-        ).all()
+        orphans = job_service.orphans(session=session, host=socket.gethostname())
     for job_id in orphans:
         log.warning("job %s was running when this host's worker stopped; resuming it", job_id)
         app.send_task(TASK_NAME, args=[job_id])

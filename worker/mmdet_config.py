@@ -9,81 +9,14 @@ from __future__ import annotations
 import json
 import random
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from backend.jobs.spec import CheckpointInit, FinetuneSpec, WeightsInit
+from backend.registry import BACKBONES, DETECTORS
+from worker.paths import JobPaths
 
-__all__ = ["JobPaths", "build_finetune_config", "mmdet_config_dir", "IMAGENET_CHECKPOINTS"]
-
-BASE_MODELS = {
-    "faster_rcnn": "faster-rcnn_r50_fpn.py",
-    "cascade_rcnn": "cascade-rcnn_r50_fpn.py",
-    "retinanet": "retinanet_r50_fpn.py",
-}
-IMAGENET_CHECKPOINTS = {
-    "resnet18": "torchvision://resnet18",
-    "resnet50": "torchvision://resnet50",
-    "resnet101": "torchvision://resnet101",
-    "resnext101_32x4d": "open-mmlab://resnext101_32x4d",
-    "swin_t": "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
-    "swin_tiny_patch4_window7_224.pth",
-    "swin_l": "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
-    "swin_large_patch4_window12_384_22k.pth",
-}
-RESNET_DEPTHS = {"resnet18": 18, "resnet50": 50, "resnet101": 101, "resnext101_32x4d": 101}
-RESNET_CHANNELS = {"resnet18": [64, 128, 256, 512]}
-DEFAULT_RESNET_CHANNELS = [256, 512, 1024, 2048]
-SWIN = {
-    "swin_t": dict(
-        embed_dims=96,
-        depths=[2, 2, 6, 2],
-        num_heads=[3, 6, 12, 24],
-        window_size=7,
-        drop_path_rate=0.2,
-        pretrain_img_size=224,
-    ),
-    "swin_l": dict(
-        embed_dims=192,
-        depths=[2, 2, 18, 2],
-        num_heads=[6, 12, 24, 48],
-        window_size=12,
-        drop_path_rate=0.3,
-        pretrain_img_size=384,
-    ),
-}
-
-
-@dataclass(frozen=True)
-class JobPaths:
-    """Where one job keeps its files under the artifact root."""
-
-    root: Path
-
-    @classmethod
-    def for_job(cls, artifact_root: Path, job_id: int) -> JobPaths:
-        return cls(artifact_root / "jobs" / str(job_id))
-
-    @property
-    def work_dir(self) -> Path:
-        return self.root / "work"
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.py"
-
-    @property
-    def predictions_prefix(self) -> Path:
-        return self.root / "predictions"
-
-    @property
-    def predictions(self) -> Path:  # CocoMetric appends ".bbox.json" to the prefix
-        return self.root / "predictions.bbox.json"
-
-    @property
-    def train_subset(self) -> Path:
-        return self.root / "train_subset.json"
+__all__ = ["build_finetune_config", "mmdet_config_dir", "write_train_subset"]
 
 
 def mmdet_config_dir() -> Path:
@@ -100,7 +33,7 @@ def _load_bases(detector: str) -> Any:
     # which the setuptools that torch 2.14 needs no longer ships
     base = mmdet_config_dir() / "_base_"
     files = [
-        base / "models" / BASE_MODELS[detector],
+        base / "models" / DETECTORS[detector].base_model,
         base / "datasets" / "coco_detection.py",
         base / "schedules" / "schedule_1x.py",
         base / "default_runtime.py",
@@ -115,7 +48,7 @@ def _init_cfg(spec: FinetuneSpec, weights_path: str | None) -> dict[str, Any] | 
     if spec.init == "scratch":
         return None
     if spec.init == "imagenet":
-        return dict(type="Pretrained", checkpoint=IMAGENET_CHECKPOINTS[spec.backbone])
+        return dict(type="Pretrained", checkpoint=BACKBONES[spec.backbone].imagenet)
     if isinstance(spec.init, CheckpointInit):
         init: dict[str, Any] = dict(type="Pretrained", checkpoint=spec.init.checkpoint)
         if spec.init.prefix:
@@ -128,31 +61,22 @@ def _init_cfg(spec: FinetuneSpec, weights_path: str | None) -> dict[str, Any] | 
     raise ValueError(f"unknown init {spec.init!r}")
 
 
-def _backbone(spec: FinetuneSpec, weights_path: str | None) -> tuple[dict, list[int]]:
+def _backbone(spec: FinetuneSpec, weights_path: str | None) -> dict[str, Any]:
+    entry = BACKBONES[spec.backbone]
     init_cfg = _init_cfg(spec, weights_path)
-    if spec.backbone in SWIN:
-        arch = SWIN[spec.backbone]
-        backbone = dict(
-            type="SwinTransformer",
-            mlp_ratio=4,
-            qkv_bias=True,
-            qk_scale=None,
-            drop_rate=0.0,
-            attn_drop_rate=0.0,
-            patch_norm=True,
+    if not entry.has_batch_norm:  # Swin: official checkpoints need their keys converted
+        return dict(
+            type=entry.mmdet_type,
+            **entry.arch,
             out_indices=(0, 1, 2, 3),
-            with_cp=False,
             convert_weights=init_cfg is not None,
             init_cfg=init_cfg,
-            **arch,
         )
-        dims = int(arch["embed_dims"])  # type: ignore[call-overload]
-        return backbone, [dims, dims * 2, dims * 4, dims * 8]
     norm = spec.resolved_norm
     frozen = norm == "frozen_bn"
-    backbone = dict(
-        type="ResNet",
-        depth=RESNET_DEPTHS[spec.backbone],
+    return dict(
+        type=entry.mmdet_type,
+        **entry.arch,
         num_stages=4,
         out_indices=(0, 1, 2, 3),
         frozen_stages=1 if frozen else -1,
@@ -161,35 +85,29 @@ def _backbone(spec: FinetuneSpec, weights_path: str | None) -> tuple[dict, list[
         style="pytorch",
         init_cfg=init_cfg,
     )
-    if spec.backbone == "resnext101_32x4d":
-        backbone.update(type="ResNeXt", groups=32, base_width=4)
-    return backbone, RESNET_CHANNELS.get(spec.backbone, DEFAULT_RESNET_CHANNELS)
 
 
-def _neck(spec: FinetuneSpec, in_channels: list[int]) -> dict[str, Any]:
-    neck: dict[str, Any] = dict(
+def _neck(spec: FinetuneSpec) -> dict[str, Any]:
+    return dict(
         type="FPN" if spec.neck == "fpn" else "PAFPN",
-        in_channels=in_channels,
+        in_channels=list(BACKBONES[spec.backbone].channels),
         out_channels=256,
         num_outs=5,
+        **DETECTORS[spec.detector].neck_overrides,
     )
-    if spec.detector == "retinanet":
-        neck.update(start_level=1, add_extra_convs="on_input")
-    return neck
 
 
 def _set_num_classes(model: Any, detector: str, num_classes: int) -> None:
-    if detector == "retinanet":
-        model.bbox_head.num_classes = num_classes
-    elif detector == "cascade_rcnn":
-        for head in model.roi_head.bbox_head:
-            head.num_classes = num_classes
-    else:
-        model.roi_head.bbox_head.num_classes = num_classes
+    for path in DETECTORS[detector].class_heads:
+        head = model
+        for attribute in path.split("."):
+            head = head[attribute]
+        for stage in head if isinstance(head, list) else [head]:
+            stage.num_classes = num_classes
 
 
 def _set_sampling(model: Any, spec: FinetuneSpec) -> None:
-    if spec.detector == "retinanet":
+    if not DETECTORS[spec.detector].two_stage:
         return
     rcnn = model.train_cfg.rcnn
     for stage in rcnn if isinstance(rcnn, list) else [rcnn]:
@@ -245,9 +163,8 @@ def build_finetune_config(
     cfg = _load_bases(spec.detector)
     classes = tuple(c["name"] for c in dataset.stats["categories"])
 
-    backbone, channels = _backbone(spec, weights_path)
-    cfg.model.backbone = backbone
-    cfg.model.neck = _neck(spec, channels)
+    cfg.model.backbone = _backbone(spec, weights_path)
+    cfg.model.neck = _neck(spec)
     _set_num_classes(cfg.model, spec.detector, len(classes))
     _set_sampling(cfg.model, spec)
 
@@ -300,13 +217,10 @@ def build_finetune_config(
     )
     if spec.amp:
         cfg.optim_wrapper.update(dtype="float16", loss_scale="dynamic")
-    if spec.backbone in SWIN:
+    no_decay = BACKBONES[spec.backbone].no_weight_decay
+    if no_decay:
         cfg.optim_wrapper["paramwise_cfg"] = dict(
-            custom_keys={
-                "absolute_pos_embed": dict(decay_mult=0.0),
-                "relative_position_bias_table": dict(decay_mult=0.0),
-                "norm": dict(decay_mult=0.0),
-            }
+            custom_keys={key: dict(decay_mult=0.0) for key in no_decay}
         )
     cfg.randomness = dict(seed=spec.seed, deterministic=False)
     cfg.work_dir = str(paths.work_dir)

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from backend.jobs.spec import PretrainSpec
-from worker.mmdet_config import JobPaths
+from backend.registry import BACKBONES, PRETRAIN_METHODS
+from worker.paths import JobPaths
 
-__all__ = ["build_pretrain_config", "mmpretrain_config_dir", "STAGE_CHANNELS"]
-
-METHOD_CONFIGS = {
-    "mocov2": "mocov2/mocov2_resnet50_8xb32-coslr-200e_in1k.py",
-    "densecl": "densecl/densecl_resnet50_8xb32-coslr-200e_in1k.py",
-    # DetCo starts from MoCo v2's recipe (data views, schedule) and swaps the algorithm
-    "detco": "mocov2/mocov2_resnet50_8xb32-coslr-200e_in1k.py",
-}
-DEPTHS = {"resnet18": 18, "resnet50": 50}
-STAGE_CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet50": (256, 512, 1024, 2048)}
+__all__ = ["build_pretrain_config", "mmpretrain_config_dir", "register_algorithm"]
 
 
 def mmpretrain_config_dir() -> Path:
@@ -28,17 +21,26 @@ def mmpretrain_config_dir() -> Path:
     return Path(mmpretrain.__file__).resolve().parent / ".mim" / "configs"
 
 
+def register_algorithm(method: str) -> None:
+    """Import the module that registers a method's own algorithm in mmpretrain, if it has one."""
+    module = PRETRAIN_METHODS[method].algorithm_module
+    if module:
+        importlib.import_module(module)
+
+
 def _load_base(method: str) -> Any:
     from mmengine.config import Config
 
+    base = mmpretrain_config_dir() / PRETRAIN_METHODS[method].base_config
     with tempfile.NamedTemporaryFile("w", suffix=".py") as handle:
-        handle.write(f"_base_ = [{str(mmpretrain_config_dir() / METHOD_CONFIGS[method])!r}]\n")
+        handle.write(f"_base_ = [{str(base)!r}]\n")
         handle.flush()
         return Config.fromfile(handle.name)
 
 
 def _model(spec: PretrainSpec, base_model: Any) -> dict[str, Any]:
-    channels = STAGE_CHANNELS[spec.backbone]
+    method, backbone_entry = PRETRAIN_METHODS[spec.method], BACKBONES[spec.backbone]
+    channels = backbone_entry.channels
     head = dict(
         type="ContrastiveHead", loss=dict(type="CrossEntropyLoss"), temperature=spec.temperature
     )
@@ -48,15 +50,18 @@ def _model(spec: PretrainSpec, base_model: Any) -> dict[str, Any]:
         momentum=spec.momentum_coefficient,
         head=head,
     )
-    backbone = dict(
-        type="ResNet",
-        depth=DEPTHS[spec.backbone],
+    backbone: dict[str, Any] = dict(
+        type=backbone_entry.mmdet_type,  # mmpretrain names its ResNets as mmdet does
+        **backbone_entry.arch,
         norm_cfg=dict(type="BN"),
         zero_init_residual=False,
     )
-    if spec.method == "detco":
-        backbone["out_indices"] = (0, 1, 2, 3)
-        return dict(type="DetCo", backbone=backbone, stage_channels=channels, **common)
+    if method.algorithm is not None:
+        model: dict[str, Any] = dict(type=method.algorithm, backbone=backbone, **common)
+        if method.all_stages:
+            backbone["out_indices"] = (0, 1, 2, 3)
+            model["stage_channels"] = channels
+        return model
     model = base_model.to_dict()
     model.update(common, backbone=backbone)
     model["neck"].update(
@@ -69,9 +74,10 @@ def build_pretrain_config(spec: PretrainSpec, *, image_folder: str, paths: JobPa
     """The mmengine Config of a self-supervised pretraining run on a folder of images."""
     cfg = _load_base(spec.method)
     cfg.model = _model(spec, cfg.model)
-    if spec.method == "detco":
+    module = PRETRAIN_METHODS[spec.method].algorithm_module
+    if module:
         # the algorithm lives in this project; mmpretrain's tools/train.py imports it from here
-        cfg.custom_imports = dict(imports=["worker.detco"], allow_failed_imports=False)
+        cfg.custom_imports = dict(imports=[module], allow_failed_imports=False)
     loader = cfg.train_dataloader
     loader.batch_size = spec.batch_size
     loader.num_workers = spec.num_workers

@@ -13,10 +13,10 @@ from backend.datasets.models import Dataset
 from backend.jobs.models import Job
 from backend.jobs.spec import PretrainSpec
 from backend.weights import service as weights_service
-from worker.mmdet_config import JobPaths
-from worker.mmpretrain_config import build_pretrain_config
+from worker.mmpretrain_config import build_pretrain_config, register_algorithm
+from worker.paths import JobPaths
 from worker.progress import JobFailed
-from worker.runner import require_cuda_for_amp, save_config, train
+from worker.training import require_cuda_for_amp, save_config, train
 
 __all__ = ["run_pretrain", "export_backbone"]
 
@@ -73,8 +73,7 @@ def run_pretrain(
 
     from mmpretrain.utils import register_all_modules
 
-    import worker.detco  # noqa: F401 - registers DetCo in mmpretrain's model registry
-
+    register_algorithm(spec.method)
     register_all_modules(init_default_scope=True)
     runner, _ = train(cfg, job_id=job.id, resuming=resuming, sessions=sessions)
     name = f"{spec.method}-{spec.backbone}-job{job.id}"

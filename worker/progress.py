@@ -8,11 +8,9 @@ from collections import defaultdict
 from typing import Any
 
 from mmengine.hooks import Hook
-from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend.db import utcnow
-from backend.jobs.models import Job, MetricPoint
+from backend.jobs import service as job_service
 
 __all__ = ["JobProgressHook", "JobCancelled", "JobFailed"]
 
@@ -86,7 +84,6 @@ class JobProgressHook(Hook):
             for key, values in self.window.items():
                 self.pending.append(
                     dict(
-                        job_id=self.job_id,
                         key=f"train/{key}",
                         step=step,
                         epoch=epoch,
@@ -111,7 +108,6 @@ class JobProgressHook(Hook):
                 name = key.split("/", 1)[-1]
                 self.pending.append(
                     dict(
-                        job_id=self.job_id,
                         key=f"val/{name}",
                         step=runner.iter,
                         epoch=epoch,
@@ -132,15 +128,11 @@ class JobProgressHook(Hook):
 
     def _write(self, **progress: Any) -> bool:
         with self.sessions() as session:
-            if self.pending:
-                session.execute(insert(MetricPoint), self.pending)
-                self.pending = []
-            session.execute(
-                update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow(), **progress)
+            cancel = job_service.record_progress(
+                session=session, job_id=self.job_id, points=self.pending, **progress
             )
-            cancel = session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
-            session.commit()
-        return bool(cancel)
+        self.pending = []
+        return cancel
 
     @staticmethod
     def _by_epoch(runner: Any) -> bool:

@@ -6,21 +6,18 @@ API build on these functions.
 
 from backend.analysis.confusion import confusion_matrix
 from backend.analysis.inputs import AnalysisInputError
-from backend.analysis.matching import (
-    ERROR_TYPES,
-    OUTCOMES,
-    GtMatch,
-    PredictionMatch,
-    match_predictions,
-)
+from backend.analysis.matching import GtMatch, PredictionMatch, match_predictions
 from backend.analysis.metrics import coco_metrics
-from backend.analysis.overlay import OUTCOME_COLORS, render_overlay
+from backend.analysis.overlay import render_overlay
 from backend.analysis.summary import Analysis, ImageSummary, analyze
+from backend.analysis.tables import BOX_COLOURS, DEFAULTS, ERROR_TYPES, METRIC_KEYS, METRICS
 
 __all__ = [
+    "BOX_COLOURS",
+    "DEFAULTS",
     "ERROR_TYPES",
-    "OUTCOMES",
-    "OUTCOME_COLORS",
+    "METRICS",
+    "METRIC_KEYS",
     "Analysis",
     "AnalysisInputError",
     "GtMatch",

@@ -40,12 +40,11 @@ import numpy as np
 
 from backend.analysis.geometry import iter_pair_blocks
 from backend.analysis.inputs import Detections, GroundTruth, parse_ground_truth, parse_results
+from backend.analysis.tables import DEFAULTS, PREDICTION_OUTCOMES, code
 
 __all__ = [
     "BACKGROUND_IOU",
-    "ERROR_TYPES",
     "FOREGROUND_IOU",
-    "OUTCOMES",
     "GtMatch",
     "MatchTable",
     "PredictionMatch",
@@ -56,11 +55,14 @@ __all__ = [
 FOREGROUND_IOU = 0.5
 BACKGROUND_IOU = 0.1
 
-# Prediction outcomes; MatchTable.outcome holds positions in this tuple.
-OUTCOMES = ("tp", "classification", "localization", "both", "duplicate", "background", "ignored")
-# The five prediction errors of TIDE, in its display order; "missed" is the GT-side one.
-ERROR_TYPES = ("classification", "localization", "both", "duplicate", "background")
-(TP, CLASSIFICATION, LOCALIZATION, BOTH, DUPLICATE, BACKGROUND, IGNORED) = range(len(OUTCOMES))
+# MatchTable.outcome holds the codes of the outcomes table (positions in PREDICTION_OUTCOMES)
+TP, CLASSIFICATION, LOCALIZATION = code("tp"), code("classification"), code("localization")
+BOTH, DUPLICATE, BACKGROUND, IGNORED = (
+    code("both"),
+    code("duplicate"),
+    code("background"),
+    code("ignored"),
+)
 
 
 @contextmanager
@@ -89,7 +91,7 @@ class PredictionMatch:
     category_id: int
     score: float
     bbox: tuple[float, ...]  # [x, y, w, h]
-    error_type: str  # one of OUTCOMES
+    error_type: str  # one of tables.PREDICTION_OUTCOMES
     iou: float  # IoU with the relevant GT (IoA with the region for "ignored")
     gt_id: int | None
     gt_category_id: int | None
@@ -115,7 +117,7 @@ class MatchTable:
 
     ground_truth: GroundTruth
     detections: Detections
-    outcome: np.ndarray  # (n,) int8 position in OUTCOMES
+    outcome: np.ndarray  # (n,) int8 outcome code (tables.code)
     gt: np.ndarray  # (n,) relevant GT position, -1 for none
     iou: np.ndarray  # (n,) IoU with the relevant GT; best IoU with any GT for background
     gt_matched_by: np.ndarray  # (n_gt,) detection position of the matching tp, -1 for none
@@ -139,7 +141,7 @@ class MatchTable:
                     cat,
                     score,
                     tuple(box),
-                    OUTCOMES[out],
+                    PREDICTION_OUTCOMES[out],
                     iou,
                     gid if has else None,
                     gcat if has else None,
@@ -319,7 +321,7 @@ def match_predictions(
     gt: Mapping[str, Any],
     results: Sequence[Mapping[str, Any]],
     *,
-    score_thr: float = 0.05,
+    score_thr: float = DEFAULTS.count_score_thr,
 ) -> tuple[list[PredictionMatch], list[GtMatch]]:
     """Validate, then match results to GT (rules in the module docstring)."""
     ground_truth = parse_ground_truth(gt)

@@ -12,18 +12,9 @@ from pycocotools.coco import COCO  # type: ignore[import-untyped]
 from pycocotools.cocoeval import COCOeval  # type: ignore[import-untyped]
 
 from backend.analysis.inputs import parse_ground_truth, parse_results
+from backend.analysis.tables import METRICS
 
-__all__ = ["METRIC_KEYS", "coco_metrics"]
-
-# Names of COCOeval.stats[0:6], as mmdetection's CocoMetric reports them.
-METRIC_KEYS = (
-    "bbox_mAP",
-    "bbox_mAP_50",
-    "bbox_mAP_75",
-    "bbox_mAP_s",
-    "bbox_mAP_m",
-    "bbox_mAP_l",
-)
+__all__ = ["coco_metrics"]
 
 
 def _coco(dataset: dict[str, Any]) -> COCO:
@@ -35,7 +26,7 @@ def _coco(dataset: dict[str, Any]) -> COCO:
 
 
 def coco_metrics(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Run COCOeval (bbox) and return METRIC_KEYS (0..1, None where COCO says -1) and
+    """Run COCOeval (bbox) and return each of tables.METRICS (0..1, None where COCO says -1) and
     ``"classwise"``: {category name: AP at IoU .50:.95, all areas, 100 dets, or None}.
 
     No results is not an error: COCOeval then scores 0 wherever the ground truth has boxes.
@@ -73,8 +64,8 @@ def coco_metrics(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) ->
         evaluator.accumulate()
         evaluator.summarize()
     metrics: dict[str, Any] = {
-        key: (None if value < 0 else float(value))
-        for key, value in zip(METRIC_KEYS, evaluator.stats[:6], strict=True)
+        m.key: (None if evaluator.stats[m.stat] < 0 else float(evaluator.stats[m.stat]))
+        for m in METRICS
     }
     # precision: [iou thresholds, recall points, categories, area ranges, max dets]
     precision = evaluator.eval["precision"]

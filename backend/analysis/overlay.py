@@ -13,33 +13,22 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from backend.analysis.tables import BOX_COLOURS, DEFAULTS, FILTERABLE_ERRORS
+
 __all__ = [
     "DEFAULT_SHOW",
     "LEGEND_PLACES",
-    "OUTCOME_COLORS",
     "SHOW_GROUPS",
     "encode_png",
     "render_overlay",
+    "scaled_boxes",
 ]
 
-# One colour per outcome; the legend lists them in this order.
-OUTCOME_COLORS: dict[str, tuple[int, int, int]] = {
-    "gt": (30, 144, 255),
-    "tp": (0, 200, 0),
-    "classification": (255, 140, 0),
-    "localization": (255, 230, 0),
-    "both": (255, 0, 200),
-    "duplicate": (0, 230, 230),
-    "background": (230, 0, 0),
-    "missed": (150, 60, 255),
-}
 # Names accepted in ``show`` besides the outcome names themselves.
 SHOW_GROUPS: dict[str, frozenset[str]] = {
     "gt": frozenset({"gt"}),
     "tp": frozenset({"tp"}),
-    "errors": frozenset(
-        {"classification", "localization", "both", "duplicate", "background", "missed"}
-    ),
+    "errors": frozenset(FILTERABLE_ERRORS),
 }
 DEFAULT_SHOW = frozenset({"gt", "tp", "errors"})
 # Where the legend goes: "inside" the top-right corner, in a strip "below" the picture (the
@@ -68,12 +57,23 @@ def _outcomes(show: Collection[str]) -> frozenset[str]:
     for name in show:
         if name in SHOW_GROUPS:
             selected |= SHOW_GROUPS[name]
-        elif name in OUTCOME_COLORS:
+        elif name in BOX_COLOURS:
             selected.add(name)
         else:
-            accepted = sorted({*SHOW_GROUPS, *OUTCOME_COLORS})
+            accepted = sorted({*SHOW_GROUPS, *BOX_COLOURS})
             raise ValueError(f"show: unknown value {name!r}; accepted: {', '.join(accepted)}")
     return frozenset(selected)
+
+
+def scaled_boxes(items: Sequence[Any], factor: float) -> list[dict[str, Any]]:
+    """GT boxes or predictions as dicts with coordinates times factor, for a resized image."""
+    fields = ("category_id", "score", "error_type", "gt_category_id", "missed", "ignored")
+    out = []
+    for item in items:
+        entry = {name: _field(item, name) for name in fields}
+        entry["bbox"] = [v * factor for v in _field(item, "bbox")]
+        out.append(entry)
+    return out
 
 
 def _as_rgb(image: Image.Image | np.ndarray) -> Image.Image:
@@ -102,7 +102,7 @@ def render_overlay(
     matches: Sequence[Any],
     *,
     categories: Mapping[int, str],
-    score_thr: float = 0.3,
+    score_thr: float = DEFAULTS.draw_score_thr,
     show: Collection[str] = DEFAULT_SHOW,
     legend: str = "auto",
 ) -> bytes:
@@ -145,10 +145,10 @@ def render_overlay(
     for outcome, (x, y, w, h), _ in items:
         # Pillow refuses corners out of order, which a GT box narrower than 1 px would give.
         corners = (x, y, max(x, x + w - 1), max(y, y + h - 1))
-        draw.rectangle(corners, outline=OUTCOME_COLORS[outcome], width=_LINE_WIDTH)
+        draw.rectangle(corners, outline=BOX_COLOURS[outcome], width=_LINE_WIDTH)
     for outcome, (x, y, _, _), text in items:
-        _draw_label(draw, x, y, text, OUTCOME_COLORS[outcome], canvas.size)
-    present = [o for o in OUTCOME_COLORS if any(i[0] == o for i in items)]
+        _draw_label(draw, x, y, text, BOX_COLOURS[outcome], canvas.size)
+    present = [o for o in BOX_COLOURS if any(i[0] == o for i in items)]
     if present and legend != "none":
         box = _legend_box(draw, present)
         fits = box[0] <= canvas.width / 3 and box[1] <= canvas.height / 2
@@ -251,7 +251,7 @@ def _legend_box(draw: ImageDraw.ImageDraw, outcomes: list[str]) -> tuple[int, in
 
 def _legend_entry(draw: ImageDraw.ImageDraw, x: int, y: int, outcome: str) -> None:
     """A colour swatch and the outcome's name, the swatch's top-left corner at (x, y)."""
-    draw.rectangle((x, y + 1, x + _SWATCH - 1, y + _SWATCH), fill=OUTCOME_COLORS[outcome])
+    draw.rectangle((x, y + 1, x + _SWATCH - 1, y + _SWATCH), fill=BOX_COLOURS[outcome])
     draw.text((x + _SWATCH + _PAD + 2, y), outcome, fill=(255, 255, 255), font=_FONT)
 
 

@@ -10,19 +10,18 @@ import numpy as np
 
 from backend.analysis.inputs import parse_ground_truth, parse_results
 from backend.analysis.matching import (
-    BACKGROUND,
     CLASSIFICATION,
-    OUTCOMES,
     GtMatch,
     MatchTable,
     PredictionMatch,
     match_table,
 )
+from backend.analysis.tables import DEFAULTS, PREDICTION_OUTCOMES, is_error_code
 from backend.analysis.tide import ap50, class_error_counts, delta_ap, error_counts
 
 __all__ = ["Analysis", "ImageSummary", "analyze", "image_summaries"]
 
-_MISSED = len(OUTCOMES)  # code for "missed" next to the prediction outcomes
+_MISSED = len(PREDICTION_OUTCOMES)  # code for "missed" next to the prediction outcomes
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,24 +58,24 @@ class Analysis:
     predictions: list[PredictionMatch]  # results with score >= score_thr, in input order
     ground_truth: list[GtMatch]  # every annotation, in gt["annotations"] order
     images: list[ImageSummary]  # every image, in gt["images"] order
-    counts: dict[str, int]  # per outcome of OUTCOMES, plus "missed"
+    counts: dict[str, int]  # per prediction outcome, plus "missed"
     class_counts: dict[int, dict[str, int]]  # the same per category id
     ap50: float
     class_ap50: dict[int, float]  # categories with regular GT
-    dap: dict[str, float]  # per error type of ERROR_TYPES, plus "missed"
+    dap: dict[str, float]  # per error type of tables.ERROR_TYPES, plus "missed"
 
 
 def image_summaries(table: MatchTable) -> list[ImageSummary]:
     """One ImageSummary per image of the ground truth, in gt["images"] order."""
     gt, det = table.ground_truth, table.detections
-    n_img, n_codes = gt.n_images, len(OUTCOMES) + 1
+    n_img, n_codes = gt.n_images, len(PREDICTION_OUTCOMES) + 1
     missed_image = gt.image[table.gt_missed]
     grid = np.bincount(
         np.concatenate((det.image * n_codes + table.outcome, missed_image * n_codes + _MISSED)),
         minlength=n_img * n_codes,
     ).reshape(n_img, n_codes)
     n_gt = np.bincount(gt.image[~gt.crowd], minlength=n_img)
-    is_error = (table.outcome >= CLASSIFICATION) & (table.outcome <= BACKGROUND)
+    is_error = is_error_code(table.outcome)
     badness = np.bincount(det.image[is_error], weights=det.score[is_error], minlength=n_img)
     badness = badness.astype(np.float64)
     badness += grid[:, _MISSED]
@@ -97,7 +96,7 @@ def image_summaries(table: MatchTable) -> list[ImageSummary]:
     )
     keys = np.unique((image * n_codes + code) * len(cats) + np.searchsorted(cats, category))
     pairs: list[set[tuple[str, int]]] = [set() for _ in range(n_img)]
-    names = (*OUTCOMES, "missed")
+    names = (*PREDICTION_OUTCOMES, "missed")
     cat_list = cats.tolist()
     for img, rest in zip(
         (keys // (n_codes * len(cats))).tolist(),
@@ -125,7 +124,7 @@ def analyze(
     gt: Mapping[str, Any],
     results: Sequence[Mapping[str, Any]],
     *,
-    score_thr: float = 0.05,
+    score_thr: float = DEFAULTS.count_score_thr,
 ) -> Analysis:
     """Validate, match (TIDE rules, see ``matching``), summarise and compute dAP."""
     ground_truth = parse_ground_truth(gt)

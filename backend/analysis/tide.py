@@ -33,13 +33,12 @@ from backend.analysis.matching import (
     BOTH,
     CLASSIFICATION,
     DUPLICATE,
-    ERROR_TYPES,
     IGNORED,
     LOCALIZATION,
-    OUTCOMES,
     TP,
     MatchTable,
 )
+from backend.analysis.tables import FILTERABLE_ERRORS, PREDICTION_OUTCOMES
 
 __all__ = [
     "RECALL_THRESHOLDS",
@@ -183,13 +182,13 @@ def delta_ap(table: MatchTable) -> dict[str, float]:
     lost = np.searchsorted(classes, gt.category[table.gt_missed & ~table.gt_covered])
     remaining = n_positive - np.bincount(lost, minlength=len(classes))
     fixed["missed"], _ = _mean_ap(entries, classes, remaining)
-    return {name: fixed[name] - base for name in (*ERROR_TYPES, "missed")}
+    return {name: fixed[name] - base for name in FILTERABLE_ERRORS}
 
 
 def error_counts(table: MatchTable) -> dict[str, int]:
     """Number of predictions per outcome plus "missed" GT."""
-    counts = np.bincount(table.outcome, minlength=len(OUTCOMES))
-    result = {name: int(c) for name, c in zip(OUTCOMES, counts, strict=True)}
+    counts = np.bincount(table.outcome, minlength=len(PREDICTION_OUTCOMES))
+    result = {name: int(c) for name, c in zip(PREDICTION_OUTCOMES, counts, strict=True)}
     result["missed"] = int(table.gt_missed.sum())
     return result
 
@@ -201,12 +200,13 @@ def class_error_counts(table: MatchTable) -> dict[int, dict[str, int]]:
     n_cat = len(cats)
     pred_cat = np.searchsorted(cats, table.detections.category)
     grid = np.bincount(
-        pred_cat * len(OUTCOMES) + table.outcome, minlength=n_cat * len(OUTCOMES)
-    ).reshape(n_cat, len(OUTCOMES))
+        pred_cat * len(PREDICTION_OUTCOMES) + table.outcome,
+        minlength=n_cat * len(PREDICTION_OUTCOMES),
+    ).reshape(n_cat, len(PREDICTION_OUTCOMES))
     missed = np.bincount(np.searchsorted(cats, gt.category[table.gt_missed]), minlength=n_cat)
     return {
         int(c): {
-            **{name: int(v) for name, v in zip(OUTCOMES, row, strict=True)},
+            **{name: int(v) for name, v in zip(PREDICTION_OUTCOMES, row, strict=True)},
             "missed": int(m),
         }
         for c, row, m in zip(cats, grid, missed, strict=True)

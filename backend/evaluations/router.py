@@ -7,11 +7,21 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 
+from backend.analysis.tables import DEFAULTS, legend
 from backend.deps import SessionDep
-from backend.evaluations import analysis_service, service
+from backend.evaluations import analysis_service, compare_service, images_service, service
 from backend.evaluations.schemas import EvaluationRead, ImagePage, ImageResultRead
 
 router = APIRouter(prefix="/jobs", tags=["evaluations"])
+legend_router = APIRouter(prefix="/analysis", tags=["evaluations"])
+
+Threshold = Annotated[float, Query(ge=0, le=1)]
+
+
+@legend_router.get("/legend")
+def analysis_legend() -> dict[str, Any]:
+    """Outcomes (names, colours, which are errors), metric names and default thresholds."""
+    return legend()
 
 
 @router.get("/{job_id}/evaluation", response_model=EvaluationRead)
@@ -30,9 +40,9 @@ def download_predictions(job_id: int, session: SessionDep):
 def recompute_analysis(
     job_id: int,
     session: SessionDep,
-    score_thr: Annotated[float, Query(ge=0, le=1)] = 0.05,
-    confusion_score_thr: Annotated[float, Query(ge=0, le=1)] = 0.3,
-    iou_thr: Annotated[float, Query(gt=0, le=1)] = 0.5,
+    score_thr: Threshold = DEFAULTS.count_score_thr,
+    confusion_score_thr: Threshold = DEFAULTS.draw_score_thr,
+    iou_thr: Annotated[float, Query(gt=0, le=1)] = DEFAULTS.confusion_iou_thr,
 ):
     """Recompute the error breakdown and per-image rows at other thresholds."""
     return analysis_service.analyze_job(
@@ -54,7 +64,7 @@ def list_images(
     limit: Annotated[int, Query(ge=1, le=500)] = 24,
     offset: Annotated[int, Query(ge=0)] = 0,
 ):
-    items, total = analysis_service.list_images(
+    items, total = images_service.list_images(
         session=session,
         job_id=job_id,
         error_type=error_type,
@@ -71,9 +81,9 @@ def image_detections(
     job_id: int,
     image_id: int,
     session: SessionDep,
-    score_thr: Annotated[float, Query(ge=0, le=1)] = 0.05,
+    score_thr: Threshold = DEFAULTS.count_score_thr,
 ) -> dict[str, Any]:
-    return analysis_service.image_detections(
+    return images_service.image_detections(
         session=session, job_id=job_id, image_id=image_id, score_thr=score_thr
     )
 
@@ -87,7 +97,7 @@ def overlay(
     job_id: int,
     image_id: int,
     session: SessionDep,
-    score_thr: Annotated[float, Query(ge=0, le=1)] = 0.3,
+    score_thr: Threshold = DEFAULTS.draw_score_thr,
     show: str = "gt,tp,errors",
     max_width: Annotated[int | None, Query(ge=64, le=8192)] = None,
     min_width: Annotated[
@@ -102,7 +112,7 @@ def overlay(
         ),
     ] = "auto",
 ):
-    png = analysis_service.overlay_png(
+    png = images_service.overlay_png(
         session=session,
         job_id=job_id,
         image_id=image_id,
@@ -123,7 +133,7 @@ def compare_images(
     limit: Annotated[int, Query(ge=1, le=500)] = 24,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
-    items, total = analysis_service.compare_images(
+    items, total = compare_service.compare_images(
         session=session, job_a=job_a, job_b=job_b, limit=limit, offset=offset
     )
     return {"items": items, "total": total}

@@ -8,10 +8,10 @@ from typing import Any
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from backend.analysis.tables import METRIC_KEYS
 from backend.errors import NotFound
 from backend.evaluations.models import Evaluation
 from backend.jobs import service as job_service
-from backend.leaderboard.schemas import METRICS
 
 __all__ = ["get_for_job", "predictions_file", "store"]
 
@@ -53,7 +53,7 @@ def store(
         per_class_ap=per_class_ap,
         predictions_path=predictions_path,
         analysis=analysis,
-        **{metric: metrics.get(metric) for metric in METRICS},
+        **{metric: metrics.get(metric) for metric in METRIC_KEYS},
     )
     session.add(evaluation)
     session.commit()

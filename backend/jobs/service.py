@@ -1,21 +1,41 @@
-"""Jobs: submission, listing, cancellation, metrics."""
+"""Jobs: submission, listing, metrics, and the lifecycle of a job's state.
+
+This module is the only code that writes a job's status, progress, heartbeat or config: the
+API's routes and the worker call it. Lifecycle: `create` (queued) -> `claim` (running) ->
+`record_progress` (heartbeat, metric points; tells the worker whether to stop) -> `finish`
+(succeeded, failed or cancelled). `cancel` asks; `orphans` finds jobs a dead worker left.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from backend.datasets import service as dataset_service
 from backend.datasets.validation import PathOutsideRoots, confine
+from backend.db import utcnow
 from backend.errors import Conflict, Invalid, NotFound
 from backend.jobs.models import FINISHED_STATUSES, Job, JobKind, JobStatus, MetricPoint
 from backend.jobs.schemas import MetricSeries
 from backend.jobs.spec import CheckpointInit, FinetuneSpec, PretrainSpec, WeightsInit
 from backend.weights.models import Weights
 
-__all__ = ["create", "get", "list_jobs", "cancel", "fail", "metric_series"]
+__all__ = [
+    "cancel",
+    "claim",
+    "create",
+    "fail",
+    "finish",
+    "get",
+    "list_jobs",
+    "metric_series",
+    "orphans",
+    "record_progress",
+    "save_config",
+]
 
 
 def _check_dataset(session: Session, dataset_id: int) -> None:
@@ -151,14 +171,92 @@ def cancel(*, session: Session, job_id: int) -> Job:
     return job
 
 
-def fail(*, session: Session, job_id: int, reason: str) -> None:
-    """Record that a job failed and why."""
+def claim(*, session: Session, job_id: int, host: str) -> tuple[Job, bool] | None:
+    """Mark a job running on host; (job, resuming) or None when it must not run.
+
+    `resuming` is True for a job already marked running: its task was redelivered because
+    a worker died, so the run continues from its last checkpoint."""
+    job = session.get(Job, job_id)
+    if job is None or job.status in FINISHED_STATUSES:
+        return None
+    if job.cancel_requested:
+        finish(
+            session=session,
+            job_id=job_id,
+            status=JobStatus.cancelled,
+            error="cancelled before it started",
+        )
+        return None
+    resuming = job.status == JobStatus.running
+    job.status = JobStatus.running
+    job.attempts += 1
+    job.started_at = job.started_at or utcnow()
+    job.heartbeat_at = utcnow()
+    job.worker_host = host
+    session.commit()
+    return job, resuming
+
+
+def save_config(*, session: Session, job_id: int, config_text: str) -> None:
+    """Keep the generated mmdet/mmpretrain config with the job."""
+    session.execute(update(Job).where(Job.id == job_id).values(config_text=config_text))
+    session.commit()
+
+
+def record_progress(
+    *,
+    session: Session,
+    job_id: int,
+    points: list[dict[str, Any]] | None = None,
+    progress_iter: int | None = None,
+    progress_total: int | None = None,
+    eta_seconds: float | None = None,
+) -> bool:
+    """Store metric points (dicts of key, step, epoch, value) and progress, beat the heart;
+    returns whether a cancel was asked."""
+    if points:
+        session.execute(insert(MetricPoint), [{"job_id": job_id, **p} for p in points])
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress_iter is not None:
+        values.update(progress_iter=progress_iter, eta_seconds=eta_seconds)
+    if progress_total is not None:
+        values["progress_total"] = progress_total
+    session.execute(update(Job).where(Job.id == job_id).values(**values))
+    cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+    session.commit()
+    return bool(cancel)
+
+
+def finish(*, session: Session, job_id: int, status: JobStatus, error: str | None = None) -> None:
+    """Record how a job ended (succeeded, failed or cancelled) and why."""
+    if status not in FINISHED_STATUSES:
+        raise ValueError(f"finish takes a final status ({FINISHED_STATUSES}); got {status}")
+    now = utcnow()
     session.execute(
         update(Job)
         .where(Job.id == job_id)
-        .values(status=JobStatus.failed, error=reason, finished_at=func.now())
+        .values(
+            status=status,
+            error=error[:2000] if error else error,
+            finished_at=now,
+            heartbeat_at=now,
+        )
     )
     session.commit()
+
+
+def fail(*, session: Session, job_id: int, reason: str) -> None:
+    """Record that a job failed and why."""
+    finish(session=session, job_id=job_id, status=JobStatus.failed, error=reason)
+
+
+def orphans(*, session: Session, host: str) -> list[int]:
+    """Jobs marked running by a worker on host: after that worker's restart, none is alive."""
+    return list(
+        session.scalars(
+            select(Job.id).where(Job.status == JobStatus.running, Job.worker_host == host)
+        )
+    )
 
 
 def metric_series(

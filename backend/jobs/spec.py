@@ -2,33 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from backend import registry
+
 __all__ = [
-    "BACKBONES",
     "CheckpointInit",
     "FinetuneSpec",
     "InitSpec",
     "JobSpec",
-    "PRETRAIN_METHODS",
     "PretrainSpec",
     "WeightsInit",
     "accepted_values",
 ]
 
-DETECTORS = ("faster_rcnn", "cascade_rcnn", "retinanet")
-BACKBONES = ("resnet18", "resnet50", "resnet101", "resnext101_32x4d", "swin_t", "swin_l")
-RESNETS = ("resnet18", "resnet50", "resnet101", "resnext101_32x4d")
-NECKS = ("fpn", "pafpn")
-NORMS = ("frozen_bn", "bn", "syncbn")
-OPTIMIZERS = ("sgd", "adamw")
-PRETRAIN_METHODS = ("mocov2", "densecl", "detco")
-PRETRAIN_BACKBONES = ("resnet18", "resnet50")
+Neck = Literal["fpn", "pafpn"]
+Norm = Literal["frozen_bn", "bn", "syncbn"]
+Optimizer = Literal["sgd", "adamw"]
 
-Detector = Literal["faster_rcnn", "cascade_rcnn", "retinanet"]
-Backbone = Literal["resnet18", "resnet50", "resnet101", "resnext101_32x4d", "swin_t", "swin_l"]
+# The registry's names as Literals, so pydantic validates them and lists them in the schema.
+# mypy cannot read a Literal built at run time; to it they are plain strings.
+if TYPE_CHECKING:
+    DetectorName = str
+    BackboneName = str
+    MethodName = str
+    PretrainBackboneName = str
+else:
+    DetectorName = Literal[tuple(registry.DETECTORS)]
+    BackboneName = Literal[tuple(registry.BACKBONES)]
+    MethodName = Literal[tuple(registry.PRETRAIN_METHODS)]
+    PretrainBackboneName = Literal[registry.pretrainable_backbones()]
 
 
 class _Strict(BaseModel):
@@ -71,11 +76,11 @@ class FinetuneSpec(_Strict):
     kind: Literal["finetune"] = "finetune"
     name: str | None = Field(default=None, max_length=200)
     dataset_id: int = Field(ge=1)
-    detector: Detector = "faster_rcnn"
-    backbone: Backbone = "resnet50"
-    neck: Literal["fpn", "pafpn"] = "fpn"
+    detector: DetectorName = "faster_rcnn"
+    backbone: BackboneName = "resnet50"
+    neck: Neck = "fpn"
     init: InitSpec = "imagenet"
-    norm: Literal["frozen_bn", "bn", "syncbn"] | None = Field(
+    norm: Norm | None = Field(
         default=None,
         description="ResNet norm layers; default frozen_bn for imagenet init, else bn",
     )
@@ -86,7 +91,7 @@ class FinetuneSpec(_Strict):
     epochs: int | None = Field(default=None, ge=1, le=1000)
     iterations: int | None = Field(default=None, ge=1, le=10_000_000)
     batch_size: int = Field(default=2, ge=1, le=256)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Optimizer = "sgd"
     lr: float = Field(default=0.02, gt=0, le=10)
     weight_decay: float = Field(default=1e-4, ge=0, le=1)
     momentum: float = Field(default=0.9, ge=0, lt=1)
@@ -119,16 +124,19 @@ class FinetuneSpec(_Strict):
                 f"image_scale {self.image_scale} is not accepted; "
                 "width and height must be between 32 and 4096"
             )
-        if self.backbone.startswith("swin") and self.norm is not None:
+        if not registry.BACKBONES[self.backbone].has_batch_norm and self.norm is not None:
             raise ValueError(
-                f"norm applies to ResNet backbones; {self.backbone} uses LayerNorm, "
+                f"norm applies to backbones with batch norm; {self.backbone} uses LayerNorm, "
                 "leave norm unset"
             )
-        two_stage = self.detector != "retinanet"
-        if not two_stage and "roi_samples_per_image" in self.model_fields_set:
+        if (
+            not registry.DETECTORS[self.detector].two_stage
+            and "roi_samples_per_image" in self.model_fields_set
+        ):
+            two_stage = [name for name, entry in registry.DETECTORS.items() if entry.two_stage]
             raise ValueError(
-                "roi_samples_per_image applies to two-stage detectors (faster_rcnn, "
-                "cascade_rcnn); retinanet has no RoI head"
+                f"roi_samples_per_image applies to two-stage detectors ({', '.join(two_stage)}); "
+                f"{self.detector} has no RoI head"
             )
         if self.init == "scratch" and self.norm == "frozen_bn":
             raise ValueError(
@@ -140,7 +148,7 @@ class FinetuneSpec(_Strict):
     @property
     def resolved_norm(self) -> str | None:
         """The norm actually used: frozen BN for ImageNet init, trainable BN otherwise."""
-        if self.backbone.startswith("swin"):
+        if not registry.BACKBONES[self.backbone].has_batch_norm:
             return None
         if self.norm is not None:
             return self.norm
@@ -161,8 +169,8 @@ class PretrainSpec(_Strict):
 
     kind: Literal["pretrain"]
     name: str | None = Field(default=None, max_length=200)
-    method: Literal["mocov2", "densecl", "detco"] = "mocov2"
-    backbone: Literal["resnet18", "resnet50"] = "resnet50"
+    method: MethodName = "mocov2"
+    backbone: PretrainBackboneName = "resnet50"
     dataset_id: int | None = Field(default=None, ge=1, description="its train images are used")
     image_folder: str | None = Field(default=None, description="or a folder under a data root")
     epochs: int | None = Field(default=None, ge=1, le=10_000)
@@ -227,19 +235,19 @@ def accepted_values() -> dict[str, Any]:
     """The choices a client may offer, derived from the spec itself."""
     return {
         "kind": ["finetune", "pretrain"],
-        "method": list(PRETRAIN_METHODS),
-        "pretrain_backbone": list(PRETRAIN_BACKBONES),
-        "detector": list(DETECTORS),
-        "backbone": list(BACKBONES),
-        "neck": list(NECKS),
+        "method": list(registry.PRETRAIN_METHODS),
+        "pretrain_backbone": list(registry.pretrainable_backbones()),
+        "detector": list(registry.DETECTORS),
+        "backbone": list(registry.BACKBONES),
+        "neck": list(get_args(Neck)),
         "init": [
             "scratch",
             "imagenet",
             {"checkpoint": "path", "prefix": "module.encoder_q."},
             {"weights_id": 1},
         ],
-        "norm": list(NORMS),
-        "optimizer": list(OPTIMIZERS),
+        "norm": list(get_args(Norm)),
+        "optimizer": list(get_args(Optimizer)),
         "defaults": FinetuneSpec.model_construct().model_dump(
             exclude={"dataset_id", "epochs", "iterations", "name"}
         ),

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, create_model
 
-__all__ = ["LeaderboardRow", "Leaderboard", "METRICS"]
+from backend.analysis.tables import METRICS
 
-METRICS = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l")
+__all__ = ["LeaderboardRow", "Leaderboard"]
 
 
-class LeaderboardRow(BaseModel):
+class _RowBase(BaseModel):
     job_id: int
     name: str | None
     dataset_id: int
@@ -28,17 +28,19 @@ class LeaderboardRow(BaseModel):
     seed: int
     data_fraction: float
     amp: bool
-    bbox_mAP: float | None
-    bbox_mAP_50: float | None
-    bbox_mAP_75: float | None
-    bbox_mAP_s: float | None
-    bbox_mAP_m: float | None
-    bbox_mAP_l: float | None
     finished_at: datetime | None
+
+
+# one field per COCO metric of the analysis tables
+LeaderboardRow = create_model(
+    "LeaderboardRow",
+    __base__=_RowBase,
+    **{m.key: (float | None, Field(description=m.description)) for m in METRICS},  # type: ignore[call-overload]
+)
 
 
 class Leaderboard(BaseModel):
     dataset_id: int | None
     metric: str
-    items: list[LeaderboardRow]
+    items: list[LeaderboardRow]  # type: ignore[valid-type]
     total: int

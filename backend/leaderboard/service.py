@@ -8,10 +8,10 @@ from typing import Any
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
+from backend.analysis.tables import METRIC_KEYS
 from backend.errors import Invalid
 from backend.evaluations.models import Evaluation
 from backend.jobs.models import Job, JobKind, JobStatus
-from backend.leaderboard.schemas import METRICS
 from backend.weights.models import Weights
 
 __all__ = ["rows", "init_label", "AXES"]
@@ -46,8 +46,8 @@ def rows(
     Rows are plain dicts in the shape of ``LeaderboardRow`` (the route validates them once):
     only the columns the table shows are read, no ORM objects are built, since a dashboard
     asks for up to 10,000 rows at a time."""
-    if metric not in METRICS:
-        raise Invalid(f"metric {metric!r} is not accepted; use one of {', '.join(METRICS)}")
+    if metric not in METRIC_KEYS:
+        raise Invalid(f"metric {metric!r} is not accepted; use one of {', '.join(METRIC_KEYS)}")
     unknown = sorted(set(filters or {}) - set(AXES))
     if unknown:
         raise Invalid(f"cannot filter on {', '.join(unknown)}; filters: {', '.join(AXES)}")
@@ -59,7 +59,7 @@ def rows(
             Job.dataset_id,
             Job.spec,
             Job.finished_at,
-            *(getattr(Evaluation, m) for m in METRICS),
+            *(getattr(Evaluation, m) for m in METRIC_KEYS),
             Weights.name.label("weights_name"),
             Weights.method.label("weights_method"),
         )
@@ -113,5 +113,5 @@ def _row(row: Row[Any]) -> dict[str, Any]:
         "data_fraction": spec["data_fraction"],
         "amp": spec["amp"],
         "finished_at": row.finished_at,
-        **{metric: getattr(row, metric) for metric in METRICS},
+        **{metric: getattr(row, metric) for metric in METRIC_KEYS},
     }

@@ -28,7 +28,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal
+
+from backend.registry import BACKBONES, importable_architectures
 
 if TYPE_CHECKING:
     import torch
@@ -42,15 +44,12 @@ __all__ = [
     "load_backbone",
 ]
 
-Architecture = Literal["resnet18", "resnet50", "resnet101", "resnext101_32x4d"]
-ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
-# mmdet's backbone class and keyword arguments per architecture, as the worker builds them
-_BACKBONES: dict[str, tuple[str, dict[str, int]]] = {
-    "resnet18": ("ResNet", {"depth": 18}),
-    "resnet50": ("ResNet", {"depth": 50}),
-    "resnet101": ("ResNet", {"depth": 101}),
-    "resnext101_32x4d": ("ResNeXt", {"depth": 101, "groups": 32, "base_width": 4}),
-}
+ARCHITECTURES: tuple[str, ...] = importable_architectures()
+# the registry's names as a Literal for pydantic; to mypy a plain string
+if TYPE_CHECKING:
+    Architecture = str
+else:
+    Architecture = Literal[ARCHITECTURES]
 SUFFIXES = (".pth", ".pth.tar", ".pt", ".pkl")
 LAYOUTS = (
     "MoCo (module.encoder_q.*), OpenSelfSup/mmselfsup/mmpretrain (backbone.*), "
@@ -107,7 +106,7 @@ class ConvertedWeights:
 def load_backbone(path: str | Path, *, architecture: str) -> ConvertedWeights:
     """Read a checkpoint safely and return its backbone in mmdet's layout for architecture."""
     path = Path(path)
-    if architecture not in _BACKBONES:
+    if architecture not in ARCHITECTURES:
         raise WeightsFileError(
             f"architecture {architecture!r} is not accepted; use one of {', '.join(ARCHITECTURES)}"
         )
@@ -393,15 +392,15 @@ def _to_mmdet_layout(
 # checking -----------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=len(_BACKBONES))
+@lru_cache(maxsize=len(ARCHITECTURES))
 def _expected_shapes(architecture: str) -> dict[str, tuple[int, ...]]:
     """Key -> shape of mmdet's own backbone, built on the meta device (no memory, no init)."""
     import torch
     from mmdet.models import backbones
 
-    class_name, kwargs = _BACKBONES[architecture]
+    entry = BACKBONES[architecture]
     with torch.device("meta"):
-        model = getattr(backbones, class_name)(**kwargs)
+        model = getattr(backbones, entry.mmdet_type)(**entry.arch)
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import DateTime, ForeignKey, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from backend.db import Base, JSONType, utcnow
+
+if TYPE_CHECKING:  # jobs depend on weights, not the reverse: the ORM resolves "Job" by name
+    from backend.jobs.models import Job
 
 __all__ = ["Weights"]
 
@@ -28,3 +31,11 @@ class Weights(Base):
     )
     report: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # lineage: the fine-tunes that started from these weights
+    finetune_jobs: Mapped[list[Job]] = relationship(
+        "Job",
+        primaryjoin="and_(Job.weights_id == Weights.id, Job.kind == 'finetune')",
+        foreign_keys="Job.weights_id",
+        order_by="Job.id",
+        viewonly=True,
+    )

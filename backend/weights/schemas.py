@@ -7,7 +7,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.jobs.models import JobStatus
 from backend.weights.convert import Architecture
 
 __all__ = ["WeightsImport", "WeightsRead", "WeightsPage", "WeightsDetail", "JobRef"]
@@ -55,7 +54,7 @@ class JobRef(BaseModel):
 
     id: int
     name: str | None
-    status: JobStatus
+    status: str = Field(description="the job's status, as GET /jobs/{id} gives it")
 
 
 class WeightsDetail(WeightsRead):

@@ -14,10 +14,9 @@ from sqlalchemy.orm import Session
 
 from backend.datasets.validation import PathOutsideRoots, confine
 from backend.errors import Conflict, Invalid, NotFound
-from backend.jobs.models import Job, JobKind
 from backend.weights.convert import SUFFIXES, ConvertedWeights, WeightsFileError, load_backbone
 from backend.weights.models import Weights
-from backend.weights.schemas import JobRef, WeightsDetail, WeightsImport, WeightsRead
+from backend.weights.schemas import WeightsDetail, WeightsImport
 
 __all__ = ["import_weights", "register_produced", "list_weights", "get", "detail"]
 
@@ -103,16 +102,7 @@ def get(*, session: Session, weights_id: int) -> Weights:
 
 def detail(*, session: Session, weights_id: int) -> WeightsDetail:
     """A weights entry with the fine-tune jobs that started from it."""
-    weights = get(session=session, weights_id=weights_id)
-    jobs = session.scalars(
-        select(Job)
-        .where(Job.weights_id == weights_id, Job.kind == JobKind.finetune)
-        .order_by(Job.id)
-    )
-    return WeightsDetail(
-        **WeightsRead.model_validate(weights).model_dump(),
-        finetune_jobs=[JobRef.model_validate(job) for job in jobs],
-    )
+    return WeightsDetail.model_validate(get(session=session, weights_id=weights_id))
 
 
 def _check_name_free(session: Session, name: str) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.analysis import OUTCOME_COLORS, PredictionMatch, render_overlay
+from backend.analysis import BOX_COLOURS, PredictionMatch, render_overlay
 from backend.analysis.matching import GtMatch
 from backend.analysis.overlay import encode_png
 
@@ -52,16 +52,16 @@ def test_each_outcome_colours_its_box_edge_and_appears_in_the_legend() -> None:
     pixels = decode(render_overlay(image, gt_boxes, matches, categories=CATEGORIES))
     assert pixels.shape == (300, 400, 3)
     for kind, box in boxes.items():
-        assert left_edge(pixels, box) == OUTCOME_COLORS[kind], kind
+        assert left_edge(pixels, box) == BOX_COLOURS[kind], kind
         assert tuple(pixels[box[1] + 25, box[0] + 25]) == GREY  # inside stays untouched
-    assert left_edge(pixels, (20, 240, 40, 40)) == OUTCOME_COLORS["gt"]
-    assert left_edge(pixels, (100, 240, 40, 40)) == OUTCOME_COLORS["missed"]
+    assert left_edge(pixels, (20, 240, 40, 40)) == BOX_COLOURS["gt"]
+    assert left_edge(pixels, (100, 240, 40, 40)) == BOX_COLOURS["missed"]
     # Label tags sit just above each box, filled with its colour.
-    assert tuple(pixels[40 - 2, 100 + 1]) == OUTCOME_COLORS["classification"]
+    assert tuple(pixels[40 - 2, 100 + 1]) == BOX_COLOURS["classification"]
     # The legend (top right) shows a swatch of every colour drawn, and nothing else.
     legend = pixels[:150, 300:].reshape(-1, 3)
     legend_colours = {tuple(c) for c in np.unique(legend, axis=0)}
-    assert set(OUTCOME_COLORS.values()) <= legend_colours
+    assert set(BOX_COLOURS.values()) <= legend_colours
 
 
 def test_show_and_score_threshold_filter_what_is_drawn() -> None:
@@ -75,7 +75,7 @@ def test_show_and_score_threshold_filter_what_is_drawn() -> None:
     ]
     gt_boxes = [{"bbox": [150, 80, 30, 30], "category_id": 1, "missed": True}]
     pixels = decode(render_overlay(image, gt_boxes, matches, categories=CATEGORIES, show={"tp"}))
-    assert left_edge(pixels, tp_box) == OUTCOME_COLORS["tp"]
+    assert left_edge(pixels, tp_box) == BOX_COLOURS["tp"]
     assert left_edge(pixels, cls_box) == GREY
     assert left_edge(pixels, low_box) == GREY  # score 0.1 < score_thr 0.3
     assert left_edge(pixels, (10, 80, 20, 20)) == GREY  # ignored: never drawn
@@ -85,10 +85,10 @@ def test_show_and_score_threshold_filter_what_is_drawn() -> None:
             image, gt_boxes, matches, categories=CATEGORIES, show={"missed"}, score_thr=0.0
         )
     )
-    assert left_edge(pixels, (150, 80, 30, 30)) == OUTCOME_COLORS["missed"]
+    assert left_edge(pixels, (150, 80, 30, 30)) == BOX_COLOURS["missed"]
     assert left_edge(pixels, low_box) == GREY
     pixels = decode(render_overlay(image, [], matches, categories=CATEGORIES, score_thr=0.0))
-    assert left_edge(pixels, low_box) == OUTCOME_COLORS["tp"]
+    assert left_edge(pixels, low_box) == BOX_COLOURS["tp"]
     assert np.asarray(image).max() == GREY[0]  # the caller's image is not drawn on
 
 
@@ -122,7 +122,7 @@ def test_degenerate_gt_box_is_still_marked() -> None:
     image = np.zeros((20, 20, 3), np.uint8)
     gt_boxes = [{"bbox": [5, 12, 0, 0.5], "category_id": 1}]  # zero width: allowed for GT
     pixels = decode(render_overlay(image, gt_boxes, [], categories=CATEGORIES))
-    assert tuple(pixels[12, 5]) == OUTCOME_COLORS["gt"]
+    assert tuple(pixels[12, 5]) == BOX_COLOURS["gt"]
 
 
 def small_scene() -> tuple[np.ndarray, list[GtMatch], list[PredictionMatch]]:
@@ -142,8 +142,8 @@ def test_small_images_get_the_legend_in_a_strip_below_not_over_the_picture() -> 
         assert pixels.shape[0] > 128 and pixels.shape[1] == 128, place
         assert np.array_equal(pixels[:128], bare), place  # the picture itself is untouched
         strip = {tuple(c) for c in pixels[128:].reshape(-1, 3)}
-        drawn = {OUTCOME_COLORS[o] for o in ("tp", "classification", "missed")}
-        assert drawn <= strip and not (set(OUTCOME_COLORS.values()) - drawn) & strip, place
+        drawn = {BOX_COLOURS[o] for o in ("tp", "classification", "missed")}
+        assert drawn <= strip and not (set(BOX_COLOURS.values()) - drawn) & strip, place
     # forced inside: same size, the top-right corner covered by the legend box
     inside = decode(
         render_overlay(image, gt_boxes, matches, categories=CATEGORIES, legend="inside")
@@ -157,7 +157,7 @@ def test_large_images_keep_the_legend_in_the_corner_and_none_leaves_it_out() -> 
     auto = decode(render_overlay(image, [], matches, categories=CATEGORIES))
     assert auto.shape == (800, 1333, 3)
     corner = {tuple(c) for c in auto[:60, 1200:].reshape(-1, 3)}
-    assert {OUTCOME_COLORS["tp"], OUTCOME_COLORS["background"]} <= corner
+    assert {BOX_COLOURS["tp"], BOX_COLOURS["background"]} <= corner
     plain = decode(render_overlay(image, [], matches, categories=CATEGORIES, legend="none"))
     assert {tuple(c) for c in plain[:60, 1200:].reshape(-1, 3)} == {GREY}
 

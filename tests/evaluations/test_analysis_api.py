@@ -3,44 +3,18 @@
 import io
 import json
 
+import factories
 import numpy as np
 import pytest
 from PIL import Image
 
-from backend.analysis import OUTCOME_COLORS
-from backend.evaluations import service as evaluation_service
-from backend.jobs.models import Job, JobKind, JobStatus
+from backend.analysis import BOX_COLOURS
 
 
 def _finished_job(db, dataset_id: int, predictions_path, name: str) -> int:
-    """A succeeded fine-tune job row with an evaluation pointing at a predictions file."""
-    job = Job(
-        kind=JobKind.finetune,
-        status=JobStatus.succeeded,
-        dataset_id=dataset_id,
-        name=name,
-        spec={
-            "detector": "faster_rcnn",
-            "backbone": "resnet18",
-            "neck": "fpn",
-            "init": "scratch",
-            "image_scale": [128, 128],
-            "iterations": 1,
-            "batch_size": 2,
-            "lr": 0.01,
-            "seed": 0,
-            "data_fraction": 1.0,
-            "amp": False,
-        },
-    )
-    db.add(job)
-    db.commit()
-    evaluation_service.store(
-        session=db,
-        job_id=job.id,
-        metrics={"bbox_mAP": 0.5},
-        per_class_ap={},
-        predictions_path=str(predictions_path),
+    """A succeeded fine-tune job with an evaluation pointing at a predictions file."""
+    job = factories.finished_job(
+        db, dataset_id=dataset_id, predictions_path=predictions_path, name=name
     )
     return job.id
 
@@ -48,11 +22,6 @@ def _finished_job(db, dataset_id: int, predictions_path, name: str) -> int:
 @pytest.fixture
 def val(shapes):
     return json.loads(shapes.val_ann.read_text())
-
-
-@pytest.fixture
-def dataset_id(client, shapes_payload):
-    return client.post("/datasets", json=shapes_payload).json()["id"]
 
 
 def _perfect(val) -> list[dict]:
@@ -165,7 +134,7 @@ def test_breakdown_worst_images_detections_and_overlay(
     assert enlarged.shape[:2] == (4 * image["height"], 4 * image["width"])
     x, y, w, h = (round(4 * v) for v in wrong["bbox"])
     edge = enlarged[y + h // 2, x : x + 2]
-    assert {tuple(c) for c in edge} == {OUTCOME_COLORS["classification"]}
+    assert {tuple(c) for c in edge} == {BOX_COLOURS["classification"]}
     with Image.open(shapes.val_images / image["file_name"]) as original:
         plain = np.asarray(original.convert("RGB"))
     # nearest neighbour: outside the one box and its label, each pixel is the original's 4x4
@@ -206,7 +175,7 @@ def test_compare_lists_images_one_job_gets_wrong(client, db, dataset_id, val, tm
     assert compared["items"][0]["better"] == "a"
 
 
-def test_bad_inputs_are_clear_4xx(client, db, dataset_id, val, tmp_path, shapes_payload):
+def test_bad_inputs_are_clear_4xx(client, db, dataset_id, val, tmp_path, shapes):
     unknown = tmp_path / "unknown.json"
     unknown.write_text(
         json.dumps([{"image_id": 987654, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.5}])
@@ -224,14 +193,12 @@ def test_bad_inputs_are_clear_4xx(client, db, dataset_id, val, tmp_path, shapes_
     response = client.post(f"/jobs/{job_id}/analysis")
     assert response.status_code == 422 and "score" in response.text
 
-    queued = Job(kind=JobKind.finetune, status=JobStatus.queued, dataset_id=dataset_id, spec={})
-    db.add(queued)
-    db.commit()
+    queued = factories.job(db, dataset_id=dataset_id)
     response = client.get(f"/jobs/{queued.id}/images/1/detections")
     assert response.status_code == 409 and "no predictions yet" in response.text
     assert client.get(f"/jobs/{queued.id}/evaluation").status_code == 404
 
-    other = client.post("/datasets", json=dict(shapes_payload, name="other")).json()["id"]
+    other = factories.dataset(db, shapes=shapes, name="other").id
     good = tmp_path / "good.json"
     good.write_text(json.dumps(_perfect(val)))
     mine = _finished_job(db, dataset_id, good, "a")

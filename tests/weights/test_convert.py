@@ -278,10 +278,13 @@ def test_pickles_that_would_run_code_are_refused_and_do_not_run(tmp_path):
     assert marker.read_text().strip() == "pwned"
 
 
-def test_architectures_are_the_resnets_jobs_accept():
-    from backend.jobs.spec import RESNETS
+def test_architectures_are_the_registry_backbones_in_the_resnet_layout(tmp_path):
+    from backend.registry import BACKBONES
 
-    assert set(ARCHITECTURES) == set(RESNETS)
+    resnets = {name for name, entry in BACKBONES.items() if entry.key_layout == "resnet"}
+    assert set(ARCHITECTURES) == resnets and "resnet50" in resnets
+    with pytest.raises(WeightsFileError, match="architecture 'swin_t' is not accepted"):
+        load_backbone(tmp_path / "any.pth", architecture="swin_t")
 
 
 def test_detectron2_pkl_written_under_numpy_2(tmp_path, resnet18):

@@ -1,0 +1,64 @@
+"""What an evaluation's analysis reads: the job, its dataset, its evaluation, GT and results."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.datasets import service as dataset_service
+from backend.datasets.models import Dataset
+from backend.errors import Conflict, NotFound
+from backend.evaluations.models import Evaluation
+from backend.jobs import service as job_service
+from backend.jobs.models import Job
+
+__all__ = ["EvaluationInputs", "load_inputs"]
+
+
+@dataclass(frozen=True)
+class EvaluationInputs:
+    """A job's evaluation with the COCO ground truth and results it was computed from."""
+
+    job: Job
+    dataset: Dataset
+    evaluation: Evaluation
+    gt: dict[str, Any]
+    results: list[dict[str, Any]]
+
+    @property
+    def category_names(self) -> dict[int, str]:
+        return {c["id"]: c["name"] for c in self.gt["categories"]}
+
+
+@lru_cache(maxsize=16)
+def _read_json(path: str, mtime_ns: int) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _load(path: str | Path) -> Any:
+    """A JSON file, parsed once per modification (pages ask for the same files many times)."""
+    return _read_json(str(path), Path(path).stat().st_mtime_ns)
+
+
+def load_inputs(*, session: Session, job_id: int) -> EvaluationInputs:
+    """The inputs of a job's evaluation; Conflict before it has predictions."""
+    job = job_service.get(session=session, job_id=job_id)
+    evaluation = session.scalar(select(Evaluation).where(Evaluation.job_id == job_id))
+    if evaluation is None or not evaluation.predictions_path:
+        raise Conflict(
+            f"job {job_id} has no predictions yet (status {job.status.value}); "
+            "they are stored when a fine-tune job finishes its evaluation"
+        )
+    dataset = dataset_service.get(session=session, dataset_id=job.dataset_id or 0)
+    try:
+        gt, results = _load(dataset.val_ann), _load(evaluation.predictions_path)
+    except FileNotFoundError as exc:
+        raise NotFound(f"a file of job {job_id}'s evaluation is gone: {exc.filename}") from None
+    return EvaluationInputs(job=job, dataset=dataset, evaluation=evaluation, gt=gt, results=results)

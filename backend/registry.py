@@ -1,0 +1,210 @@
+"""The plug-in points of a run: detectors, backbones and pretraining methods, one entry each.
+
+Everything that offers or uses these choices derives from the tables here: the job spec's
+accepted values and `GET /jobs/options`, the worker's mmdet and mmpretrain configs, and the
+weights importer's architectures. Adding a detector, a backbone or a pretraining method is
+one entry below (plus its test); nothing else restates the names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "BACKBONES",
+    "DETECTORS",
+    "PRETRAIN_METHODS",
+    "Backbone",
+    "Detector",
+    "PretrainMethod",
+    "importable_architectures",
+    "pretrainable_backbones",
+]
+
+
+@dataclass(frozen=True)
+class Detector:
+    """An mmdet detector, built from one of mmdet's own `_base_/models` configs."""
+
+    name: str
+    base_model: str  # file under mmdet's configs/_base_/models
+    # R-CNN style: has RoI heads, RoI sampling and RPN proposals
+    two_stage: bool
+    # attribute paths of the heads whose num_classes follows the dataset; a path that leads
+    # to a list (cascade stages) sets every element
+    class_heads: tuple[str, ...]
+    # neck settings this detector needs beyond in/out channels (e.g. RetinaNet's P3-P7)
+    neck_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A backbone as mmdet builds it, with its ImageNet weights and its key layout."""
+
+    name: str
+    mmdet_type: str  # mmdet MODELS type
+    arch: dict[str, Any]  # keyword arguments that fix the architecture
+    channels: tuple[int, int, int, int]  # output channels of the four stages
+    imagenet: str  # checkpoint of the "imagenet" init
+    # "resnet": mmdet's ResNet key layout (conv1, bn1, layer1..4), which the weights importer
+    # converts MoCo/OpenSelfSup/torchvision/detectron2 files into; None: no import
+    key_layout: str | None = None
+    # mmpretrain can pretrain it (its ResNet with the same depth)
+    pretrainable: bool = False
+    # parameter name parts trained without weight decay (mmengine paramwise custom_keys)
+    no_weight_decay: tuple[str, ...] = ()
+
+    @property
+    def has_batch_norm(self) -> bool:
+        """ResNet-family backbones take a norm setting; Swin uses LayerNorm."""
+        return self.key_layout == "resnet"
+
+
+@dataclass(frozen=True)
+class PretrainMethod:
+    """A self-supervised method as mmpretrain runs it."""
+
+    name: str
+    # mmpretrain config the recipe starts from (views, augmentations, schedule)
+    base_config: str
+    # an mmpretrain MODELS type that replaces the base config's algorithm; None keeps it
+    algorithm: str | None = None
+    # the module that registers `algorithm` in mmpretrain's registry; the worker imports it
+    # and the saved config names it in custom_imports, so mmpretrain's tools can run it too
+    algorithm_module: str | None = None
+    # the algorithm reads every backbone stage (given their channels) instead of a neck on
+    # the last stage
+    all_stages: bool = False
+
+
+def _entries(*items: Any) -> dict[str, Any]:
+    return {item.name: item for item in items}
+
+
+DETECTORS: dict[str, Detector] = _entries(
+    Detector(
+        "faster_rcnn",
+        base_model="faster-rcnn_r50_fpn.py",
+        two_stage=True,
+        class_heads=("roi_head.bbox_head",),
+    ),
+    Detector(
+        "cascade_rcnn",
+        base_model="cascade-rcnn_r50_fpn.py",
+        two_stage=True,
+        class_heads=("roi_head.bbox_head",),
+    ),
+    Detector(
+        "retinanet",
+        base_model="retinanet_r50_fpn.py",
+        two_stage=False,
+        class_heads=("bbox_head",),
+        neck_overrides={"start_level": 1, "add_extra_convs": "on_input"},
+    ),
+)
+
+_SWIN_RELEASES = "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
+_SWIN_COMMON = {
+    "mlp_ratio": 4,
+    "qkv_bias": True,
+    "qk_scale": None,
+    "drop_rate": 0.0,
+    "attn_drop_rate": 0.0,
+    "patch_norm": True,
+    "with_cp": False,
+}
+_SWIN_NO_DECAY = ("absolute_pos_embed", "relative_position_bias_table", "norm")
+_RESNET_CHANNELS = (256, 512, 1024, 2048)
+
+BACKBONES: dict[str, Backbone] = _entries(
+    Backbone(
+        "resnet18",
+        mmdet_type="ResNet",
+        arch={"depth": 18},
+        channels=(64, 128, 256, 512),
+        imagenet="torchvision://resnet18",
+        key_layout="resnet",
+        pretrainable=True,
+    ),
+    Backbone(
+        "resnet50",
+        mmdet_type="ResNet",
+        arch={"depth": 50},
+        channels=_RESNET_CHANNELS,
+        imagenet="torchvision://resnet50",
+        key_layout="resnet",
+        pretrainable=True,
+    ),
+    Backbone(
+        "resnet101",
+        mmdet_type="ResNet",
+        arch={"depth": 101},
+        channels=_RESNET_CHANNELS,
+        imagenet="torchvision://resnet101",
+        key_layout="resnet",
+    ),
+    Backbone(
+        "resnext101_32x4d",
+        mmdet_type="ResNeXt",
+        arch={"depth": 101, "groups": 32, "base_width": 4},
+        channels=_RESNET_CHANNELS,
+        imagenet="open-mmlab://resnext101_32x4d",
+        key_layout="resnet",
+    ),
+    Backbone(
+        "swin_t",
+        mmdet_type="SwinTransformer",
+        arch={
+            "embed_dims": 96,
+            "depths": [2, 2, 6, 2],
+            "num_heads": [3, 6, 12, 24],
+            "window_size": 7,
+            "drop_path_rate": 0.2,
+            "pretrain_img_size": 224,
+            **_SWIN_COMMON,
+        },
+        channels=(96, 192, 384, 768),
+        imagenet=_SWIN_RELEASES + "swin_tiny_patch4_window7_224.pth",
+        no_weight_decay=_SWIN_NO_DECAY,
+    ),
+    Backbone(
+        "swin_l",
+        mmdet_type="SwinTransformer",
+        arch={
+            "embed_dims": 192,
+            "depths": [2, 2, 18, 2],
+            "num_heads": [6, 12, 24, 48],
+            "window_size": 12,
+            "drop_path_rate": 0.3,
+            "pretrain_img_size": 384,
+            **_SWIN_COMMON,
+        },
+        channels=(192, 384, 768, 1536),
+        imagenet=_SWIN_RELEASES + "swin_large_patch4_window12_384_22k.pth",
+        no_weight_decay=_SWIN_NO_DECAY,
+    ),
+)
+
+PRETRAIN_METHODS: dict[str, PretrainMethod] = _entries(
+    PretrainMethod("mocov2", base_config="mocov2/mocov2_resnet50_8xb32-coslr-200e_in1k.py"),
+    PretrainMethod("densecl", base_config="densecl/densecl_resnet50_8xb32-coslr-200e_in1k.py"),
+    # DetCo starts from MoCo v2's recipe (views, schedule) and swaps the algorithm
+    PretrainMethod(
+        "detco",
+        base_config="mocov2/mocov2_resnet50_8xb32-coslr-200e_in1k.py",
+        algorithm="DetCo",
+        algorithm_module="worker.detco",
+        all_stages=True,
+    ),
+)
+
+
+def pretrainable_backbones() -> tuple[str, ...]:
+    """Backbones a pretrain job may train."""
+    return tuple(name for name, entry in BACKBONES.items() if entry.pretrainable)
+
+
+def importable_architectures() -> tuple[str, ...]:
+    """Backbones whose checkpoints the weights importer converts (the ResNet key layout)."""
+    return tuple(name for name, entry in BACKBONES.items() if entry.key_layout == "resnet")

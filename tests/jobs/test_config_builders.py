@@ -1,0 +1,179 @@
+"""Every registry combination turns into a config that mmdet (or mmpretrain) accepts and builds.
+
+Models are built on torch's meta device: every module and shape is constructed, no memory is
+allocated and no weights are loaded, so even Swin-L and ResNeXt-101 cost little on a CPU.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from backend.jobs.spec import FinetuneSpec, PretrainSpec, accepted_values
+from backend.registry import BACKBONES, DETECTORS, PRETRAIN_METHODS, pretrainable_backbones
+from worker.mmdet_config import build_finetune_config
+from worker.mmpretrain_config import build_pretrain_config, register_algorithm
+from worker.paths import JobPaths
+
+CLASSES = ("circle", "square", "triangle")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """The fields of a registered dataset that the config builder reads."""
+    root = tmp_path_factory.mktemp("coco")
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(CLASSES)]
+    ann = root / "ann.json"
+    ann.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
+    return SimpleNamespace(
+        train_ann=str(ann),
+        val_ann=str(ann),
+        train_images=str(root),
+        val_images=str(root),
+        stats={"categories": categories},
+    )
+
+
+# Swin computes its drop-path schedule with Tensor.item(), which the meta device refuses, so
+# Swin-T is built on the CPU (28M parameters); Swin-L (197M) would take seconds per build, so
+# its arguments are checked against SwinTransformer's signature instead.
+ON_CPU = {"swin_t"}
+SIGNATURE_ONLY = {"swin_l"}
+
+
+def _build_detector(cfg, backbone: str) -> torch.nn.Module | None:
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    if backbone in SIGNATURE_ONLY:
+        arguments = {k: v for k, v in cfg.model.backbone.items() if k != "type"}
+        inspect.signature(MODELS.get(cfg.model.backbone.type)).bind(**arguments)
+        return None
+    with torch.device("cpu" if backbone in ON_CPU else "meta"):
+        return MODELS.build(cfg.model)
+
+
+def _class_heads(model: torch.nn.Module, detector: str) -> list[torch.nn.Module]:
+    """The heads that classify objects (cascade: one per stage), RPN left out."""
+    if not DETECTORS[detector].two_stage:
+        return [model.bbox_head]
+    heads = model.roi_head.bbox_head
+    return list(heads) if isinstance(heads, torch.nn.ModuleList) else [heads]
+
+
+OPTIONS = accepted_values()
+
+
+@pytest.mark.parametrize(
+    ("detector", "backbone", "neck"), list(itertools.product(DETECTORS, BACKBONES, OPTIONS["neck"]))
+)
+def test_every_detector_backbone_and_neck_builds_in_mmdet(
+    detector, backbone, neck, dataset, tmp_path
+):
+    spec = FinetuneSpec(
+        dataset_id=1,
+        detector=detector,
+        backbone=backbone,
+        neck=neck,
+        init="imagenet",
+        iterations=10,
+    )
+    cfg = build_finetune_config(spec, dataset=dataset, paths=JobPaths(tmp_path))
+    # the saved file is what users re-run with mmdet's tools: it must read back the same
+    cfg.dump(str(tmp_path / "config.py"))
+    from mmengine.config import Config
+
+    reread = Config.fromfile(str(tmp_path / "config.py"))
+    assert reread.model.backbone.type == BACKBONES[backbone].mmdet_type
+
+    model = _build_detector(reread, backbone)
+    if model is None:
+        return
+    assert type(model.neck).__name__ == {"fpn": "FPN", "pafpn": "PAFPN"}[neck]
+    assert type(model.backbone).__name__ == BACKBONES[backbone].mmdet_type
+    assert list(model.neck.in_channels) == list(BACKBONES[backbone].channels)
+    # every classification head predicts the dataset's classes
+    heads = _class_heads(model, detector)
+    assert [h.num_classes for h in heads] == [len(CLASSES)] * len(heads)
+    assert len(heads) == (3 if detector == "cascade_rcnn" else 1)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "backbone"), list(itertools.product(OPTIONS["optimizer"], ("resnet18", "swin_t")))
+)
+def test_every_optimizer_builds_in_mmengine(optimizer, backbone, dataset, tmp_path):
+    from mmengine.optim import build_optim_wrapper
+
+    spec = FinetuneSpec(dataset_id=1, backbone=backbone, optimizer=optimizer, iterations=10)
+    cfg = build_finetune_config(spec, dataset=dataset, paths=JobPaths(tmp_path))
+    model = _build_detector(cfg, backbone)
+    if backbone == "resnet18":  # the optimizer needs real parameters
+        model = model.to_empty(device="cpu")
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    assert type(wrapper.optimizer).__name__ == {"sgd": "SGD", "adamw": "AdamW"}[optimizer]
+    no_decay = BACKBONES[backbone].no_weight_decay
+    decays = {group["weight_decay"] for group in wrapper.optimizer.param_groups}
+    # Swin's recipe: norms and position tables train without weight decay
+    assert decays == ({0.0, spec.weight_decay} if no_decay else {spec.weight_decay})
+
+
+@pytest.mark.parametrize(
+    ("method", "backbone"), list(itertools.product(PRETRAIN_METHODS, pretrainable_backbones()))
+)
+def test_every_pretraining_method_and_backbone_builds_in_mmpretrain(method, backbone, tmp_path):
+    """Built on the CPU (mmpretrain's ResNet also calls Tensor.item()); ResNet-18 models whole,
+    larger backbones by their arguments against the class signature."""
+    from mmpretrain.registry import MODELS
+    from mmpretrain.utils import register_all_modules
+
+    spec = PretrainSpec(
+        kind="pretrain",
+        method=method,
+        backbone=backbone,
+        image_folder=str(tmp_path),
+        iterations=10,
+        batch_size=4,
+        queue_length=16,
+    )
+    cfg = build_pretrain_config(spec, image_folder=str(tmp_path), paths=JobPaths(tmp_path))
+    entry = PRETRAIN_METHODS[method]
+    if entry.algorithm_module:
+        assert cfg.custom_imports["imports"] == [entry.algorithm_module]
+    register_algorithm(method)
+    register_all_modules(init_default_scope=True)
+    algorithm = MODELS.get(cfg.model["type"])
+    assert algorithm.__name__ == (entry.algorithm or cfg.model["type"])
+    if backbone != "resnet18":
+        arguments = {k: v for k, v in cfg.model["backbone"].items() if k != "type"}
+        inspect.signature(MODELS.get(cfg.model["backbone"]["type"])).bind(**arguments)
+        return
+    model = MODELS.build(cfg.model)
+    assert model.backbone.depth == BACKBONES[backbone].arch["depth"]
+
+
+def test_options_are_the_registry():
+    options = accepted_values()
+    assert options["detector"] == list(DETECTORS)
+    assert options["backbone"] == list(BACKBONES)
+    assert options["method"] == list(PRETRAIN_METHODS)
+    assert options["pretrain_backbone"] == list(pretrainable_backbones())
+
+
+def test_a_name_outside_the_registry_is_refused_naming_the_accepted_ones():
+    with pytest.raises(ValueError) as raised:
+        FinetuneSpec(dataset_id=1, detector="yolo", iterations=1)
+    message = str(raised.value)
+    assert all(repr(name) in message for name in DETECTORS)
+
+
+def test_paths_are_under_the_job_folder(tmp_path: Path):
+    paths = JobPaths.for_job(tmp_path, 7)
+    assert paths.config == tmp_path / "jobs" / "7" / "config.py"
+    assert paths.predictions.name == "predictions.bbox.json"

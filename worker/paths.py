@@ -1,0 +1,39 @@
+"""Where one job keeps its files under the artifact root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["JobPaths"]
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """The files of one job: its folder holds the config, work dir and predictions."""
+
+    root: Path
+
+    @classmethod
+    def for_job(cls, artifact_root: Path, job_id: int) -> JobPaths:
+        return cls(artifact_root / "jobs" / str(job_id))
+
+    @property
+    def work_dir(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.py"
+
+    @property
+    def predictions_prefix(self) -> Path:
+        return self.root / "predictions"
+
+    @property
+    def predictions(self) -> Path:  # CocoMetric appends ".bbox.json" to the prefix
+        return self.root / "predictions.bbox.json"
+
+    @property
+    def train_subset(self) -> Path:
+        return self.root / "train_subset.json"

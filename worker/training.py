@@ -1,0 +1,60 @@
+"""What every kind of job does around mmengine: keep its config, check AMP, train and resume."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.jobs import service as job_service
+from worker.checkpoints import allow_own_checkpoints
+from worker.progress import JobFailed, JobProgressHook
+
+__all__ = ["require_cuda_for_amp", "save_config", "train"]
+
+log = logging.getLogger(__name__)
+
+
+def require_cuda_for_amp(amp: bool) -> None:
+    """AMP here means fp16 on a CUDA GPU; say so instead of failing deep in mmengine."""
+    if amp:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise JobFailed(
+                "amp (fp16 mixed precision) needs a CUDA GPU and this worker has "
+                "none; submit with amp false or run a GPU worker"
+            )
+
+
+def save_config(cfg: Any, path: Path, *, job_id: int, sessions: sessionmaker[Session]) -> None:
+    """Write the generated config beside the job's files and into the job's row."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.dump(str(path))
+    with sessions() as session:
+        job_service.save_config(
+            session=session, job_id=job_id, config_text=path.read_text(encoding="utf-8")
+        )
+
+
+def train(
+    cfg: Any, *, job_id: int, resuming: bool, sessions: sessionmaker[Session]
+) -> tuple[Any, JobProgressHook]:
+    """Train with mmengine's Runner and DetLab's progress hook, resuming a redelivered job
+    from its last checkpoint (ours, so mmengine's pickled types are allowed to load)."""
+    from mmengine.runner import Runner
+
+    work_dir = Path(cfg.work_dir)
+    cfg.resume = resuming and (work_dir / "last_checkpoint").is_file()
+    cfg.load_from = None
+    runner = Runner.from_cfg(cfg)
+    hook = JobProgressHook(job_id=job_id, sessions=sessions)
+    runner.register_hook(hook)
+    if cfg.resume:
+        log.info("job %s: resuming from %s", job_id, work_dir)
+    with allow_own_checkpoints() if cfg.resume else contextlib.nullcontext():
+        runner.train()
+    return runner, hook
