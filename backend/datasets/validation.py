@@ -109,6 +109,20 @@ def _ids(report: SplitReport, where: str, records: list[Any], kind: str) -> dict
     return by_id
 
 
+def _check_category_names(report: SplitReport, where: str, categories: dict[Any, dict]) -> None:
+    """Classes are shown, filtered and compared by name, so two ids may not share one."""
+    ids_by_name: dict[str, list[str]] = {}
+    for cat_id, category in categories.items():
+        ids_by_name.setdefault(str(category.get("name", cat_id)), []).append(str(cat_id))
+    shared = {name: ids for name, ids in ids_by_name.items() if len(ids) > 1}
+    if shared:
+        listed = "; ".join(f"{name!r} (ids {', '.join(ids)})" for name, ids in shared.items())
+        report.add(
+            where,
+            f"categories share a name: {listed}; every category needs a name of its own",
+        )
+
+
 def _check_box(ann: dict, image: dict | None) -> str | None:
     bbox = ann.get("bbox")
     if (
@@ -176,6 +190,7 @@ def check_split(split: str, ann_file: Path, image_dir: Path) -> SplitReport:
     where = str(ann_file)
     images = _ids(report, where, data["images"], "images")
     categories = _ids(report, where, data["categories"], "categories")
+    _check_category_names(report, where, categories)
     annotations = _ids(report, where, data["annotations"], "annotations")
     unknown_images, unknown_cats, bad_boxes = [], [], []
     for ann in annotations.values():

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from backend import registry
+from backend.jobs.models import JobStatus
 
 __all__ = [
     "CheckpointInit",
@@ -235,6 +236,7 @@ def accepted_values() -> dict[str, Any]:
     """The choices a client may offer, derived from the spec itself."""
     return {
         "kind": ["finetune", "pretrain"],
+        "status": [status.value for status in JobStatus],
         "method": list(registry.PRETRAIN_METHODS),
         "pretrain_backbone": list(registry.pretrainable_backbones()),
         "detector": list(registry.DETECTORS),

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import DateTime, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from backend.db import Base, JSONType, utcnow
-
-if TYPE_CHECKING:  # jobs depend on weights, not the reverse: the ORM resolves "Job" by name
-    from backend.jobs.models import Job
 
 __all__ = ["Weights"]
 
@@ -31,8 +28,9 @@ class Weights(Base):
     )
     report: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # lineage: the fine-tunes that started from these weights
-    finetune_jobs: Mapped[list[Job]] = relationship(
+    # lineage: the fine-tunes that started from these weights. Jobs depend on weights, not the
+    # reverse, so the ORM resolves "Job" by name and this module never imports it.
+    finetune_jobs: Mapped[list[Any]] = relationship(
         "Job",
         primaryjoin="and_(Job.weights_id == Weights.id, Job.kind == 'finetune')",
         foreign_keys="Job.weights_id",

@@ -112,6 +112,10 @@ def test_traversal_by_file_name_and_symlink_is_refused(client, copy_of_shapes, t
         (lambda d: d["annotations"][0].update(bbox=[1, 2, float("nan"), 5]), "non-finite"),
         (lambda d: d["annotations"][0].update(bbox=[500, 500, 40, 40]), "outside its"),
         (lambda d: d["images"][0].update(file_name="nope.png"), "1 image files missing"),
+        (
+            lambda d: d["categories"][1].update(name=d["categories"][0]["name"]),
+            "categories share a name: 'square' (ids 1, 2)",
+        ),
     ],
     ids=[
         "no-categories",
@@ -123,6 +127,7 @@ def test_traversal_by_file_name_and_symlink_is_refused(client, copy_of_shapes, t
         "nan-box",
         "far-outside",
         "missing-file",
+        "same-class-name",
     ],
 )
 def test_bad_annotations_get_a_precise_422(client, copy_of_shapes, change, expected):
