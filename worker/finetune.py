@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -11,7 +10,6 @@ from backend.config import Settings
 from backend.datasets.models import Dataset
 from backend.errors import DomainError
 from backend.evaluations import analysis_service
-from backend.evaluations import service as evaluation_service
 from backend.jobs.models import Job
 from backend.jobs.spec import CheckpointInit, FinetuneSpec
 from backend.weights.models import Weights
@@ -63,42 +61,22 @@ def run_finetune(
 
     from mmdet.utils import register_all_modules
 
+    import worker.coco_metric  # noqa: F401 - registers the val metric the config names
+
     register_all_modules(init_default_scope=True)
     runner, hook = train(cfg, job_id=job.id, resuming=resuming, sessions=sessions)
     if hook.last_val_iter != runner.iter or not paths.predictions.is_file():
         runner.val()
-    store_evaluation(
-        job_id=job.id,
-        val_ann=Path(dataset.val_ann),
-        predictions=paths.predictions,
-        sessions=sessions,
-    )
+    store_evaluation(job_id=job.id, predictions=paths.predictions, sessions=sessions)
 
 
-def store_evaluation(
-    *, job_id: int, val_ann: Path, predictions: Path, sessions: sessionmaker[Session]
-) -> None:
-    """pycocotools' COCO metrics of the saved val predictions, stored as the job's evaluation."""
-    from backend.analysis import coco_metrics
-
-    gt = json.loads(val_ann.read_text(encoding="utf-8"))
-    results = json.loads(predictions.read_text(encoding="utf-8"))
-    metrics = coco_metrics(gt, results)
-    per_class = metrics.pop("classwise", {})
-    with sessions() as session:
-        evaluation_service.store(
-            session=session,
-            job_id=job_id,
-            metrics=metrics,
-            per_class_ap=per_class,
-            predictions_path=str(predictions),
-        )
+def store_evaluation(*, job_id: int, predictions: Path, sessions: sessionmaker[Session]) -> None:
+    """Score the saved val predictions once (COCO metrics, error analysis, per-image rows) and
+    store them as the job's evaluation; predictions that cannot be scored fail the job."""
     with sessions() as session:
         try:
-            analysis_service.analyze_job(session=session, job_id=job_id)
+            analysis_service.evaluate_job(
+                session=session, job_id=job_id, predictions_path=predictions
+            )
         except DomainError as exc:
-            # the COCO metrics stand on their own; a failed breakdown is reported beside them
-            session.rollback()
-            evaluation = evaluation_service.get_for_job(session=session, job_id=job_id)
-            evaluation.analysis = {"error": exc.message}
-            session.commit()
+            raise JobFailed(f"the val predictions could not be scored: {exc.message}") from None

@@ -197,8 +197,10 @@ def build_finetune_config(
         scale=spec.image_scale,
     )
     cfg.test_dataloader = cfg.val_dataloader
+    # mmdet's CocoMetric, scored by our engine (worker/coco_metric.py): same files and keys
+    cfg.custom_imports = dict(imports=["worker.coco_metric"], allow_failed_imports=False)
     cfg.val_evaluator = dict(
-        type="CocoMetric",
+        type="EngineCocoMetric",
         ann_file=dataset.val_ann,
         metric="bbox",
         format_only=False,

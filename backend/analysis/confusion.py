@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from backend.analysis.geometry import iter_pair_blocks
-from backend.analysis.inputs import parse_ground_truth, parse_results
+from backend.analysis.inputs import Detections, GroundTruth, parse_ground_truth, parse_results
 
-__all__ = ["BACKGROUND_LABEL", "confusion_matrix"]
+__all__ = ["BACKGROUND_LABEL", "confusion_matrix", "confusion_of"]
 
 BACKGROUND_LABEL = "background"
 
@@ -36,7 +36,15 @@ def confusion_matrix(
 ) -> tuple[list[str], list[list[int]]]:
     """(labels, counts): labels are category names + "background"; counts[row][col]."""
     ground_truth = parse_ground_truth(gt)
-    det = parse_results(results, ground_truth, score_thr=score_thr)
+    return confusion_of(
+        ground_truth, parse_results(results, ground_truth, score_thr=score_thr), iou_thr=iou_thr
+    )
+
+
+def confusion_of(
+    ground_truth: GroundTruth, det: Detections, *, iou_thr: float = 0.5
+) -> tuple[list[str], list[list[int]]]:
+    """confusion_matrix of parsed inputs (every detection given counts)."""
     cats = ground_truth.category_ids
     n = len(cats) + 1
     bg = n - 1

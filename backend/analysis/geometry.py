@@ -55,7 +55,7 @@ def iter_pair_blocks(
 ) -> Iterator[PairBlock]:
     """Yield overlaps of each prediction with the GT of its own image, in blocks.
 
-    Predictions whose image has no GT appear in no block. Prediction areas must be > 0.
+    Predictions whose image has no GT appear in no block. Zero-size boxes get IoU and IoA 0.
     """
     if len(pred_image) == 0 or len(gt_image) == 0:
         return
@@ -79,5 +79,8 @@ def iter_pair_blocks(
             pred = pred_xywh[rows]
             inter = _intersection(pred[:, None, :], gt_xywh[gt])
             pred_area = (pred[:, 2] * pred[:, 3])[:, None]
-            iou = inter / (pred_area + gt_area[gt] - inter)
-            yield PairBlock(rows=rows, gt=gt, iou=iou, ioa=inter / pred_area)
+            union = pred_area + gt_area[gt] - inter
+            # a zero-size box overlaps nothing (0, as COCO scores it), never 0/0
+            iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+            ioa = np.divide(inter, pred_area, out=np.zeros_like(inter), where=pred_area > 0)
+            yield PairBlock(rows=rows, gt=gt, iou=iou, ioa=ioa)

@@ -43,7 +43,10 @@ class GroundTruth:
     category: np.ndarray  # (n_gt,) category id
     xywh: np.ndarray  # (n_gt, 4) float64
     area: np.ndarray  # (n_gt,) the annotation's "area" field, w * h when absent
-    crowd: np.ndarray  # (n_gt,) True for iscrowd=1 or ignore=1: a region, not an object
+    # (n_gt,) the "iscrowd" field as pycocotools reads it (0 when absent); "ignore" is not
+    # read, as pycocotools overwrites it with iscrowd: an ignore=1 box is an ordinary object
+    iscrowd: np.ndarray
+    crowd: np.ndarray  # (n_gt,) iscrowd != 0: a region, not an object
 
     @property
     def n_images(self) -> int:
@@ -59,10 +62,28 @@ class Detections:
     image: np.ndarray  # (n,) position of the image in GroundTruth.image_ids
     category: np.ndarray  # (n,) category id
     score: np.ndarray  # (n,) float64
-    xywh: np.ndarray  # (n, 4) float64, width and height > 0
+    # (n, 4) float64, width and height >= 0: real detectors emit zero-size boxes, and COCO
+    # scores them (they overlap nothing, so they are false positives)
+    xywh: np.ndarray
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def at_least(self, score_thr: float) -> Detections:
+        """The detections with score >= score_thr, in the same order."""
+        keep = self.score >= score_thr
+        return Detections(
+            index=self.index[keep],
+            image=self.image[keep],
+            category=self.category[keep],
+            score=self.score[keep],
+            xywh=self.xywh[keep],
+        )
+
+    @property
+    def degenerate(self) -> int:
+        """How many boxes have zero width or height."""
+        return int(((self.xywh[:, 2] == 0) | (self.xywh[:, 3] == 0)).sum())
 
 
 def _numeric(values: list[Any], shape: tuple[int, ...]) -> np.ndarray:
@@ -189,9 +210,7 @@ def parse_ground_truth(gt: Mapping[str, Any]) -> GroundTruth:
         image = np.array([image_index.get(a["image_id"], -1) for a in anns], dtype=np.int64)
         category = _integers([a["category_id"] for a in anns])
         xywh = _numeric([a["bbox"] for a in anns], (n, 4))
-        crowd = np.array(
-            [bool(a.get("iscrowd", 0)) or bool(a.get("ignore", 0)) for a in anns], dtype=bool
-        )
+        iscrowd = _numeric([a.get("iscrowd", 0) for a in anns], (n,))
         area = _numeric([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns], (n,))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         for i, ann in enumerate(anns):
@@ -219,7 +238,8 @@ def parse_ground_truth(gt: Mapping[str, Any]) -> GroundTruth:
         category=category,
         xywh=xywh,
         area=area,
-        crowd=crowd,
+        iscrowd=iscrowd,
+        crowd=iscrowd != 0,
     )
 
 
@@ -250,11 +270,11 @@ def _explain_result(i: int, result: Any, ground_truth: GroundTruth) -> None:
     score = result["score"]
     if not _is_number(score) or not np.isfinite(float(score)):
         raise AnalysisInputError(f"{where}: field 'score' must be a finite number; got {score!r}")
-    problem = _box_problem(result["bbox"], allow_empty=False)
+    problem = _box_problem(result["bbox"], allow_empty=True)
     if problem:
         raise AnalysisInputError(
             f"{where}: field 'bbox' must be [x, y, width, height], 4 finite numbers with "
-            f"width > 0 and height > 0; {problem}"
+            f"width >= 0 and height >= 0; {problem}"
         )
 
 
@@ -288,8 +308,8 @@ def parse_results(
             | ~np.isin(category, ground_truth.category_ids)
             | ~np.isfinite(score)
             | ~np.isfinite(xywh).all(axis=1)
-            | ~(xywh[:, 2] > 0)
-            | ~(xywh[:, 3] > 0)
+            | ~(xywh[:, 2] >= 0)
+            | ~(xywh[:, 3] >= 0)
         )
     if bad.any():
         i = int(np.flatnonzero(bad)[0])

@@ -1,79 +1,90 @@
-"""COCO bbox metrics from pycocotools' own COCOeval, with per-class AP."""
+"""COCO bbox metrics of a results list, scored by DetLab's engine (COCOeval's numbers exactly).
+
+pycocotools stays the reference: the tests compare every figure with its COCOeval. The
+record returned with the metrics says what produced them, so a stored number can be traced.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import io
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from pycocotools.coco import COCO  # type: ignore[import-untyped]
-from pycocotools.cocoeval import COCOeval  # type: ignore[import-untyped]
-
-from backend.analysis.inputs import parse_ground_truth, parse_results
+from backend.analysis.engine import (
+    AREA_LABELS,
+    AREA_RANGES,
+    IOU_THRESHOLDS,
+    MAX_DETS,
+    RECALL_THRESHOLDS,
+    CocoMatches,
+    CocoStats,
+    evaluate_arrays,
+    summarize,
+)
+from backend.analysis.inputs import Detections, GroundTruth, parse_ground_truth, parse_results
 from backend.analysis.tables import METRICS
 
-__all__ = ["coco_metrics"]
+__all__ = ["ENGINE", "CocoScore", "class_labels", "coco_metrics", "score"]
+
+# name and version of the scoring code, stored with every evaluation; bump the version when a
+# change could move any stored figure
+ENGINE = "detlab-coco 1 (numpy; COCOeval bbox rules)"
 
 
-def _coco(dataset: dict[str, Any]) -> COCO:
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+@dataclass(frozen=True, eq=False)
+class CocoScore:
+    """The COCO metrics of one results list, with the matches and curves behind them."""
+
+    metrics: dict[str, float | None]  # per tables.METRICS key, 0..1, None where COCO says -1
+    per_class_ap: dict[str, float | None]  # class label -> AP .50:.95 (None: no GT)
+    matches: CocoMatches  # per-image matches at every IoU threshold (for intervals)
+    stats: CocoStats
+    record: dict[str, Any]  # what produced the figures
+
+
+def class_labels(ground_truth: GroundTruth) -> dict[int, str]:
+    """Category id -> name; a name two categories share gets its id, so none is lost."""
+    names = ground_truth.category_names
+    shared = {name for name, count in Counter(names.values()).items() if count > 1}
+    return {cid: f"{name} (id {cid})" if name in shared else name for cid, name in names.items()}
+
+
+def score(ground_truth: GroundTruth, detections: Detections) -> CocoScore:
+    """COCO bbox metrics of every detection given (COCO applies no score cut)."""
+    matches = evaluate_arrays(ground_truth, detections)
+    stats = summarize(matches)
+    values = stats.stats.tolist()
+    labels = class_labels(ground_truth)
+    return CocoScore(
+        metrics={m.key: (None if values[m.stat] < 0 else values[m.stat]) for m in METRICS},
+        per_class_ap={labels[cid]: ap for cid, ap in stats.per_class_ap.items()},
+        matches=matches,
+        stats=stats,
+        record={
+            "engine": ENGINE,
+            "iou_thresholds": [round(t, 2) for t in IOU_THRESHOLDS.tolist()],
+            "recall_points": len(RECALL_THRESHOLDS),
+            "max_dets": list(MAX_DETS),
+            "area_ranges": dict(zip(AREA_LABELS, AREA_RANGES.tolist(), strict=True)),
+            "crowd": "iscrowd != 0 marks a region (ignored, IoU over the prediction's area); "
+            "the 'ignore' field is not read, as in pycocotools",
+            "score_cut": None,
+            "images": ground_truth.n_images,
+            "ground_truth_boxes": len(ground_truth.ann_ids),
+            "predictions": len(detections),
+            "degenerate_predictions": detections.degenerate,
+        },
+    )
 
 
 def coco_metrics(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Run COCOeval (bbox) and return each of tables.METRICS (0..1, None where COCO says -1) and
-    ``"classwise"``: {category name: AP at IoU .50:.95, all areas, 100 dets, or None}.
+    """Each of tables.METRICS (0..1, None where COCO says -1) and ``"classwise"``:
+    {class label: AP at IoU .50:.95, all areas, 100 dets, or None}.
 
-    No results is not an error: COCOeval then scores 0 wherever the ground truth has boxes.
-    Inputs are validated first and never modified.
+    No results is not an error: every ground-truth box is then missed. Inputs are validated
+    first and never modified; zero-width or zero-height predictions are scored (as misses).
     """
     ground_truth = parse_ground_truth(gt)
-    parse_results(results, ground_truth)
-    # Copies: COCOeval writes an "ignore" key into GT annotations, loadRes adds keys to
-    # results. COCOeval needs "iscrowd" and "area", which COCO files may leave out.
-    annotations = [
-        {"iscrowd": 0, "area": float(ann["bbox"][2]) * float(ann["bbox"][3]), **ann}
-        for ann in gt["annotations"]
-    ]
-    coco_gt = _coco(
-        {
-            "images": [dict(image) for image in gt["images"]],
-            "categories": [dict(cat) for cat in gt["categories"]],
-            "annotations": annotations,
-        }
-    )
-    with contextlib.redirect_stdout(io.StringIO()):
-        if results:
-            coco_dt = coco_gt.loadRes([dict(r) for r in results])
-        else:
-            # loadRes cannot take an empty list; an empty dataset evaluates the same way.
-            coco_dt = _coco(
-                {
-                    "images": coco_gt.dataset["images"],
-                    "categories": coco_gt.dataset["categories"],
-                    "annotations": [],
-                }
-            )
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    metrics: dict[str, Any] = {
-        m.key: (None if evaluator.stats[m.stat] < 0 else float(evaluator.stats[m.stat]))
-        for m in METRICS
-    }
-    # precision: [iou thresholds, recall points, categories, area ranges, max dets]
-    precision = evaluator.eval["precision"]
-    classwise: dict[str, float | None] = {}
-    for k, cat_id in enumerate(evaluator.params.catIds):
-        values = precision[:, :, k, 0, -1]
-        values = values[values > -1]
-        name = coco_gt.cats[cat_id].get("name", str(cat_id))
-        classwise[name] = float(np.mean(values)) if values.size else None
-    metrics["classwise"] = classwise
-    return metrics
+    found = score(ground_truth, parse_results(results, ground_truth))
+    return {**found.metrics, "classwise": found.per_class_ap}

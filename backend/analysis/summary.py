@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.analysis.inputs import parse_ground_truth, parse_results
+from backend.analysis.inputs import Detections, GroundTruth, parse_ground_truth, parse_results
 from backend.analysis.matching import (
     CLASSIFICATION,
     GtMatch,
@@ -19,7 +19,7 @@ from backend.analysis.matching import (
 from backend.analysis.tables import DEFAULTS, PREDICTION_OUTCOMES, is_error_code
 from backend.analysis.tide import ap50, class_error_counts, delta_ap, error_counts
 
-__all__ = ["Analysis", "ImageSummary", "analyze", "image_summaries"]
+__all__ = ["Analysis", "ImageSummary", "analyze", "analyze_arrays", "image_summaries"]
 
 _MISSED = len(PREDICTION_OUTCOMES)  # code for "missed" next to the prediction outcomes
 
@@ -128,7 +128,14 @@ def analyze(
 ) -> Analysis:
     """Validate, match (TIDE rules, see ``matching``), summarise and compute dAP."""
     ground_truth = parse_ground_truth(gt)
-    table = match_table(ground_truth, parse_results(results, ground_truth, score_thr=score_thr))
+    return analyze_arrays(
+        ground_truth, parse_results(results, ground_truth, score_thr=score_thr), score_thr
+    )
+
+
+def analyze_arrays(ground_truth: GroundTruth, detections: Detections, score_thr: float) -> Analysis:
+    """analyze of parsed inputs; ``detections`` already cut at score_thr (recorded as such)."""
+    table = match_table(ground_truth, detections)
     mean_ap, class_ap = ap50(table)
     return Analysis(
         score_thr=score_thr,

@@ -186,10 +186,13 @@ def delta_ap(table: MatchTable) -> dict[str, float]:
 
 
 def error_counts(table: MatchTable) -> dict[str, int]:
-    """Number of predictions per outcome plus "missed" GT."""
+    """Number of predictions per outcome; "missed": every regular GT no prediction matched;
+    "missed_not_covered": those of them no classification or localization error points at
+    (the ones the "missed" dAP removes, as TIDE defines its missed-GT error)."""
     counts = np.bincount(table.outcome, minlength=len(PREDICTION_OUTCOMES))
     result = {name: int(c) for name, c in zip(PREDICTION_OUTCOMES, counts, strict=True)}
     result["missed"] = int(table.gt_missed.sum())
+    result["missed_not_covered"] = int((table.gt_missed & ~table.gt_covered).sum())
     return result
 
 
@@ -203,11 +206,17 @@ def class_error_counts(table: MatchTable) -> dict[int, dict[str, int]]:
         pred_cat * len(PREDICTION_OUTCOMES) + table.outcome,
         minlength=n_cat * len(PREDICTION_OUTCOMES),
     ).reshape(n_cat, len(PREDICTION_OUTCOMES))
-    missed = np.bincount(np.searchsorted(cats, gt.category[table.gt_missed]), minlength=n_cat)
+
+    def per_class(mask: np.ndarray) -> list[int]:
+        return np.bincount(np.searchsorted(cats, gt.category[mask]), minlength=n_cat).tolist()
+
+    missed = per_class(table.gt_missed)
+    not_covered = per_class(table.gt_missed & ~table.gt_covered)
     return {
         int(c): {
             **{name: int(v) for name, v in zip(PREDICTION_OUTCOMES, row, strict=True)},
-            "missed": int(m),
+            "missed": m,
+            "missed_not_covered": u,
         }
-        for c, row, m in zip(cats, grid, missed, strict=True)
+        for c, row, m, u in zip(cats, grid, missed, not_covered, strict=True)
     }

@@ -1,40 +1,98 @@
-"""Per-job error analysis: computed from the stored predictions, kept per image for queries."""
+"""Scoring a job's val predictions: COCO metrics from the engine, the error analysis, and the
+per-image rows the explorer queries, from one read of the files and one parse."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import delete, insert
 from sqlalchemy.orm import Session
 
-from backend.analysis import AnalysisInputError, analyze, confusion_matrix
+from backend.analysis import AnalysisInputError
+from backend.analysis.confusion import confusion_of
+from backend.analysis.inputs import Detections, GroundTruth, parse_ground_truth, parse_results
+from backend.analysis.metrics import class_labels, score
+from backend.analysis.summary import analyze_arrays
 from backend.analysis.tables import COUNTED, DEFAULTS
-from backend.errors import Invalid
-from backend.evaluations.inputs import load_inputs
+from backend.datasets import service as dataset_service
+from backend.errors import Invalid, NotFound
+from backend.evaluations import service as evaluation_service
+from backend.evaluations.inputs import read_json, sha256_of
 from backend.evaluations.models import Evaluation, ImageError, ImageResult
+from backend.jobs import service as job_service
 
-__all__ = ["analyze_job"]
+__all__ = ["evaluate_job"]
 
 
-def analyze_job(
+def evaluate_job(
     *,
     session: Session,
     job_id: int,
+    predictions_path: str | Path | None = None,
     score_thr: float = DEFAULTS.count_score_thr,
     confusion_score_thr: float = DEFAULTS.draw_score_thr,
     iou_thr: float = DEFAULTS.confusion_iou_thr,
 ) -> Evaluation:
-    """TIDE breakdown, confusion matrix and per-image rows of a job's val predictions."""
-    inputs = load_inputs(session=session, job_id=job_id)
-    gt, results = inputs.gt, inputs.results
+    """Score a job's val predictions (those at predictions_path, else the stored ones) and
+    store metrics, record, analysis and per-image rows in place of any earlier evaluation.
+
+    Nothing stored is replaced until everything is computed. The COCO metrics use every
+    prediction; ``score_thr`` applies to the error analysis only and is stored with it."""
+    job = job_service.get(session=session, job_id=job_id)
+    if predictions_path is None:
+        path = evaluation_service.predictions_file(session=session, job_id=job_id)
+    else:
+        path = Path(predictions_path)
+    dataset = dataset_service.get(session=session, dataset_id=job.dataset_id or 0)
     try:
-        found = analyze(gt, results, score_thr=score_thr)
-        labels, matrix = confusion_matrix(
-            gt, results, score_thr=confusion_score_thr, iou_thr=iou_thr
-        )
+        gt, results = read_json(dataset.val_ann), read_json(path)
+    except FileNotFoundError as exc:
+        raise NotFound(f"a file of job {job_id}'s evaluation is gone: {exc.filename}") from None
+    try:
+        ground_truth = parse_ground_truth(gt)
+        detections = parse_results(results, ground_truth)
     except AnalysisInputError as exc:
-        raise Invalid(f"the predictions of job {job_id} cannot be analysed: {exc}") from None
-    names = inputs.category_names
-    evaluation = inputs.evaluation
-    evaluation.analysis = {
+        raise Invalid(f"the predictions of job {job_id} cannot be scored: {exc}") from None
+    coco = score(ground_truth, detections)
+    record = {**coco.record, "predictions_sha256": sha256_of(path)}
+    analysis = _analysis(
+        ground_truth,
+        detections,
+        score_thr=score_thr,
+        confusion_score_thr=confusion_score_thr,
+        iou_thr=iou_thr,
+    )
+    evaluation = evaluation_service.store(
+        session=session,
+        job_id=job_id,
+        metrics=coco.metrics,
+        per_class_ap=coco.per_class_ap,
+        predictions_path=str(path),
+        analysis=analysis.pop("summary"),
+        record=record,
+        commit=False,
+    )
+    _store_rows(session, job_id, gt, analysis["images"])
+    session.commit()
+    return evaluation
+
+
+def _analysis(
+    ground_truth: GroundTruth,
+    detections: Detections,
+    *,
+    score_thr: float,
+    confusion_score_thr: float,
+    iou_thr: float,
+) -> dict[str, Any]:
+    """The error breakdown (summary for the evaluation row) and the per-image summaries."""
+    found = analyze_arrays(ground_truth, detections.at_least(score_thr), score_thr)
+    labels, matrix = confusion_of(
+        ground_truth, detections.at_least(confusion_score_thr), iou_thr=iou_thr
+    )
+    names = class_labels(ground_truth)
+    summary = {
         "score_thr": score_thr,
         "counts": found.counts,
         "per_class": {names[cat]: counts for cat, counts in found.class_counts.items()},
@@ -47,6 +105,11 @@ def analyze_job(
             "iou_thr": iou_thr,
         },
     }
+    return {"summary": summary, "images": found.images}
+
+
+def _store_rows(session: Session, job_id: int, gt: dict[str, Any], images: list[Any]) -> None:
+    """Replace the job's per-image rows (counts, badness) and its (error type, class) index."""
     file_names = {image["id"]: image["file_name"] for image in gt["images"]}
     session.execute(delete(ImageResult).where(ImageResult.job_id == job_id))
     session.execute(delete(ImageError).where(ImageError.job_id == job_id))
@@ -60,7 +123,7 @@ def analyze_job(
             badness=s.badness,
             **{name: getattr(s, name) for name in COUNTED},
         )
-        for s in found.images
+        for s in images
     ]
     errors = [
         dict(
@@ -70,12 +133,10 @@ def analyze_job(
             category_id=category_id,
             badness=s.badness,
         )
-        for s in found.images
+        for s in images
         for error_type, category_id in s.error_pairs
     ]
     if rows:
         session.execute(insert(ImageResult), rows)
     if errors:
         session.execute(insert(ImageError), errors)
-    session.commit()
-    return evaluation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,7 +19,7 @@ from backend.evaluations.models import Evaluation
 from backend.jobs import service as job_service
 from backend.jobs.models import Job
 
-__all__ = ["EvaluationInputs", "load_inputs"]
+__all__ = ["EvaluationInputs", "load_inputs", "read_json", "sha256_of"]
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,19 @@ def _read_json(path: str, mtime_ns: int) -> Any:
         return json.load(handle)
 
 
-def _load(path: str | Path) -> Any:
-    """A JSON file, parsed once per modification (pages ask for the same files many times)."""
+def read_json(path: str | Path) -> Any:
+    """A JSON file, parsed once per modification (pages ask for the same files many times).
+    Callers must not modify what it returns."""
     return _read_json(str(path), Path(path).stat().st_mtime_ns)
+
+
+def sha256_of(path: str | Path) -> str:
+    """The file's sha256, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_inputs(*, session: Session, job_id: int) -> EvaluationInputs:
@@ -58,7 +69,7 @@ def load_inputs(*, session: Session, job_id: int) -> EvaluationInputs:
         )
     dataset = dataset_service.get(session=session, dataset_id=job.dataset_id or 0)
     try:
-        gt, results = _load(dataset.val_ann), _load(evaluation.predictions_path)
+        gt, results = read_json(dataset.val_ann), read_json(evaluation.predictions_path)
     except FileNotFoundError as exc:
         raise NotFound(f"a file of job {job_id}'s evaluation is gone: {exc.filename}") from None
     return EvaluationInputs(job=job, dataset=dataset, evaluation=evaluation, gt=gt, results=results)

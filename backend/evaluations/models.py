@@ -29,6 +29,9 @@ class Evaluation(Base):
     # error breakdown (counts, dAP), confusion matrix and the thresholds they used
     analysis: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     predictions_path: Mapped[str | None] = mapped_column(String(1024))
+    # what produced the figures: scoring engine and version, IoU thresholds, max dets, area
+    # ranges, the predictions file's sha256, counts (predictions, zero-size boxes, images)
+    record: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

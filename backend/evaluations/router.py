@@ -44,8 +44,9 @@ def recompute_analysis(
     confusion_score_thr: Threshold = DEFAULTS.draw_score_thr,
     iou_thr: Annotated[float, Query(gt=0, le=1)] = DEFAULTS.confusion_iou_thr,
 ):
-    """Recompute the error breakdown and per-image rows at other thresholds."""
-    return analysis_service.analyze_job(
+    """Score the stored predictions again (COCO metrics with the current engine, its record)
+    and recompute the error breakdown and per-image rows, at other thresholds if given."""
+    return analysis_service.evaluate_job(
         session=session,
         job_id=job_id,
         score_thr=score_thr,

@@ -9,15 +9,53 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from backend.analysis.tables import COUNTED, METRICS, OUTCOMES
 
-__all__ = ["EvaluationRead", "ImagePage", "ImageResultRead"]
+__all__ = ["AnalysisRead", "EvaluationRead", "ImagePage", "ImageResultRead"]
+
+
+class AnalysisRead(BaseModel):
+    """The error breakdown of an evaluation (TIDE's definitions, see README)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    score_thr: float | None = Field(
+        default=None,
+        description="the breakdown (counts, per_class, ap50, dAP, per-image rows) uses the "
+        "predictions with score >= score_thr; the COCO metrics always use every prediction",
+    )
+    counts: dict[str, int] | None = Field(
+        default=None,
+        description="predictions per outcome (GET /analysis/legend), plus 'missed': every "
+        "regular ground-truth box no prediction matched, and 'missed_not_covered': those "
+        "of them that no classification or localization error points at (the boxes the "
+        "'missed' dAP removes, as TIDE defines its missed error)",
+    )
+    per_class: dict[str, dict[str, int]] | None = Field(
+        default=None, description="counts per class (a prediction's class; a missed box's own)"
+    )
+    ap50: float | None = Field(
+        default=None,
+        description="TIDE's AP50 in points over the analysed predictions (no 100-per-image cap, "
+        "no area ranges): the baseline of dAP, not COCO's bbox_mAP_50",
+    )
+    dAP: dict[str, float] | None = Field(
+        default=None, description="AP50 points gained by fixing each error type alone"
+    )
+    confusion: dict[str, Any] | None = None
+    error: str | None = Field(default=None, description="why there is no breakdown")
 
 
 class _EvaluationBase(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     job_id: int
-    per_class_ap: dict[str, Any]
-    analysis: dict[str, Any] | None
+    per_class_ap: dict[str, Any] = Field(description="class -> COCO AP .50:.95 (None: no boxes)")
+    analysis: AnalysisRead | None
+    record: dict[str, Any] | None = Field(
+        description="what produced these figures: scoring engine, IoU thresholds, max dets, "
+        "area ranges, the predictions file's sha256, counts of predictions, zero-size boxes "
+        "and images (None for evaluations stored before records were kept: POST "
+        "/jobs/{id}/analysis scores them again)"
+    )
     predictions_path: str | None
     created_at: datetime
 

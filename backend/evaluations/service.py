@@ -45,16 +45,21 @@ def store(
     per_class_ap: dict[str, Any],
     predictions_path: str,
     analysis: dict[str, Any] | None = None,
+    record: dict[str, Any] | None = None,
+    commit: bool = True,
 ) -> Evaluation:
-    """Replace a job's evaluation with new figures."""
+    """Replace a job's evaluation with new figures (commit=False: within the caller's
+    transaction, so it can store more beside it atomically)."""
     session.execute(delete(Evaluation).where(Evaluation.job_id == job_id))
     evaluation = Evaluation(
         job_id=job_id,
         per_class_ap=per_class_ap,
         predictions_path=predictions_path,
         analysis=analysis,
+        record=record,
         **{metric: metrics.get(metric) for metric in METRIC_KEYS},
     )
     session.add(evaluation)
-    session.commit()
+    if commit:
+        session.commit()
     return evaluation

@@ -153,11 +153,12 @@ def test_classification_is_tested_before_duplicate() -> None:
     assert (got[1].gt_id, got[1].gt_category_id) == (2, ELLIPSE)
 
 
-def test_crowd_and_ignore_regions() -> None:
+def test_crowd_regions_and_ignore_boxes() -> None:
     gt = coco(
         [
             ann(1, CIRCLE, [0, 0, 100, 100], iscrowd=1),
             ann(1, CIRCLE, [0, 0, 10, 10]),
+            # pycocotools overwrites "ignore" with "iscrowd": an ordinary object
             ann(2, ELLIPSE, [0, 0, 100, 100], ignore=1),
         ]
     )
@@ -166,7 +167,7 @@ def test_crowd_and_ignore_regions() -> None:
         det(1, CIRCLE, [50, 50, 20, 20], 0.8),  # inside the circle crowd: ignored
         det(1, ELLIPSE, [50, 50, 20, 20], 0.7),  # crowd of another class: background
         det(1, CIRCLE, [90, 90, 20, 20], 0.6),  # IoA 0.25 with the crowd: background
-        det(2, ELLIPSE, [10, 10, 30, 30], 0.5),  # inside the ignore region: ignored
+        det(2, ELLIPSE, [10, 10, 30, 30], 0.5),  # IoU 0.09 with the ignore=1 box: background
         det(1, CIRCLE, [0, 0, 10, 10], 0.4),  # duplicate of the tp, inside the crowd
     ]
     got = outcomes(gt, results)
@@ -175,12 +176,12 @@ def test_crowd_and_ignore_regions() -> None:
         "ignored",
         "background",
         "background",
-        "ignored",
+        "background",
         "ignored",
     ]
     assert got[1].gt_id == 1 and got[1].iou == pytest.approx(1.0)
     _, gts = match_predictions(gt, results)
-    assert [(g.ignored, g.missed) for g in gts] == [(True, False), (False, False), (True, False)]
+    assert [(g.ignored, g.missed) for g in gts] == [(True, False), (False, False), (False, True)]
 
 
 def test_image_without_gt_and_image_without_predictions() -> None:
@@ -219,8 +220,8 @@ def test_score_threshold_drops_low_scores_before_matching() -> None:
         ({"score": float("nan")}, "score", "finite number"),
         ({"score": "0.9"}, "score", "finite number"),
         ({"bbox": [0, 0, float("inf"), 5]}, "bbox", "4 finite numbers"),
-        ({"bbox": [0, 0, 0, 5]}, "bbox", "width > 0 and height > 0"),
-        ({"bbox": [0, 0, 5, -1]}, "bbox", "width > 0 and height > 0"),
+        ({"bbox": [0, 0, -1, 5]}, "bbox", "width >= 0 and height >= 0"),
+        ({"bbox": [0, 0, 5, -1]}, "bbox", "width >= 0 and height >= 0"),
         ({"bbox": [0, 0, 5]}, "bbox", "[x, y, width, height]"),
         ({"bbox": None}, "bbox", "[x, y, width, height]"),
     ],
