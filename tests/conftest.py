@@ -1,6 +1,14 @@
-"""Shared fixtures: a Postgres database built by the migrations, real Redis, a shapes dataset.
+"""Shared fixtures, in tiers.
 
-Postgres and Redis are required: when either is unreachable the run fails, it never skips.
+Library tests need no service: every test gets DETLAB_* settings that point into a temporary
+folder, and nothing here connects anywhere until a test asks for it. Tests that need Postgres
+(`pg_url`, `db`, `client`, `dataset_id`) or Redis (`redis_url`, `client`) get a database created
+once per session by the migrations and a transaction rolled back after each test; when either
+server is unreachable those tests fail, they never skip.
+
+The `worker` (a Celery worker process that trains) and `api` (uvicorn in its own process)
+fixtures start processes; a test that uses either, directly or through another fixture, is
+marked `e2e` at collection, so `-m "not e2e"` starts no process.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import httpx
 import psycopg
 import pytest
 import redis
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +35,35 @@ POSTGRES_ADMIN = os.environ.get(
     "DETLAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("DETLAB_TEST_REDIS", "redis://127.0.0.1:6379/15")
+# The session's database: named up front so the settings can point at it, created only when a
+# test asks for `pg_url`. Code that reaches for the database without asking fails on its absence.
+TEST_DATABASE = f"detlab_test_{uuid.uuid4().hex[:10]}"
+TEST_DATABASE_URL = (
+    POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    + f"/{TEST_DATABASE}"
+)
+# The fixtures below that start processes; a test using either is e2e.
+PROCESS_FIXTURES = ("api", "worker")
+
+
+def _starts_a_process(item: pytest.Item) -> bool:
+    """Whether the test uses this file's `api` or `worker`, however deep in its fixtures (a
+    module's own fixture of the same name, such as test_weights_api's `api`, does not count)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for name in PROCESS_FIXTURES:
+        used = info.name2fixturedefs.get(name)
+        if used and used[-1].func.__module__ == __name__:
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _starts_a_process(item):
+            item.add_marker(pytest.mark.e2e)
 
 
 def _clear_caches() -> None:
@@ -36,44 +73,6 @@ def _clear_caches() -> None:
 
     for cached in (get_settings, get_engine, session_factory, get_client):
         cached.cache_clear()
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
-    except redis.RedisError as exc:
-        pytest.fail(
-            f"Redis is required at {REDIS_URL} and is unreachable: {exc}. Start it with: "
-            "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ''",
-            pytrace=False,
-        )
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    return REDIS_URL
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh Postgres database for this test session, schema created by `alembic upgrade`."""
-    name = f"detlab_test_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(
-            f"Postgres is required at {POSTGRES_ADMIN} and is unreachable: {exc}. Start "
-            "it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main "
-            "start",
-            pytrace=False,
-        )
-    admin.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    url = f"{base}/{name}"
-    from backend.migrate import upgrade_head
-
-    upgrade_head(url)
-    yield url
-    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
 
 
 @pytest.fixture(scope="session")
@@ -89,12 +88,15 @@ def data_root(lab_home: Path) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def lab_env(lab_home: Path, data_root: Path, pg_url: str, redis_url: str) -> Iterator[dict]:
-    """DETLAB_* variables for this process and for the worker processes tests start."""
+def lab_env(lab_home: Path, data_root: Path) -> Iterator[dict]:
+    """DETLAB_* variables for this process and the processes tests start; connects nowhere.
+
+    Autouse so that no test writes into the checkout (the default DETLAB_HOME is ./var).
+    """
     env = {
         "DETLAB_HOME": str(lab_home / "var"),
-        "DETLAB_DATABASE_URL": pg_url,
-        "DETLAB_BROKER_URL": redis_url,
+        "DETLAB_DATABASE_URL": TEST_DATABASE_URL,
+        "DETLAB_BROKER_URL": REDIS_URL,
         "DETLAB_DATA_ROOTS": str(data_root),
         "DETLAB_ARTIFACT_ROOT": str(lab_home / "artifacts"),
         # a queue of this session's own, so no other worker on the same Redis takes its jobs
@@ -113,20 +115,62 @@ def lab_env(lab_home: Path, data_root: Path, pg_url: str, redis_url: str) -> Ite
 
 
 @pytest.fixture(scope="session")
-def shapes(data_root: Path):
-    """A small shapes dataset (128 px) under the allowed data root."""
-    from backend.datasets.shapes import generate_shapes
+def redis_url() -> str:
+    """The test Redis database; the test fails when Redis is unreachable.
 
-    return generate_shapes(
-        data_root / "shapes", seed=3, num_train=48, num_val=12, image_size=(128, 128), num_classes=4
-    )
+    Never flushed: test sessions running at the same time share it, each on a queue of its own
+    (DETLAB_QUEUE), and a flush would drop the jobs another session has queued.
+    """
+    problem = None
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        problem = str(exc)
+    if problem is not None:  # failed outside the except block: one message, no traceback chain
+        pytest.fail(
+            f"Redis is required at {REDIS_URL} and is unreachable ({problem}). Start it with: "
+            "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ''",
+            pytrace=False,
+        )
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """The session's Postgres database, schema created by `alembic upgrade`; fails when
+    Postgres is unreachable."""
+    problem = None
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        problem = " ".join(str(exc).split())
+    if problem is not None:
+        pytest.fail(
+            f"Postgres is required at {POSTGRES_ADMIN} and is unreachable ({problem}). Start "
+            "it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main "
+            "start",
+            pytrace=False,
+        )
+    admin.execute(f'CREATE DATABASE "{TEST_DATABASE}"')
+    from backend.migrate import upgrade_head
+
+    upgrade_head(TEST_DATABASE_URL)
+    yield TEST_DATABASE_URL
+    admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    engine = create_engine(pg_url)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture
-def db(pg_url: str) -> Iterator[Session]:
+def db(pg_engine: Engine) -> Iterator[Session]:
     """A session inside a transaction that is rolled back after the test."""
-    engine = create_engine(pg_url)
-    with engine.connect() as connection:
+    with pg_engine.connect() as connection:
         transaction = connection.begin()
         session = Session(
             bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
@@ -134,11 +178,10 @@ def db(pg_url: str) -> Iterator[Session]:
         yield session
         session.close()
         transaction.rollback()
-    engine.dispose()
 
 
 @pytest.fixture
-def client(db: Session):
+def client(db: Session, redis_url: str):
     """The API over HTTP (in process), its requests in the test's rolled-back transaction."""
     from fastapi.testclient import TestClient
 
@@ -149,6 +192,16 @@ def client(db: Session):
     app.dependency_overrides[get_session] = lambda: db
     with TestClient(app) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def shapes(data_root: Path):
+    """A small shapes dataset (128 px) under the allowed data root."""
+    from backend.datasets.shapes import generate_shapes
+
+    return generate_shapes(
+        data_root / "shapes", seed=3, num_train=48, num_val=12, image_size=(128, 128), num_classes=4
+    )
 
 
 @pytest.fixture(scope="session")
@@ -163,8 +216,16 @@ def shapes_payload(shapes) -> dict[str, str]:
     }
 
 
+@pytest.fixture
+def dataset_id(db: Session, shapes) -> int:
+    """The shapes dataset, registered in the test's transaction."""
+    import factories
+
+    return factories.dataset(db, shapes=shapes).id
+
+
 @pytest.fixture(scope="session")
-def worker(lab_env, lab_home):
+def worker(lab_env, lab_home, pg_url, redis_url):
     """A Celery worker process, as `celery -A worker.celery_app worker` starts it."""
     log_path = lab_home / "worker.log"
     log = log_path.open("w")
@@ -200,7 +261,7 @@ def worker(lab_env, lab_home):
 
 
 @pytest.fixture(scope="session")
-def api(lab_env):
+def api(lab_env, pg_url, redis_url):
     """The API in its own process, as uvicorn serves it."""
     with socket.socket() as probe:  # a free port, so a stray server cannot answer instead
         probe.bind(("127.0.0.1", 0))

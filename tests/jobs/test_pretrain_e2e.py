@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import factories
 import pytest
 import torch
 
@@ -104,12 +105,13 @@ def test_densecl_loss_falls_and_finetune_starts_from_its_weights(
     ]
 
 
-def test_pretrain_spec_errors_are_422(api, dataset_id):
-    bad = api.post("/jobs", json={**SMALL, "method": "simclr", "dataset_id": dataset_id})
+def test_pretrain_spec_errors_are_422(client, db, shapes):
+    dataset_id = factories.dataset(db, shapes=shapes).id
+    bad = client.post("/jobs", json={**SMALL, "method": "simclr", "dataset_id": dataset_id})
     assert bad.status_code == 422 and "mocov2" in bad.text
-    uneven = api.post("/jobs", json={**SMALL, "queue_length": 20, "dataset_id": dataset_id})
+    uneven = client.post("/jobs", json={**SMALL, "queue_length": 20, "dataset_id": dataset_id})
     assert uneven.status_code == 422 and "multiple of batch_size" in uneven.text
-    both = api.post("/jobs", json={**SMALL, "dataset_id": dataset_id, "image_folder": "/tmp"})
+    both = client.post("/jobs", json={**SMALL, "dataset_id": dataset_id, "image_folder": "/tmp"})
     assert both.status_code == 422 and "exactly one of 'dataset_id'" in both.text
-    outside = api.post("/jobs", json={**SMALL, "image_folder": "/etc"})
+    outside = client.post("/jobs", json={**SMALL, "image_folder": "/etc"})
     assert outside.status_code == 422 and "outside the allowed data roots" in outside.text

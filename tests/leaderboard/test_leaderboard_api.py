@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import factories
 import pytest
 
-from backend.evaluations import service as evaluation_service
-from backend.jobs.models import Job, JobKind, JobStatus
-from backend.weights.models import Weights
+from backend.jobs.models import JobKind, JobStatus
 
 SPEC: dict[str, Any] = {
     "detector": "faster_rcnn",
@@ -27,44 +26,21 @@ SPEC: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-def dataset_id(client, shapes_payload):
-    return client.post("/datasets", json=shapes_payload).json()["id"]
-
-
 def add_job(db, dataset_id, mAP, *, status=JobStatus.succeeded, kind=JobKind.finetune, **spec):
-    job = Job(
-        kind=kind,
-        status=status,
+    return factories.finished_job(
+        db,
         dataset_id=dataset_id,
+        status=status,
+        kind=kind,
         name=f"run-{mAP}",
         spec={**SPEC, **spec},
-        weights_id=spec["init"].get("weights_id") if isinstance(spec.get("init"), dict) else None,
         config_text="x" * 10_000,
-    )
-    db.add(job)
-    db.commit()
-    evaluation_service.store(
-        session=db,
-        job_id=job.id,
         metrics={"bbox_mAP": mAP, "bbox_mAP_50": None if mAP is None else mAP + 0.2},
-        per_class_ap={},
-        predictions_path="/nowhere.json",
-    )
-    return job.id
+    ).id
 
 
 def test_ranking_filters_labels_and_paging(client, db, dataset_id):
-    weights = Weights(
-        name="moco-800ep",
-        architecture="resnet50",
-        method="mocov2",
-        source="pretrain_job",
-        path="/w.pth",
-        sha256="0" * 64,
-    )
-    db.add(weights)
-    db.commit()
+    weights = factories.weights(db, name="moco-800ep", architecture="resnet50", method="mocov2")
     best = add_job(db, dataset_id, 0.41, init={"weights_id": weights.id})
     mid = add_job(db, dataset_id, 0.37, backbone="resnet101")
     low = add_job(db, dataset_id, 0.12, init="scratch", norm="sync_bn")

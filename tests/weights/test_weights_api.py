@@ -8,11 +8,12 @@ import pickle
 import uuid
 from pathlib import Path
 
+import factories
 import pytest
 import torch
 import torchvision
 
-from backend.jobs.models import Job, JobKind, JobStatus
+from backend.jobs.models import JobKind, JobStatus
 
 
 @pytest.fixture
@@ -86,10 +87,8 @@ def test_import_becomes_an_mmdet_backbone_and_is_listed(api, resnet18_file, lab_
 
 def test_detail_lists_the_finetune_jobs_that_used_the_weights(api, db, resnet18_file):
     weights = api.post("/weights", json=_payload(resnet18_file[0])).json()
-    used = Job(kind=JobKind.finetune, name="from r18", weights_id=weights["id"], spec={})
-    other = Job(kind=JobKind.finetune, name="scratch", spec={}, status=JobStatus.succeeded)
-    db.add_all([used, other])
-    db.commit()
+    used = factories.job(db, name="from r18", weights_id=weights["id"])
+    factories.job(db, name="scratch", status=JobStatus.succeeded)
 
     detail = api.get(f"/weights/{weights['id']}").json()
 
@@ -100,9 +99,7 @@ def test_a_pretrain_jobs_backbone_is_registered_once_per_job(api, db, tmp_path):
     from backend.errors import Conflict
     from backend.weights import service
 
-    job, other = (Job(kind=JobKind.pretrain, name=n, spec={}) for n in ("moco", "detco"))
-    db.add_all([job, other])
-    db.commit()
+    job, other = (factories.job(db, kind=JobKind.pretrain, name=n) for n in ("moco", "detco"))
     produced = dict(
         session=db,
         name=f"mocov2-resnet18-job{job.id}",

@@ -1,0 +1,215 @@
+"""Rows tests need, built in the test's session: datasets, jobs, evaluations, weights.
+
+Each factory writes what the code that owns the row would write (the datasets service validates
+and counts a dataset, the evaluations service stores an evaluation), takes keyword arguments for
+what a test cares about and fills the rest with small, valid defaults. Names are unique per call,
+so a test can build several of a kind.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+from backend.datasets.models import Dataset
+from backend.evaluations.models import Evaluation, ImageResult
+from backend.jobs.models import Job, JobKind, JobStatus
+from backend.weights.models import Weights
+
+__all__ = [
+    "FINETUNE_SPEC",
+    "PRETRAIN_SPEC",
+    "dataset",
+    "evaluation",
+    "finished_job",
+    "job",
+    "weights",
+]
+
+# As the API stores a small fine-tune on the shapes dataset (dataset_id is filled in).
+FINETUNE_SPEC: dict[str, Any] = {
+    "kind": "finetune",
+    "detector": "faster_rcnn",
+    "backbone": "resnet18",
+    "neck": "fpn",
+    "init": "scratch",
+    "image_scale": [128, 128],
+    "iterations": 30,
+    "batch_size": 2,
+    "lr": 0.005,
+    "seed": 0,
+    "data_fraction": 1.0,
+    "amp": False,
+}
+PRETRAIN_SPEC: dict[str, Any] = {
+    "kind": "pretrain",
+    "method": "mocov2",
+    "backbone": "resnet18",
+    "iterations": 20,
+    "batch_size": 8,
+    "queue_length": 16,
+    "image_size": 64,
+    "seed": 0,
+}
+# the outcome counts of one image_results row, in the table's column order
+IMAGE_COUNTS = (
+    "n_gt",
+    "n_pred",
+    "tp",
+    "classification",
+    "localization",
+    "both",
+    "duplicate",
+    "background",
+    "missed",
+)
+
+_serial = itertools.count(1)
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{next(_serial)}"
+
+
+def dataset(session: Session, *, shapes: Any, name: str | None = None) -> Dataset:
+    """A dataset registered through the datasets service from generate_shapes' files."""
+    from backend.datasets import service as dataset_service
+    from backend.datasets.schemas import DatasetCreate
+
+    dataset_in = DatasetCreate(
+        name=name or _unique("shapes"),
+        train_ann=str(shapes.train_ann),
+        val_ann=str(shapes.val_ann),
+        train_images=str(shapes.train_images),
+        val_images=str(shapes.val_images),
+    )
+    return dataset_service.register(
+        session=session, dataset_in=dataset_in, roots=[Path(shapes.root).resolve()]
+    )
+
+
+def job(
+    session: Session,
+    *,
+    kind: JobKind = JobKind.finetune,
+    status: JobStatus = JobStatus.queued,
+    dataset_id: int | None = None,
+    name: str | None = None,
+    spec: dict[str, Any] | None = None,
+    **columns: Any,
+) -> Job:
+    """A job row in any status; `spec` changes the kind's small default spec.
+
+    A length in `spec` (epochs or iterations) replaces the default one; an init of
+    {"weights_id": n} sets the job's weights_id, as the jobs service does.
+    """
+    changes = spec or {}
+    full_spec = {**(FINETUNE_SPEC if kind == JobKind.finetune else PRETRAIN_SPEC), **changes}
+    for unit, other in (("epochs", "iterations"), ("iterations", "epochs")):
+        if unit in changes and other not in changes:  # a spec gives exactly one length
+            full_spec.pop(other, None)
+    if dataset_id is not None:
+        full_spec["dataset_id"] = dataset_id
+    init = full_spec.get("init")
+    if isinstance(init, dict) and "weights_id" in init:
+        columns.setdefault("weights_id", init["weights_id"])
+    row = Job(
+        kind=kind,
+        status=status,
+        dataset_id=dataset_id,
+        name=name or _unique(kind.value),
+        spec=full_spec,
+        **columns,
+    )
+    session.add(row)
+    session.commit()
+    return row
+
+
+def evaluation(
+    session: Session,
+    *,
+    job_id: int,
+    metrics: dict[str, float | None] | None = None,
+    per_class_ap: dict[str, float | None] | None = None,
+    predictions_path: str | Path = "/nowhere/predictions.bbox.json",
+    analysis: dict[str, Any] | None = None,
+    images: Iterable[dict[str, Any]] = (),
+) -> Evaluation:
+    """A job's evaluation stored by the evaluations service, with optional per-image rows.
+
+    Each of `images` needs image_id; file_name, the outcome counts and badness default to
+    "<image_id>.png", 0 and 0.0.
+    """
+    from backend.evaluations import service as evaluation_service
+
+    stored = evaluation_service.store(
+        session=session,
+        job_id=job_id,
+        metrics={"bbox_mAP": 0.5, "bbox_mAP_50": 0.7} if metrics is None else metrics,
+        per_class_ap={} if per_class_ap is None else per_class_ap,
+        predictions_path=str(predictions_path),
+        analysis=analysis,
+    )
+    rows = [
+        {
+            "job_id": job_id,
+            "file_name": f"{image['image_id']}.png",
+            "badness": 0.0,
+            **dict.fromkeys(IMAGE_COUNTS, 0),
+            **image,
+        }
+        for image in images
+    ]
+    if rows:
+        session.execute(insert(ImageResult), rows)
+        session.commit()
+    return stored
+
+
+def finished_job(
+    session: Session,
+    *,
+    dataset_id: int,
+    status: JobStatus = JobStatus.succeeded,
+    metrics: dict[str, float | None] | None = None,
+    predictions_path: str | Path = "/nowhere/predictions.bbox.json",
+    **job_fields: Any,
+) -> Job:
+    """A job that ran to `status` (succeeded) with its evaluation, as the worker leaves it."""
+    row = job(session, dataset_id=dataset_id, status=status, **job_fields)
+    evaluation(session, job_id=row.id, metrics=metrics, predictions_path=predictions_path)
+    return row
+
+
+def weights(
+    session: Session,
+    *,
+    name: str | None = None,
+    architecture: str = "resnet18",
+    method: str = "mocov2",
+    producing_job_id: int | None = None,
+    path: str | Path = "/nowhere/weights.pth",
+    sha256: str = "0" * 64,
+    report: dict[str, Any] | None = None,
+) -> Weights:
+    """A weights entry: produced by a pretrain job when producing_job_id is given, else an
+    imported torchvision checkpoint."""
+    row = Weights(
+        name=name or _unique(f"{method}-{architecture}"),
+        architecture=architecture,
+        method=method,
+        source="pretrain_job" if producing_job_id is not None else "torchvision",
+        path=str(path),
+        sha256=sha256,
+        producing_job_id=producing_job_id,
+        report=report or {},
+    )
+    session.add(row)
+    session.commit()
+    return row
