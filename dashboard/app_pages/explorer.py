@@ -11,17 +11,16 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import api, views
+from dashboard import cached, views
 from dashboard.client import ApiError
 
 PAGE_SIZE = 24
 SORTS = {"worst": "worst first", "best": "best first", "image_id": "by image id"}
 SHOW = {"gt": "ground truth", "tp": "true positives", "errors": "errors"}
-DEFAULT_SCORE_THR = 0.3
 
 
 def image_caption(item: dict[str, Any]) -> str:
-    errors = sum(item[kind] for kind in views.ERROR_TYPES if kind != "missed")
+    errors = sum(item[kind] for kind in views.error_types(side="prediction"))
     return f"{item['file_name']} · {item['tp']} TP · {errors} errors · {item['missed']} missed"
 
 
@@ -35,7 +34,7 @@ def first_page() -> None:
 
 def counting_threshold(evaluation: dict[str, Any]) -> float:
     """The score from which the analysis counted predictions (its per-image error counts)."""
-    return float((evaluation.get("analysis") or {}).get("score_thr", DEFAULT_SCORE_THR))
+    return float(evaluation["analysis"]["score_thr"])
 
 
 def error_filter_changed(counted_from: float) -> None:
@@ -44,7 +43,7 @@ def error_filter_changed(counted_from: float) -> None:
     the default); clearing it restores the default."""
     first_page()
     chosen = st.session_state.get("explorer-error")
-    st.session_state["explorer-thr"] = counted_from if chosen else DEFAULT_SCORE_THR
+    st.session_state["explorer-thr"] = counted_from if chosen else views.default_score_thr()
 
 
 def close_image() -> None:
@@ -55,8 +54,8 @@ def close_image() -> None:
 def enlarged(job_id: int, image_id: int, *, score_thr: float, show: str) -> None:
     """The overlay at full size, its box list and the legend of the colours."""
     try:
-        found = api.detections(job_id, image_id)
-        png = api.overlay(job_id, image_id, score_thr=score_thr, show=show)
+        found = cached.detections(job_id, image_id)
+        png = cached.overlay(job_id, image_id, score_thr=score_thr, show=show)
     except ApiError as err:
         views.show_api_error(err, doing=f"load image {image_id}")
         return
@@ -85,7 +84,7 @@ def drawn_outcomes(show: str) -> set[str]:
     """The prediction outcomes an overlay's `show` draws ("errors" is every error type)."""
     outcomes: set[str] = set()
     for part in show.split(","):
-        outcomes |= set(views.ERROR_TYPES) if part == "errors" else {part}
+        outcomes |= set(views.error_types()) if part == "errors" else {part}
     return outcomes
 
 
@@ -101,8 +100,10 @@ def box_table(detections: list[dict[str, Any]]):
         }
     )
 
+    colours = views.box_colours()
+
     def colour(outcome: str) -> str:
-        rgb = views.OUTCOME_COLORS.get(outcome)
+        rgb = colours.get(outcome)
         return f"background-color: rgba{(*rgb, 0.35)}" if rgb else ""
 
     return frame.style.map(colour, subset=["outcome"]).format(
@@ -111,9 +112,7 @@ def box_table(detections: list[dict[str, Any]]):
 
 
 def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
-    classes = [c["name"] for c in api.dataset(job["dataset_id"])["stats"]["categories"]]
-    counts = (evaluation.get("analysis") or {}).get("counts")
-    error_types = [kind for kind in views.ERROR_TYPES if not counts or kind in counts]
+    classes = [c["name"] for c in cached.dataset(job["dataset_id"])["stats"]["categories"]]
     class_col, error_col, sort_col, thr_col = st.columns([2, 2, 2, 3])
     chosen = {
         "category": class_col.selectbox(
@@ -125,7 +124,7 @@ def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
         ),
         "error_type": error_col.selectbox(
             "Error type",
-            [None, *error_types],
+            [None, *views.error_types()],
             format_func=lambda e: e or "any outcome",
             key="explorer-error",
             on_change=error_filter_changed,
@@ -136,7 +135,7 @@ def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
         ),
     }
     score_thr = thr_col.slider(
-        "Score threshold", 0.0, 1.0, DEFAULT_SCORE_THR, 0.05, key="explorer-thr"
+        "Score threshold", 0.0, 1.0, views.default_score_thr(), 0.05, key="explorer-thr"
     )
     shown = st.pills(
         "Draw",
@@ -156,13 +155,13 @@ def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
 
 
 st.title("Predictions explorer")
-finished = api.jobs(status="succeeded", kind="finetune", limit=200)["items"]
+finished = cached.jobs(status="succeeded", kind="finetune", limit=200)["items"]
 job = views.pick_job(finished, key="explorer-job")
 if job is None:
     st.info("No fine-tune job has succeeded yet; its predictions appear here when one does.")
     st.stop()
-evaluation = api.evaluation(job["id"])
-if api.has_endpoint("/jobs/{job_id}/images") and not evaluation.get("analysis"):
+evaluation = cached.evaluation(job["id"])
+if not evaluation["analysis"]:
     st.info(
         f"Job #{job['id']} has no error analysis yet, so its images cannot be sorted or "
         "filtered by outcome; the API computes it when a job succeeds."
@@ -172,13 +171,7 @@ chosen = filters(job, evaluation)
 score_thr, show = chosen.pop("score_thr"), chosen.pop("show")
 
 page = st.session_state.get("explorer-page", 1)
-try:
-    listing = api.images(job["id"], **chosen, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
-except ApiError as err:
-    if not err.missing_endpoint:
-        raise
-    views.show_not_available("The predictions explorer", "/jobs/{job_id}/images")
-    st.stop()
+listing = cached.images(job["id"], **chosen, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
 
 if not listing["items"]:
     if page > 1:  # past the end after a change of run: back to the first page
@@ -199,36 +192,23 @@ st.caption(
     f"from score {score_thr:.2f}. Enlarge an image to see its boxes."
 )
 views.outcome_legend()
-area = st.empty()
-with area.container():
-    grid = st.grid(4, border=True, key="explorer-grid")
-    slots = []
-    for item in listing["items"]:
-        with grid.cell():
-            slots.append(st.skeleton(height=180))
-            st.button(
-                "Enlarge",
-                key=f"enlarge-{item['image_id']}",
-                on_click=open_image,
-                args=(item["image_id"],),
-                icon=":material/zoom_in:",
-            )
-try:
-    # each tile appears as soon as the API has rendered it
-    for position, tile in api.overlay_tiles(
-        [(job["id"], item["image_id"]) for item in listing["items"]],
-        score_thr=score_thr,
-        show=show,
-    ):
-        slots[position].image(
-            tile, caption=image_caption(listing["items"][position]), width="stretch"
+grid = st.grid(4, border=True, key="explorer-grid")
+slots = []
+for item in listing["items"]:
+    with grid.cell():
+        slots.append(st.skeleton(height=180))
+        st.button(
+            "Enlarge",
+            key=f"enlarge-{item['image_id']}",
+            on_click=open_image,
+            args=(item["image_id"],),
+            icon=":material/zoom_in:",
         )
-except ApiError as err:
-    if not err.missing_endpoint:
-        raise
-    area.empty()
-    views.show_not_available("Overlays", "/jobs/{job_id}/images/{image_id}/overlay.png")
-    st.stop()
+# each tile appears as soon as the API has rendered it
+for position, tile in cached.overlay_tiles(
+    [(job["id"], item["image_id"]) for item in listing["items"]], score_thr=score_thr, show=show
+):
+    slots[position].image(tile, caption=image_caption(listing["items"][position]), width="stretch")
 pages = -(-listing["total"] // PAGE_SIZE)
 if pages > 1:
     st.pagination(pages, key="explorer-page")

@@ -14,11 +14,10 @@ import pandas as pd
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from dashboard import api, views
+from dashboard import cached, views
 from dashboard.client import ApiError, describe_detail
 
 HISTORY_PAGE = 50
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 INIT_CHOICES = {
     "checkpoint": "checkpoint file",
     "weights_id": "registered weights",
@@ -29,8 +28,8 @@ INIT_CHOICES = {
 def active_jobs() -> None:
     """Running jobs with a progress bar and ETA, then the queue; refreshed every 2 s."""
     try:
-        running = api.jobs(live=True, status="running", limit=100)["items"]
-        queued = api.jobs(live=True, status="queued", limit=100)["items"]
+        running = cached.jobs(live=True, status="running", limit=100)["items"]
+        queued = cached.jobs(live=True, status="queued", limit=100)["items"]
     except ApiError as err:
         views.show_api_error(err, doing="load the running and queued jobs")
         return
@@ -38,7 +37,7 @@ def active_jobs() -> None:
     finished = st.session_state.get("jobs-active-ids", set()) - active_ids
     st.session_state["jobs-active-ids"] = active_ids
     if finished:  # the history below changed: rerun the whole page, not only this part
-        api.forget_lists()
+        cached.forget_lists()
         st.rerun(scope="app")
 
     if not active_ids:
@@ -60,7 +59,7 @@ def job_row(job: dict[str, Any], *, bar: bool, position: int | None = None) -> N
         cancel.caption("stopping…")
     elif cancel.button("Cancel", key=f"cancel-{job['id']}"):
         try:
-            api.cancel_job(job["id"])
+            cached.cancel_job(job["id"])
         except ApiError as err:
             st.warning(f"Job #{job['id']} was not cancelled: {describe_detail(err.detail)}")
         else:
@@ -81,7 +80,7 @@ def progress_text(job: dict[str, Any]) -> str:
 def history_table(options: dict[str, Any], datasets: dict[int, str]) -> None:
     status_col, kind_col, dataset_col = st.columns(3)
     status = status_col.selectbox(
-        "Status", [None, *STATUSES], format_func=lambda s: s or "any", key="jobs-status"
+        "Status", [None, *options["status"]], format_func=lambda s: s or "any", key="jobs-status"
     )
     kind = kind_col.selectbox(
         "Kind", [None, *options["kind"]], format_func=lambda k: k or "any", key="jobs-kind"
@@ -93,7 +92,7 @@ def history_table(options: dict[str, Any], datasets: dict[int, str]) -> None:
         key="jobs-dataset",
     )
     page = st.session_state.get("jobs-page", 1)
-    listing = api.jobs(
+    listing = cached.jobs(
         status=status,
         kind=kind,
         dataset=dataset,
@@ -271,16 +270,17 @@ def finetune_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str
 
 def pretrain_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str, Any] | None:
     """The self-supervised pretraining form; returns the spec when it is submitted."""
-    defaults = options.get("pretrain_defaults", {})
-    methods = options.get("method", [defaults.get("method")])
-    backbones = options.get("pretrain_backbone", [defaults.get("backbone")])
+    defaults = options["pretrain_defaults"]
+    methods, backbones = options["method"], options["pretrain_backbone"]
     with st.form("submit-pretrain"):
         name = st.text_input("Name (optional)", key="pretrain-name")
         method_col, backbone_col, source_col = st.columns([1, 1, 2])
         values: dict[str, Any] = {
-            "method": method_col.selectbox("Method", methods),
+            "method": method_col.selectbox(
+                "Method", methods, index=methods.index(defaults["method"])
+            ),
             "backbone": backbone_col.selectbox(
-                "Backbone", backbones, index=backbones.index(defaults.get("backbone", backbones[0]))
+                "Backbone", backbones, index=backbones.index(defaults["backbone"])
             ),
         }
         source = source_col.radio(
@@ -315,8 +315,6 @@ def pretrain_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str
         }
         more = st.columns(4)
         for position, (field, (label, column, step)) in enumerate(numbers.items()):
-            if field not in defaults:
-                continue
             place = column or more[position % 4]
             values[field] = place.number_input(
                 label,
@@ -326,7 +324,7 @@ def pretrain_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str
                 format="%.6g" if isinstance(defaults[field], float) else "%d",
             )
         values["amp"] = st.checkbox(
-            "Mixed precision (amp)", value=defaults.get("amp", False), key="pretrain-amp"
+            "Mixed precision (amp)", value=defaults["amp"], key="pretrain-amp"
         )
         if not st.form_submit_button("Submit pretraining job", type="primary"):
             return None
@@ -348,28 +346,21 @@ def without_defaults(spec: dict[str, Any], defaults: dict[str, Any]) -> dict[str
 
 
 def weights_choice(place: DeltaGenerator) -> int | None:
-    """A registered weights entry, or its id typed in when the API cannot list them yet."""
-    if api.has_endpoint("/weights"):
-        try:
-            registered = {w["id"]: w for w in api.weights()}
-        except ApiError:
-            registered = {}
-        if registered:
-            return place.selectbox(
-                "Weights (for registered weights)",
-                list(registered),
-                format_func=lambda i: f"#{i} {registered[i].get('name', '')}",
-                key="finetune-weights_id",
-            )
-    return place.number_input(
-        "Weights id (for registered weights)", value=1, step=1, key="finetune-weights_id"
+    """One of the registered weights; None when none is registered yet."""
+    names = views.weights_names()
+    return place.selectbox(
+        "Weights (for registered weights)",
+        list(names),
+        format_func=lambda i: f"#{i} {names[i]}",
+        placeholder="none registered yet",
+        key="finetune-weights_id",
     )
 
 
 def json_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str, Any] | None:
     """Any kind of job the API accepts, written as its JSON spec."""
     kind = st.selectbox("Kind", options["kind"], key="json-kind")
-    defaults = options.get("defaults" if kind == "finetune" else f"{kind}_defaults", {})
+    defaults = options["defaults" if kind == "finetune" else f"{kind}_defaults"]
     example = {"kind": kind, "dataset_id": next(iter(datasets), 1), "epochs": 12, **defaults}
     with st.form("submit-json"):
         text = st.text_area(
@@ -390,7 +381,7 @@ def json_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str, An
 
 def submit(spec: dict[str, Any]) -> None:
     try:
-        job = api.submit_job(spec)
+        job = cached.submit_job(spec)
     except ApiError as err:
         if err.status == 422:
             st.error(f"The API refused this job:\n\n{describe_detail(err.detail)}")
@@ -404,8 +395,8 @@ def submit(spec: dict[str, Any]) -> None:
 
 
 st.title("Jobs")
-options = api.job_options()
-datasets = {d["id"]: d["name"] for d in api.datasets()}
+options = cached.job_options()
+datasets = {d["id"]: d["name"] for d in cached.datasets()}
 
 st.subheader("Running and queued")
 active_jobs()
@@ -414,14 +405,14 @@ st.subheader("Submit a job")
 if not datasets:
     st.info("Register a dataset (`POST /datasets`) before submitting jobs.")
 else:
-    forms = {"finetune": ("Fine-tune", finetune_form), "pretrain": ("Pretrain", pretrain_form)}
-    offered = [kind for kind in forms if kind in options["kind"]]
-    tabs = st.tabs([forms[kind][0] for kind in offered] + ["Spec as JSON (any kind)"])
-    spec = None
-    for tab, kind in zip(tabs, offered, strict=False):
-        with tab:
-            spec = forms[kind][1](options, datasets) or spec
-    with tabs[-1]:
+    finetune_tab, pretrain_tab, json_tab = st.tabs(
+        ["Fine-tune", "Pretrain", "Spec as JSON (any kind)"]
+    )
+    with finetune_tab:
+        spec = finetune_form(options, datasets)
+    with pretrain_tab:
+        spec = pretrain_form(options, datasets) or spec
+    with json_tab:
         spec = json_form(options, datasets) or spec
     if spec is not None:
         submit(spec)

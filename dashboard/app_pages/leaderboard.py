@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import api, views
+from dashboard import cached, views
 
 # The API returns up to 10,000 rows a call; the table, its filters and the chart work on the
 # best ones by the ranking metric.
@@ -28,13 +28,14 @@ FILTERS = {
 GROUPINGS = {"backbone": "Backbone", "init": "Init"}
 
 
-def leaderboard_frame(items: list[dict]) -> pd.DataFrame:
-    """One row per run: a link, its AP figures in points and its spec's axes."""
+def leaderboard_frame(items: list[dict], labels: dict[str, str]) -> pd.DataFrame:
+    """One row per run: a link, its AP figures in points (under their `labels`) and its spec's
+    axes."""
     rows = pd.DataFrame(items)
     frame = pd.DataFrame({"run": "run?job=" + rows["job_id"].astype(str)})
     frame["job_id"] = rows["job_id"]
     frame["name"] = rows["name"].fillna("")
-    for metric, label in views.METRIC_LABELS.items():
+    for metric, label in labels.items():
         values = pd.to_numeric(rows[metric], errors="coerce")
         frame[label] = (100 * values.where(values >= 0)).round(1)
     for axis in ("detector", "backbone", "init", "neck"):
@@ -96,17 +97,13 @@ def metric_by_group(frame: pd.DataFrame, *, metric: str, group: str) -> go.Figur
 
 
 st.title("Leaderboard")
-dataset = views.pick_dataset(api.datasets(), key="leaderboard-dataset")
+dataset = views.pick_dataset(cached.datasets(), key="leaderboard-dataset")
 if dataset is None:
     st.stop()
 
-metric = st.selectbox(
-    "Rank by",
-    list(views.METRIC_LABELS),
-    format_func=views.METRIC_LABELS.get,
-    key="leaderboard-metric",
-)
-board = api.leaderboard(dataset=dataset["id"], metric=metric, limit=ROW_LIMIT)
+labels = views.metric_labels()
+metric = st.selectbox("Rank by", list(labels), format_func=labels.get, key="leaderboard-metric")
+board = cached.leaderboard(dataset=dataset["id"], metric=metric, limit=ROW_LIMIT)
 if not board["items"]:
     st.info(
         f"No fine-tune job on {dataset['name']} has finished yet. Submit one on the Jobs "
@@ -115,8 +112,8 @@ if not board["items"]:
     st.page_link("app_pages/jobs.py", label="Go to Jobs", icon=":material/manufacturing:")
     st.stop()
 
-runs = filter_rows(leaderboard_frame(board["items"]))
-label = views.METRIC_LABELS[metric]
+runs = filter_rows(leaderboard_frame(board["items"], labels))
+label = labels[metric]
 shown = f"{len(runs):,} of {board['total']:,} finished runs"
 if board["total"] > len(board["items"]):
     shown += f" (the best {len(board['items']):,} by {label} are loaded)"
@@ -132,7 +129,7 @@ selection = st.dataframe(
     column_order=[
         "run",
         "name",
-        *views.METRIC_LABELS.values(),
+        *labels.values(),
         "detector",
         "backbone",
         "init",
@@ -148,10 +145,7 @@ selection = st.dataframe(
     ],
     column_config={
         "run": st.column_config.LinkColumn("Run", display_text=r"job=(\d+)", width="small"),
-        **{
-            name: st.column_config.NumberColumn(name, format="%.1f")
-            for name in views.METRIC_LABELS.values()
-        },
+        **{name: st.column_config.NumberColumn(name, format="%.1f") for name in labels.values()},
         "lr": st.column_config.NumberColumn("lr", format="%g"),
         "finished": st.column_config.DatetimeColumn("finished", format="YYYY-MM-DD HH:mm"),
     },

@@ -15,11 +15,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import api, views
+from dashboard import cached, views
 from dashboard.client import ApiError, describe_detail
 
 ACTIVE = ("queued", "running")
-PREDICTIONS_PATH = "/jobs/{job_id}/predictions"
 
 
 def line_figure(
@@ -57,7 +56,7 @@ def line_figure(
 def training_curves(job: dict[str, Any]) -> None:
     """Loss components and lr over iterations, validation AP over epochs."""
     finished = job["status"] not in ACTIVE
-    series = api.metrics(job["id"], finished=finished)
+    series = cached.metrics(job["id"], finished=finished)
     if not series:
         st.caption("No metric reported yet; the worker writes them as it trains.")
         return
@@ -95,7 +94,7 @@ def training_curves(job: dict[str, Any]) -> None:
 def progress_section(job_id: int) -> None:
     """Status, progress and curves; reruns every 5 s while the job is queued or running."""
     try:
-        job = api.job(job_id, live=True)
+        job = cached.job(job_id, live=True)
         show_progress(job)
     except ApiError as err:  # a fragment's rerun is not under app.py's error handling
         views.show_api_error(err, doing=f"refresh job #{job_id}")
@@ -118,9 +117,8 @@ def show_progress(job: dict[str, Any]) -> None:
 
 
 def final_metrics(evaluation: dict[str, Any]) -> None:
-    for column, (metric, label) in zip(
-        st.columns(len(views.METRIC_LABELS)), views.METRIC_LABELS.items(), strict=True
-    ):
+    labels = views.metric_labels()
+    for column, (metric, label) in zip(st.columns(len(labels)), labels.items(), strict=True):
         column.metric(label, views.format_ap(evaluation[metric]))
 
 
@@ -154,14 +152,13 @@ def error_breakdown(analysis: dict[str, Any]) -> None:
     """dAP per error type (AP50 gained by fixing it) and how many of each there are."""
     dap = sorted(analysis.get("dAP", {}).items(), key=lambda item: -item[1])
     counts = analysis.get("counts", {})
+    colours = views.box_colours()
     left, right = st.columns([3, 2])
     figure = go.Figure(
         go.Bar(
             x=[kind for kind, _ in dap],
             y=[value for _, value in dap],
-            marker_color=[
-                f"rgb{views.OUTCOME_COLORS.get(kind, (128, 128, 128))}" for kind, _ in dap
-            ],
+            marker_color=[f"rgb{colours.get(kind, (128, 128, 128))}" for kind, _ in dap],
             text=[f"{value:.2f}" for _, value in dap],
         )
     )
@@ -213,7 +210,7 @@ def downloads(job: dict[str, Any], evaluation: dict[str, Any] | None) -> None:
     try:
         config_col.download_button(
             "mmdet config",
-            api.config(job["id"]),
+            cached.config(job["id"]),
             file_name=f"job_{job['id']}_config.py",
             mime="text/x-python",
             icon=":material/download:",
@@ -230,26 +227,20 @@ def downloads(job: dict[str, Any], evaluation: dict[str, Any] | None) -> None:
             mime="application/json",
             icon=":material/download:",
         )
-        if api.has_endpoint(PREDICTIONS_PATH):
-            predictions_col.download_button(
-                "predictions (COCO results JSON)",
-                functools.partial(api.client().predictions, job["id"]),
-                file_name=f"job_{job['id']}_predictions.bbox.json",
-                mime="application/json",
-                icon=":material/download:",
-            )
-        else:
-            predictions_col.caption(
-                f"Predictions file download: not available yet (this API does not serve "
-                f"`{PREDICTIONS_PATH}`). On the server: `{evaluation['predictions_path']}`"
-            )
+        predictions_col.download_button(
+            "predictions (COCO results JSON)",
+            functools.partial(cached.client().predictions, job["id"]),
+            file_name=f"job_{job['id']}_predictions.bbox.json",
+            mime="application/json",
+            icon=":material/download:",
+        )
 
 
 def read_evaluation(job: dict[str, Any]) -> dict[str, Any] | None:
     if job["status"] != "succeeded" or job["kind"] != "finetune":
         return None
     try:
-        return api.evaluation(job["id"])
+        return cached.evaluation(job["id"])
     except ApiError as err:
         if err.status != 404:
             raise
@@ -258,11 +249,11 @@ def read_evaluation(job: dict[str, Any]) -> dict[str, Any] | None:
 
 
 st.title("Run detail")
-job = views.pick_job(api.jobs(limit=200)["items"], key="run-job")
+job = views.pick_job(cached.jobs(limit=200)["items"], key="run-job")
 if job is None:
     st.info("No job submitted yet. Submit one on the Jobs page.")
     st.stop()
-job = api.job(job["id"], live=job["status"] in ACTIVE)
+job = cached.job(job["id"], live=job["status"] in ACTIVE)
 spec = job["spec"]
 
 st.header(views.job_label(job))

@@ -63,9 +63,6 @@ def seed_runs(api: httpx.Client, wait_job: Callable[..., dict], shapes_payload: 
     for name, job in runs.items():
         job = wait_job(job["id"])
         assert job["status"] == "succeeded", job["error"]
-        evaluation = api.get(f"/jobs/{job['id']}/evaluation").json()
-        if evaluation["analysis"] is None:  # an API whose worker leaves it to be asked for
-            api.post(f"/jobs/{job['id']}/analysis")
         runs[name] = job
     return Seeded(dataset_id=dataset["id"], job_a=runs["dash-a"], job_b=runs["dash-b"])
 

@@ -30,6 +30,8 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = ROOT / "test-artifacts"
 
+pytestmark = pytest.mark.browser
+
 
 @pytest.fixture(scope="module")
 def seeded(api, worker, wait_job, shapes_payload):
@@ -144,13 +146,7 @@ def test_predictions_explorer_in_a_browser(page, dashboard_url, seeded, api):
     page.goto(f"{dashboard_url}/explorer?job={job_id}")
     main = page.get_by_test_id("stMain")
     main.get_by_role("heading", name="Predictions explorer").wait_for()
-    listing = api.get(f"/jobs/{job_id}/images", params={"limit": 24})
-    if listing.status_code == 404 and listing.json()["detail"] == "Not Found":
-        main.get_by_text("is not available yet").wait_for()
-        screenshot(page, "explorer")
-        return
-
-    items = listing.json()["items"]
+    items = api.get(f"/jobs/{job_id}/images", params={"limit": 24}).json()["items"]
     tiles = main.get_by_test_id("stImage").locator("img")
     page.wait_for_function(
         "n => [...document.querySelectorAll('[data-testid=stMain] [data-testid=stImage] img')]"
@@ -164,7 +160,8 @@ def test_predictions_explorer_in_a_browser(page, dashboard_url, seeded, api):
     main.get_by_role("button", name="Enlarge").first.click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_text(f"{items[0]['file_name']}").first.wait_for()
-    dialog.get_by_text("Predictions with score ≥ 0.30").wait_for()
+    drawn_from = api.get("/analysis/legend").json()["defaults"]["draw_score_thr"]
+    dialog.get_by_text(f"Predictions with score ≥ {drawn_from:.2f}").wait_for()
     dialog.get_by_role("columnheader", name="outcome").wait_for()  # the box list
     page.wait_for_function(
         "() => [...document.querySelectorAll('[role=dialog] img')]"

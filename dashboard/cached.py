@@ -1,8 +1,8 @@
-"""The pages' view of the API: one client per API URL, reads cached for a short while.
+"""Cached reads of the API, as the pages use them: one client per API URL.
 
 Each read is cached by (API URL, call, arguments), so pointing the dashboard at another API
 never shows the first one's data. Failed calls are not cached: they raise `ApiError` again on
-the next run. Writes (submit, cancel) go straight to the client and clear the caches.
+the next run. Writes (submit, cancel) go straight to the client and clear the cached lists.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from typing import Any
 import streamlit as st
 from PIL import Image
 
-from dashboard.client import DEFAULT_API_URL, ApiClient, ApiError
+from dashboard.client import DEFAULT_API_URL, ApiClient
 
 __all__ = [
-    "ApiError",
     "api_url",
     "cancel_job",
     "client",
@@ -28,15 +27,14 @@ __all__ = [
     "dataset",
     "datasets",
     "detections",
-    "endpoints",
     "evaluation",
     "forget_lists",
-    "has_endpoint",
     "images",
     "job",
     "job_options",
     "jobs",
     "leaderboard",
+    "legend",
     "metrics",
     "overlay",
     "overlay_tiles",
@@ -71,7 +69,7 @@ def client() -> ApiClient:
 
 
 # Freshness: live progress (1 s), lists that change as jobs finish (15 s), and results of
-# finished jobs or the API's own description, which do not change (10 min).
+# finished jobs or the API's own vocabulary (options, legend), which do not change (10 min).
 @st.cache_data(ttl=1, show_spinner=False, max_entries=200)
 def _live(base_url: str, call: str, kwargs: dict[str, Any]) -> Any:
     return getattr(_client(base_url), call)(**kwargs)
@@ -87,18 +85,6 @@ def _lasting(base_url: str, call: str, kwargs: dict[str, Any]) -> Any:
     return getattr(_client(base_url), call)(**kwargs)
 
 
-def endpoints() -> set[str]:
-    return _lasting(api_url(), "endpoints", {})
-
-
-def has_endpoint(path: str) -> bool:
-    """Whether the API serves this path (e.g. "/jobs/{job_id}/images"); False if unreachable."""
-    try:
-        return path in endpoints()
-    except ApiError:
-        return False
-
-
 def datasets() -> list[dict[str, Any]]:
     return _recent(api_url(), "datasets", {})
 
@@ -108,7 +94,13 @@ def dataset(dataset_id: int) -> dict[str, Any]:
 
 
 def job_options() -> dict[str, Any]:
+    """What a job may be: kinds, statuses, detectors, ... and the spec's defaults."""
     return _lasting(api_url(), "job_options", {})
+
+
+def legend() -> dict[str, Any]:
+    """The analysis' vocabulary: outcomes and their colours, metric labels, default thresholds."""
+    return _lasting(api_url(), "legend", {})
 
 
 def weights() -> list[dict[str, Any]]:
