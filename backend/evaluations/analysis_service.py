@@ -18,7 +18,7 @@ from backend.analysis.tables import COUNTED, DEFAULTS
 from backend.datasets import service as dataset_service
 from backend.errors import Invalid, NotFound
 from backend.evaluations import service as evaluation_service
-from backend.evaluations.inputs import read_json, sha256_of
+from backend.evaluations.inputs import NotJson, read_json, sha256_of
 from backend.evaluations.models import Evaluation, ImageError, ImageResult
 from backend.jobs import service as job_service
 
@@ -49,6 +49,8 @@ def evaluate_job(
         gt, results = read_json(dataset.val_ann), read_json(path)
     except FileNotFoundError as exc:
         raise NotFound(f"a file of job {job_id}'s evaluation is gone: {exc.filename}") from None
+    except NotJson as exc:
+        raise Invalid(f"the predictions of job {job_id} cannot be scored: {exc}") from None
     try:
         ground_truth = parse_ground_truth(gt)
         detections = parse_results(results, ground_truth)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -14,12 +15,16 @@ from sqlalchemy.orm import Session
 
 from backend.datasets import service as dataset_service
 from backend.datasets.models import Dataset
-from backend.errors import Conflict, NotFound
+from backend.errors import Conflict, Invalid, NotFound
 from backend.evaluations.models import Evaluation
 from backend.jobs import service as job_service
 from backend.jobs.models import Job
 
-__all__ = ["EvaluationInputs", "load_inputs", "read_json", "sha256_of"]
+__all__ = ["EvaluationInputs", "NotJson", "load_inputs", "read_json", "sha256_of"]
+
+
+class NotJson(ValueError):
+    """A file that should hold JSON does not."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,15 @@ class EvaluationInputs:
 def _read_json(path: str, mtime_ns: int) -> Any:
     # orjson parses a 500k-box results file about 4x faster than the json module
     with open(path, "rb") as handle:
-        return orjson.loads(handle.read())
+        data = handle.read()
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # Python's json also reads NaN and Infinity, which then fail validation by name
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise NotJson(f"{path} is not a JSON file: {exc}") from None
 
 
 def read_json(path: str | Path) -> Any:
@@ -73,4 +86,6 @@ def load_inputs(*, session: Session, job_id: int) -> EvaluationInputs:
         gt, results = read_json(dataset.val_ann), read_json(evaluation.predictions_path)
     except FileNotFoundError as exc:
         raise NotFound(f"a file of job {job_id}'s evaluation is gone: {exc.filename}") from None
+    except NotJson as exc:
+        raise Invalid(str(exc)) from None
     return EvaluationInputs(job=job, dataset=dataset, evaluation=evaluation, gt=gt, results=results)

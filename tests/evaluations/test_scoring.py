@@ -117,6 +117,17 @@ def test_predictions_that_cannot_be_scored_keep_the_stored_evaluation(
     assert stored.bbox_mAP == 0.42 and stored.predictions_path == str(path)
 
 
+def test_a_file_that_is_not_json_is_a_422(client, db, dataset_id, tmp_path):
+    path = tmp_path / "predictions.bbox.json"
+    path.write_text('[{"image_id": 1, "category_id": 1,')
+    job = factories.finished_job(db, dataset_id=dataset_id, predictions_path=path)
+
+    response = client.post(f"/jobs/{job.id}/analysis")
+
+    assert response.status_code == 422
+    assert "is not a JSON file" in response.json()["detail"]["message"]
+
+
 def test_the_workers_end_of_job_step_stores_a_job_with_a_zero_width_box(
     db, dataset_id, val, tmp_path
 ):
