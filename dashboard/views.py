@@ -53,6 +53,11 @@ def error_types(*, side: str | None = None) -> list[str]:
     ]
 
 
+def show_groups() -> dict[str, tuple[str, list[str]]]:
+    """What an overlay can be asked to draw: group name -> (label, the box kinds in it)."""
+    return {g["name"]: (g["label"], g["members"]) for g in cached.legend()["show_groups"]}
+
+
 def default_score_thr() -> float:
     """The score from which the API draws predictions unless told otherwise."""
     return float(cached.legend()["defaults"]["draw_score_thr"])

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from backend.analysis.tables import BOX_COLOURS, DEFAULTS, FILTERABLE_ERRORS
+from backend.analysis import tables
+from backend.analysis.tables import BOX_COLOURS, DEFAULTS
 
 __all__ = [
     "DEFAULT_SHOW",
@@ -26,9 +27,7 @@ __all__ = [
 
 # Names accepted in ``show`` besides the outcome names themselves.
 SHOW_GROUPS: dict[str, frozenset[str]] = {
-    "gt": frozenset({"gt"}),
-    "tp": frozenset({"tp"}),
-    "errors": frozenset(FILTERABLE_ERRORS),
+    name: frozenset(members) for name, (_, members) in tables.SHOW_GROUPS.items()
 }
 DEFAULT_SHOW = frozenset({"gt", "tp", "errors"})
 # Where the legend goes: "inside" the top-right corner, in a strip "below" the picture (the

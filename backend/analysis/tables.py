@@ -22,6 +22,7 @@ __all__ = [
     "METRIC_KEYS",
     "OUTCOMES",
     "PREDICTION_OUTCOMES",
+    "SHOW_GROUPS",
     "Defaults",
     "Metric",
     "Outcome",
@@ -125,6 +126,12 @@ BOX_COLOURS: dict[str, tuple[int, int, int]] = {
     "gt": GT_COLOUR,
     **{o.name: o.colour for o in OUTCOMES if o.colour is not None},
 }
+# Names an overlay's ``show`` accepts besides single outcomes: name -> (label, members)
+SHOW_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "gt": ("ground truth", ("gt",)),
+    "tp": ("true positives", ("tp",)),
+    "errors": ("errors", FILTERABLE_ERRORS),
+}
 _IS_ERROR = np.array([_BY_NAME[name].error for name in PREDICTION_OUTCOMES], dtype=bool)
 
 
@@ -189,6 +196,10 @@ def legend() -> dict[str, object]:
             for o in OUTCOMES
         ],
         "gt_colour": list(GT_COLOUR),
+        "show_groups": [
+            {"name": name, "label": label, "members": list(members)}
+            for name, (label, members) in SHOW_GROUPS.items()
+        ],
         "metrics": [
             {"key": m.key, "label": m.label, "description": m.description} for m in METRICS
         ],

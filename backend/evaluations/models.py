@@ -32,6 +32,9 @@ class Evaluation(Base):
     # what produced the figures: scoring engine and version, IoU thresholds, max dets, area
     # ranges, the predictions file's sha256, counts (predictions, zero-size boxes, images)
     record: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # 95% bootstrap intervals over val images of every metric and per-class AP, with the
+    # number of resamples and the seed that reproduce them
+    intervals: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

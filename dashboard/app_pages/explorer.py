@@ -16,7 +16,6 @@ from dashboard.client import ApiError
 
 PAGE_SIZE = 24
 SORTS = {"worst": "worst first", "best": "best first", "image_id": "by image id"}
-SHOW = {"gt": "ground truth", "tp": "true positives", "errors": "errors"}
 
 
 def image_caption(item: dict[str, Any]) -> str:
@@ -82,9 +81,10 @@ def enlarged(job_id: int, image_id: int, *, score_thr: float, show: str) -> None
 
 def drawn_outcomes(show: str) -> set[str]:
     """The prediction outcomes an overlay's `show` draws ("errors" is every error type)."""
+    groups = views.show_groups()
     outcomes: set[str] = set()
     for part in show.split(","):
-        outcomes |= set(views.error_types()) if part == "errors" else {part}
+        outcomes |= set(groups[part][1]) if part in groups else {part}
     return outcomes
 
 
@@ -137,14 +137,15 @@ def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     score_thr = thr_col.slider(
         "Score threshold", 0.0, 1.0, views.default_score_thr(), 0.05, key="explorer-thr"
     )
+    groups = views.show_groups()
     shown = st.pills(
         "Draw",
-        list(SHOW),
-        format_func=SHOW.get,
+        list(groups),
+        format_func=lambda name: groups[name][0],
         selection_mode="multi",
-        default=list(SHOW),
+        default=list(groups),
         key="explorer-show",
-    ) or list(SHOW)
+    ) or list(groups)
     if chosen["error_type"] and "errors" in shown:
         # filtering by an error type draws that type's boxes, not every error; ground truth
         # stays whole (a GT box nothing found is drawn as "missed")
