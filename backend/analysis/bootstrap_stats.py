@@ -1,23 +1,24 @@
 """COCO's AP figures for many image weightings at once: the engine's accumulate and summarize,
-restricted to precision at 100 detections, vectorised over a block of weight vectors.
+restricted to precision at 100 detections (all that AP, AP50, AP75, APs/m/l and per-class AP
+read), vectorised over a block of integer weightings (resampling counts).
 
-With integer weights every count COCOeval accumulates (true positives, false positives, GT
-boxes) is an integer linear in the weights, so each is exact whatever the order of summation,
-and the precision and AP computed from them equal ``engine.summarize(matches, weights)`` to the
-last bit. Per area range, only three things are read per weighting:
+With integer weights every count accumulate makes (true positives, false positives, GT boxes)
+is an integer linear in the weights, exact in any order of summation, so the precision and AP
+computed from them equal ``engine.summarize(matches, weights)`` to the last bit. Per area range,
+a weighting needs:
 
-- at each detection that is a true positive at some IoU threshold, the weighted count of the
-  detections up to it that are not ignored at every threshold (a sparse matrix of image counts
-  between consecutive such detections, times the weights, cumulated);
-- at the true positives of threshold t, their own weights cumulated, minus the detections
-  ignored at t but not at every threshold (rare: matched to an ignored GT box);
-- per category, the weighted count of GT boxes.
+- per category, its weighted count of GT boxes (a sparse (K, I) matrix times the weights);
+- at each tp-column (a detection that is a true positive at some IoU threshold), the weighted
+  count of the detections up to it that are not ignored at every threshold: a sparse matrix of
+  image counts between consecutive tp-columns, times the weights, cumulated per category;
+- at the true positives of threshold t, their own weights cumulated, less the detections
+  ignored at t but not at every threshold (matched to an ignored GT box; few).
 
-As in ``summarize``, detections that are false positives or ignored at every threshold need no
-column, and precision is read at true positives only: a later non-true-positive column has no
-more precision than the true positive before it and reaches no new recall. Recall thresholds are
-found by integer lookups (the least true-positive count whose recall reaches each threshold),
-not by a search per weighting.
+As in ``summarize``, detections false positive or ignored at every threshold need no column, and
+precision is read at true positives only: any other column has no more precision than the true
+positive before it and reaches no new recall. Which recall thresholds a row reaches comes from an
+integer table (per category and weighting, the least true-positive count that passes each
+threshold under accumulate's floating-point test), not from a search per weighting.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ _EPS = np.spacing(1)  # as accumulate adds to every precision denominator
 _AP50 = np.flatnonzero(IOU_THRESHOLDS == 0.5)
 _AP75 = np.flatnonzero(IOU_THRESHOLDS == 0.75)
 _AREA_STAT = (0, 3, 4, 5)  # the stat each area range's AP is: AP (all), APs, APm, APl
+# Weightings scored together: bounds the (weightings x rows) arrays to about 16 MB each.
+_CHUNK_ELEMENTS = 1 << 21
+_MAX_CHUNK = 256
 # Weighted counts are exact in int32 while a weighting's total weight times the detections kept
 # per image and category stays below this.
 _INT32_LIMIT = 2**31 - 1
@@ -78,6 +82,15 @@ class ResamplePlan:
     n_images: int
     n_categories: int
     areas: tuple[_AreaPlan, ...]  # in AREA_RANGES order
+
+    @property
+    def chunk(self) -> int:
+        """How many weightings to score at once to keep memory bounded."""
+        width = max(
+            [area.counted.shape[0] for area in self.areas]
+            + [len(IOU_THRESHOLDS) * _N_RECALL * self.n_categories, self.n_images]
+        )
+        return int(np.clip(_CHUNK_ELEMENTS // max(width, 1), 1, _MAX_CHUNK))
 
 
 def plan_resampling(matches: CocoMatches) -> ResamplePlan:
@@ -144,12 +157,12 @@ def weighted_stats(plan: ResamplePlan, weights: np.ndarray) -> tuple[np.ndarray,
         raise ValueError("weights must be integers >= 0 (resampling counts)")
     total = int(weights.sum(axis=1).max(initial=0))
     dtype = np.int32 if total * MAX_DETS[-1] < _INT32_LIMIT else np.int64
-    columns_weights = np.ascontiguousarray(weights.T, dtype=dtype)  # (I, W)
+    weights = weights.astype(dtype, copy=False)
     n_rows = len(weights)
     stats = np.full((n_rows, N_STATS), np.nan)
     per_class = np.full((n_rows, plan.n_categories), np.nan)
     for a, area in enumerate(plan.areas):
-        precision, defined = _area_precision(area, columns_weights)
+        precision, defined = _area_precision(area, weights)
         stats[:, _AREA_STAT[a]] = _defined_mean(precision, defined)
         if a == 0:
             stats[:, 1] = _defined_mean(precision[:, _AP50], defined)
@@ -162,48 +175,46 @@ def weighted_stats(plan: ResamplePlan, weights: np.ndarray) -> tuple[np.ndarray,
 
 def _area_precision(area: _AreaPlan, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """COCOeval's precision (W, T, R, K) of one area range at 100 detections, and which
-    categories have GT (W, K); ``weights`` is (I, W)."""
-    n_rows = weights.shape[1]
-    n_cats = area.gt.shape[0]
-    npig = np.ascontiguousarray((area.gt @ weights).T)  # (W, K)
-    defined = npig > 0
-    counted = np.ascontiguousarray((area.counted @ weights).T)  # (W, U)
+    categories have GT (W, K); ``weights`` is (W, I)."""
+    n_rows, n_cats = len(weights), area.gt.shape[0]
+    by_image = np.ascontiguousarray(weights.T)  # (I, W), for the sparse products
+    npig = np.ascontiguousarray((area.gt @ by_image).T)  # (W, K)
+    counted = np.ascontiguousarray((area.counted @ by_image).T)  # (W, U)
     _cumsum_by_segment(counted, area.column_starts)
     table, offset = _recall_table(npig)
     precision = np.zeros((n_rows, len(IOU_THRESHOLDS), _N_RECALL, n_cats))
-    rows = np.arange(n_rows)[:, None]
-    for t, threshold in enumerate(area.thresholds):
-        if not len(threshold.column):
-            continue  # no true positive: precision stays 0 (and -1 where no GT, masked later)
-        tp = np.ascontiguousarray(weights[threshold.image].T)  # (W, n)
-        _cumsum_by_segment(tp, threshold.starts)
-        seen = counted[:, threshold.column]  # true and false positives up to each row
-        if threshold.ignored is not None:
-            ignored = np.ascontiguousarray((threshold.ignored @ weights).T)
-            _cumsum_by_segment(ignored, threshold.starts)
+    for t, rows in enumerate(area.thresholds):
+        n = len(rows.column)
+        if not n:
+            continue  # no true positive: precision stays 0 (undefined categories are masked)
+        tp = np.take(weights, rows.image, axis=1)  # (W, n)
+        _cumsum_by_segment(tp, rows.starts)
+        seen = counted[:, rows.column]  # true and false positives up to each row
+        if rows.ignored is not None:
+            ignored = np.ascontiguousarray((rows.ignored @ by_image).T)
+            _cumsum_by_segment(ignored, rows.starts)
             seen -= ignored
         # accumulate's tp / (fp + tp + eps), with fp + tp counted at once (exact integers)
-        pr = tp / (seen + _EPS)
-        _reverse_cummax_by_segment(pr, threshold.starts)
-        # Recall thresholds: row q is the first to reach thresholds [reached(q-1), reached(q)).
-        reached = table[offset[:, threshold.category] + tp]
+        pr = np.add(seen, _EPS)
+        np.divide(tp, pr, out=pr)
+        # reached: how many recall thresholds each row's recall meets. Rows of a category with
+        # the same count form a run. accumulate's precision at threshold r is the best
+        # precision of the rows reaching more than r thresholds (its envelope at the first of
+        # them): the best of each run, put at its count, then a running maximum from the top
+        # count down; 0 past the last count (a recall never reached).
+        reached = np.take(table, np.take(offset, rows.category, axis=1) + tp)
         before = np.empty_like(reached)
         before[:, 1:] = reached[:, :-1]
-        starts = threshold.starts[:-1][threshold.starts[:-1] < len(threshold.column)]
-        before[:, starts] = 0
-        w_at, q_at = np.nonzero(reached > before)
-        first = np.full((n_rows, n_cats, _N_RECALL), -1, dtype=np.int64)
-        first[w_at, threshold.category[q_at], before[w_at, q_at]] = q_at
-        np.maximum.accumulate(first, axis=2, out=first)
-        ends = threshold.starts[1:]
-        nonempty = ends > threshold.starts[:-1]
-        last_reached = np.zeros((n_rows, n_cats), dtype=reached.dtype)
-        last_reached[:, nonempty] = reached[:, ends[nonempty] - 1]
-        # Thresholds past the recall the category reaches keep precision 0.
-        found = np.arange(_N_RECALL) < last_reached[:, :, None]
-        values = np.where(found, pr[rows[:, :, None], first], 0.0)  # (W, K, R)
-        precision[:, t] = values.transpose(0, 2, 1)
-    return precision, defined
+        before[:, rows.starts[:-1][rows.starts[:-1] < n]] = 0
+        run = np.flatnonzero(reached > before)  # flat (W, n) index; row 0 of each w is one
+        best = np.maximum.reduceat(pr.reshape(-1), run)
+        w_at, q_at = np.divmod(run, n)
+        by_count = np.zeros((n_rows, n_cats, _N_RECALL + 1))
+        by_count[w_at, rows.category[q_at], reached.reshape(-1)[run]] = best
+        envelope = by_count[:, :, :0:-1]
+        np.maximum.accumulate(envelope, axis=2, out=envelope)
+        precision[:, t] = by_count[:, :, 1:].transpose(0, 2, 1)
+    return precision, npig > 0
 
 
 def _recall_table(npig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -225,11 +236,12 @@ def _recall_table(npig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     least[gt == 0] = 0  # no GT: the category is undefined; one entry keeps the table regular
     sizes = (gt + 1).ravel()
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    hits = np.bincount((starts[:, None] + least.reshape(len(sizes), -1)).ravel(),
-                       minlength=int(sizes.sum()))
+    hits = np.bincount(
+        (starts[:, None] + least.reshape(len(sizes), -1)).ravel(), minlength=int(sizes.sum())
+    )
     table = np.cumsum(hits) - np.repeat(np.arange(len(sizes)) * _N_RECALL, sizes)
-    dtype = np.int16 if len(table) else np.int8
-    return table.astype(dtype), starts.reshape(n_rows, n_cats)
+    index = np.int32 if len(table) < _INT32_LIMIT else np.int64
+    return table.astype(np.int16), starts.reshape(n_rows, n_cats).astype(index)
 
 
 def _defined_mean(precision: np.ndarray, defined: np.ndarray) -> np.ndarray:
@@ -238,7 +250,8 @@ def _defined_mean(precision: np.ndarray, defined: np.ndarray) -> np.ndarray:
     n_rows = len(precision)
     out = np.full(n_rows, np.nan)
     every = defined.all(axis=1)
-    out[every] = precision[every].reshape(int(every.sum()), -1).mean(axis=1)
+    if every.any():
+        out[every] = precision[every].reshape(int(every.sum()), -1).mean(axis=1)
     for w in np.flatnonzero(~every & defined.any(axis=1)):
         out[w] = precision[w][..., defined[w]].reshape(-1).mean()
     return out
@@ -249,14 +262,6 @@ def _cumsum_by_segment(values: np.ndarray, starts: np.ndarray) -> None:
     for lo, hi in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
         if hi > lo:
             np.cumsum(values[:, lo:hi], axis=1, out=values[:, lo:hi])
-
-
-def _reverse_cummax_by_segment(values: np.ndarray, starts: np.ndarray) -> None:
-    """accumulate's precision envelope: the maximum at or after each entry, per segment."""
-    for lo, hi in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
-        if hi > lo:
-            view = values[:, lo:hi][:, ::-1]
-            np.maximum.accumulate(view, axis=1, out=view)
 
 
 def _counts_at_next(

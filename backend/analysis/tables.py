@@ -176,6 +176,12 @@ class Defaults:
     draw_score_thr: float = 0.3
     # IoU at which the confusion matrix pairs a prediction with a ground-truth box
     confusion_iou_thr: float = 0.5
+    # bootstrap over val images: resamples, the seed that fixes them, interval level, and
+    # the significance level of comparisons
+    resamples: int = 1000
+    bootstrap_seed: int = 0
+    level: float = 0.95
+    alpha: float = 0.05
 
 
 DEFAULTS = Defaults()
@@ -207,5 +213,9 @@ def legend() -> dict[str, object]:
             "count_score_thr": DEFAULTS.count_score_thr,
             "draw_score_thr": DEFAULTS.draw_score_thr,
             "confusion_iou_thr": DEFAULTS.confusion_iou_thr,
+            "resamples": DEFAULTS.resamples,
+            "bootstrap_seed": DEFAULTS.bootstrap_seed,
+            "level": DEFAULTS.level,
+            "alpha": DEFAULTS.alpha,
         },
     }

@@ -10,6 +10,7 @@ from sqlalchemy import Table, delete, insert
 from sqlalchemy.orm import Session
 
 from backend.analysis import AnalysisInputError
+from backend.analysis.bootstrap import Intervals, bootstrap_intervals
 from backend.analysis.confusion import confusion_of
 from backend.analysis.inputs import Detections, GroundTruth, parse_ground_truth, parse_results
 from backend.analysis.metrics import class_labels, score
@@ -22,7 +23,16 @@ from backend.evaluations.inputs import NotJson, read_json, sha256_of
 from backend.evaluations.models import Evaluation, ImageError, ImageResult
 from backend.jobs import service as job_service
 
-__all__ = ["evaluate_job"]
+__all__ = ["evaluate_job", "intervals_json"]
+
+
+def intervals_json(intervals: Intervals, labels: dict[int, str]) -> dict[str, Any]:
+    """Intervals as stored and served: per-class entries under the class labels."""
+    stored = intervals.as_dict()
+    stored["per_class"] = {
+        labels[int(cat)]: interval for cat, interval in stored["per_class"].items()
+    }
+    return stored
 
 
 def evaluate_job(
@@ -33,12 +43,15 @@ def evaluate_job(
     score_thr: float = DEFAULTS.count_score_thr,
     confusion_score_thr: float = DEFAULTS.draw_score_thr,
     iou_thr: float = DEFAULTS.confusion_iou_thr,
+    resamples: int = DEFAULTS.resamples,
+    seed: int = DEFAULTS.bootstrap_seed,
 ) -> Evaluation:
     """Score a job's val predictions (those at predictions_path, else the stored ones) and
     store metrics, record, analysis and per-image rows in place of any earlier evaluation.
 
     Nothing stored is replaced until everything is computed. The COCO metrics use every
-    prediction; ``score_thr`` applies to the error analysis only and is stored with it."""
+    prediction; ``score_thr`` applies to the error analysis only and is stored with it.
+    Intervals: ``resamples`` bootstrap draws of the val images fixed by ``seed``."""
     job = job_service.get(session=session, job_id=job_id)
     if predictions_path is None:
         path = evaluation_service.predictions_file(session=session, job_id=job_id)
@@ -57,7 +70,15 @@ def evaluate_job(
     except AnalysisInputError as exc:
         raise Invalid(f"the predictions of job {job_id} cannot be scored: {exc}") from None
     coco = score(ground_truth, detections)
-    record = {**coco.record, "predictions_sha256": sha256_of(path)}
+    record = {
+        **coco.record,
+        "predictions_sha256": sha256_of(path),
+        "val_sha256": sha256_of(dataset.val_ann),
+    }
+    intervals = intervals_json(
+        bootstrap_intervals(coco.matches, resamples=resamples, seed=seed),
+        class_labels(ground_truth),
+    )
     analysis = _analysis(
         ground_truth,
         detections,
@@ -73,6 +94,7 @@ def evaluate_job(
         predictions_path=str(path),
         analysis=analysis.pop("summary"),
         record=record,
+        intervals=intervals,
         commit=False,
     )
     _store_rows(session, job_id, gt, analysis["images"])

@@ -43,6 +43,8 @@ def recompute_analysis(
     score_thr: Threshold = DEFAULTS.count_score_thr,
     confusion_score_thr: Threshold = DEFAULTS.draw_score_thr,
     iou_thr: Annotated[float, Query(gt=0, le=1)] = DEFAULTS.confusion_iou_thr,
+    resamples: Annotated[int, Query(ge=100, le=10_000)] = DEFAULTS.resamples,
+    seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = DEFAULTS.bootstrap_seed,
 ):
     """Score the stored predictions again (COCO metrics with the current engine, its record)
     and recompute the error breakdown and per-image rows, at other thresholds if given."""
@@ -52,6 +54,8 @@ def recompute_analysis(
         score_thr=score_thr,
         confusion_score_thr=confusion_score_thr,
         iou_thr=iou_thr,
+        resamples=resamples,
+        seed=seed,
     )
 
 

@@ -56,6 +56,11 @@ class _EvaluationBase(BaseModel):
         "and images (None for evaluations stored before records were kept: POST "
         "/jobs/{id}/analysis scores them again)"
     )
+    intervals: dict[str, Any] | None = Field(
+        description="95% bootstrap intervals over val images: 'metrics' and 'per_class' map "
+        "to {estimate, low, high, defined}; with 'resamples', 'seed', 'level' and 'method' "
+        "that reproduce them (None before intervals were kept: POST /jobs/{id}/analysis)"
+    )
     predictions_path: str | None
     created_at: datetime
 

@@ -46,6 +46,7 @@ def store(
     predictions_path: str,
     analysis: dict[str, Any] | None = None,
     record: dict[str, Any] | None = None,
+    intervals: dict[str, Any] | None = None,
     commit: bool = True,
 ) -> Evaluation:
     """Replace a job's evaluation with new figures (commit=False: within the caller's
@@ -57,6 +58,7 @@ def store(
         predictions_path=predictions_path,
         analysis=analysis,
         record=record,
+        intervals=intervals,
         **{metric: metrics.get(metric) for metric in METRIC_KEYS},
     )
     session.add(evaluation)

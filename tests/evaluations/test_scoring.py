@@ -149,3 +149,26 @@ def test_the_workers_end_of_job_step_stores_a_job_with_a_zero_width_box(
     assert stored.bbox_mAP == pytest.approx(_cocoeval(val, results)[0], abs=1e-12)
     assert stored.record["degenerate_predictions"] == 2
     assert stored.analysis["counts"]["tp"] > 0
+
+
+def test_an_older_evaluation_gets_seeded_intervals_from_post_analysis(
+    client, db, dataset_id, val, tmp_path
+):
+    path = tmp_path / "predictions.bbox.json"
+    path.write_text(json.dumps(_predictions(val)))
+    job = factories.finished_job(db, dataset_id=dataset_id, predictions_path=path)
+    assert client.get(f"/jobs/{job.id}/evaluation").json()["intervals"] is None
+
+    first = client.post(f"/jobs/{job.id}/analysis", params={"resamples": 200}).json()
+    again = client.post(f"/jobs/{job.id}/analysis", params={"resamples": 200}).json()
+    other = client.post(f"/jobs/{job.id}/analysis", params={"resamples": 200, "seed": 7}).json()
+
+    intervals = first["intervals"]
+    assert intervals["resamples"] == 200 and intervals["seed"] == 0
+    mean_ap = intervals["metrics"]["bbox_mAP"]
+    assert mean_ap["estimate"] == pytest.approx(first["bbox_mAP"])
+    assert mean_ap["low"] < mean_ap["high"] and mean_ap["defined"] == 200
+    assert set(intervals["per_class"]) == set(first["per_class_ap"])
+    assert again["intervals"] == intervals
+    assert other["intervals"]["seed"] == 7
+    assert other["intervals"]["metrics"]["bbox_mAP"] != mean_ap
