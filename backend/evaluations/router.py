@@ -9,7 +9,13 @@ from fastapi.responses import FileResponse
 
 from backend.analysis.tables import DEFAULTS, legend
 from backend.deps import SessionDep
-from backend.evaluations import analysis_service, compare_service, images_service, service
+from backend.evaluations import (
+    analysis_service,
+    compare_service,
+    images_service,
+    service,
+    significance_service,
+)
 from backend.evaluations.schemas import EvaluationRead, ImagePage, ImageResultRead
 
 router = APIRouter(prefix="/jobs", tags=["evaluations"])
@@ -142,3 +148,20 @@ def compare_images(
         session=session, job_a=job_a, job_b=job_b, limit=limit, offset=offset
     )
     return {"items": items, "total": total}
+
+
+@router.get("/{job_a}/compare/{job_b}")
+def compare_jobs(
+    job_a: int,
+    job_b: int,
+    session: SessionDep,
+    metric: str = "bbox_mAP",
+    resamples: Annotated[int, Query(ge=100, le=10_000)] = DEFAULTS.resamples,
+    seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = DEFAULTS.bootstrap_seed,
+) -> dict[str, Any]:
+    """Is B better than A? Differences (B - A) of every metric and per-class AP with 95%
+    intervals and two-sided p-values from a paired bootstrap over the shared val images, and
+    one sentence on `metric`. Jobs scored on different val splits are a 422."""
+    return significance_service.compare_jobs(
+        session=session, job_a=job_a, job_b=job_b, metric=metric, resamples=resamples, seed=seed
+    )

@@ -25,6 +25,10 @@ def leaderboard(
     init: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
+    significance: Annotated[
+        bool,
+        Query(description="test each row shown against the top row (paired bootstrap, Holm)"),
+    ] = False,
 ):
     filters = {
         axis: value
@@ -45,5 +49,14 @@ def leaderboard(
         limit=limit,
         offset=offset,
     )
+    if significance:
+        service.mark_ties_with_leader(
+            session=session,
+            dataset_id=dataset,
+            metric=metric,
+            descending=order == "desc",
+            filters=filters,
+            items=items,
+        )
     # a dict, not a Leaderboard: FastAPI validates the response model once, not twice
     return {"dataset_id": dataset, "metric": metric, "items": items, "total": total}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field, create_model
 
@@ -29,6 +30,16 @@ class _RowBase(BaseModel):
     data_fraction: float
     amp: bool
     finished_at: datetime | None
+    interval: dict[str, Any] | None = Field(
+        default=None,
+        description="95% bootstrap interval of the chosen metric: {metric, low, high}",
+    )
+    vs_leader: dict[str, Any] | None = Field(
+        default=None,
+        description="with significance=true: {leader: true} on the top row; on the others the "
+        "paired bootstrap test against it: difference (row - leader), p_value, p_holm (Holm "
+        "over the rows shown) and tied_with_leader (p_holm >= 0.05)",
+    )
 
 
 # one field per COCO metric of the analysis tables

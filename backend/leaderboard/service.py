@@ -10,13 +10,16 @@ from sqlalchemy.orm import Session
 
 from backend.analysis.tables import METRIC_KEYS
 from backend.errors import Invalid
+from backend.evaluations import significance_service
 from backend.evaluations.models import Evaluation
 from backend.jobs.models import Job, JobKind, JobStatus
 from backend.weights.models import Weights
 
-__all__ = ["rows", "init_label", "AXES"]
+__all__ = ["AXES", "MAX_TESTED_ROWS", "init_label", "mark_ties_with_leader", "rows"]
 
 AXES = ("detector", "backbone", "neck", "init")
+# a paired test costs about a second per row at 5,000 val images (more on larger splits)
+MAX_TESTED_ROWS = 50
 
 
 def init_label(init: Any, weights_name: str | None = None, method: str | None = None) -> str:
@@ -60,6 +63,8 @@ def rows(
             Job.spec,
             Job.finished_at,
             *(getattr(Evaluation, m) for m in METRIC_KEYS),
+            Evaluation.intervals[("metrics", metric, "low")].as_float().label("interval_low"),
+            Evaluation.intervals[("metrics", metric, "high")].as_float().label("interval_high"),
             Weights.name.label("weights_name"),
             Weights.method.label("weights_method"),
         )
@@ -81,7 +86,7 @@ def rows(
     else:
         matching = [r for r in session.execute(query).all() if _matches_init(r, init_filter)]
         total, found = len(matching), matching[offset : offset + limit]
-    return [_row(r) for r in found], total
+    return [_row(r, metric) for r in found], total
 
 
 def _matches_init(row: Row[Any], wanted: str) -> bool:
@@ -93,8 +98,13 @@ def _matches_init(row: Row[Any], wanted: str) -> bool:
     )
 
 
-def _row(row: Row[Any]) -> dict[str, Any]:
+def _row(row: Row[Any], metric: str) -> dict[str, Any]:
     spec = row.spec
+    interval = (
+        None
+        if row.interval_low is None or row.interval_high is None
+        else {"metric": metric, "low": row.interval_low, "high": row.interval_high}
+    )
     return {
         "job_id": row.id,
         "name": row.name,
@@ -113,5 +123,49 @@ def _row(row: Row[Any]) -> dict[str, Any]:
         "data_fraction": spec["data_fraction"],
         "amp": spec["amp"],
         "finished_at": row.finished_at,
-        **{metric: getattr(row, metric) for metric in METRIC_KEYS},
+        **{key: getattr(row, key) for key in METRIC_KEYS},
+        "interval": interval,
     }
+
+
+def mark_ties_with_leader(
+    *,
+    session: Session,
+    dataset_id: int | None,
+    metric: str,
+    descending: bool,
+    filters: dict[str, str] | None,
+    items: list[dict[str, Any]],
+) -> None:
+    """Add ``vs_leader`` to each row: a paired bootstrap test of it against the top row of
+    the whole ranking on ``metric``, Holm-corrected over the rows given."""
+    if dataset_id is None:
+        raise Invalid(
+            "significance needs a dataset: rows are tested against the leader on the same "
+            "val images; add dataset=<id>"
+        )
+    if len(items) > MAX_TESTED_ROWS:
+        raise Invalid(
+            f"significance tests at most {MAX_TESTED_ROWS} rows at a time; got {len(items)}, "
+            f"lower limit to {MAX_TESTED_ROWS} or less"
+        )
+    top, _ = rows(
+        session=session,
+        dataset_id=dataset_id,
+        metric=metric,
+        descending=descending,
+        filters=filters,
+        limit=1,
+    )
+    if not top:
+        return
+    leader = top[0]["job_id"]
+    others = [row["job_id"] for row in items if row["job_id"] != leader]
+    tests = significance_service.versus_leader(
+        session=session, leader=leader, others=others, metric=metric
+    )
+    for row in items:
+        if row["job_id"] == leader:
+            row["vs_leader"] = {"leader": True}
+        else:
+            row["vs_leader"] = {"leader": False, "job_id": leader, **tests[row["job_id"]]}

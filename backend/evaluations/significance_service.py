@@ -1,0 +1,136 @@
+"""Is one run really better than another? Paired bootstrap comparisons of scored jobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from backend.analysis import AnalysisInputError
+from backend.analysis.bootstrap import Comparison, describe_difference, holm, paired_comparison
+from backend.analysis.engine import CocoMatches, evaluate_arrays
+from backend.analysis.inputs import parse_ground_truth, parse_results
+from backend.analysis.metrics import class_labels
+from backend.analysis.tables import DEFAULTS, METRIC_KEYS
+from backend.datasets import service as dataset_service
+from backend.errors import Invalid, NotFound
+from backend.evaluations import service as evaluation_service
+from backend.evaluations.inputs import NotJson, read_json, sha256_of
+from backend.jobs import service as job_service
+
+__all__ = ["compare_jobs", "versus_leader"]
+
+
+@dataclass(frozen=True, eq=False)
+class _Scored:
+    matches: CocoMatches
+    labels: dict[int, str]
+    val_sha256: str
+
+
+@lru_cache(maxsize=8)
+def _score_files(val_ann: str, val_mtime: int, predictions: str, predictions_mtime: int) -> _Scored:
+    """The engine's matches of one predictions file, kept while neither file changes (a page
+    comparing several runs with one leader asks for the leader's again and again)."""
+    ground_truth = parse_ground_truth(read_json(val_ann))
+    detections = parse_results(read_json(predictions), ground_truth)
+    return _Scored(
+        matches=evaluate_arrays(ground_truth, detections),
+        labels=class_labels(ground_truth),
+        val_sha256=sha256_of(val_ann),
+    )
+
+
+def _scored(session: Session, job_id: int) -> tuple[_Scored, str]:
+    """A job's matches and a name to show for it; NotFound/Invalid saying why not."""
+    path = evaluation_service.predictions_file(session=session, job_id=job_id)
+    job_row = job_service.get(session=session, job_id=job_id)
+    dataset = dataset_service.get(session=session, dataset_id=job_row.dataset_id or 0)
+    try:
+        scored = _score_files(
+            dataset.val_ann,
+            Path(dataset.val_ann).stat().st_mtime_ns,
+            str(path),
+            path.stat().st_mtime_ns,
+        )
+    except FileNotFoundError as exc:
+        raise NotFound(f"a file of job {job_id}'s evaluation is gone: {exc.filename}") from None
+    except (AnalysisInputError, NotJson) as exc:
+        raise Invalid(f"the predictions of job {job_id} cannot be scored: {exc}") from None
+    return scored, job_row.name or f"job {job_id}"
+
+
+def _compare(
+    session: Session, job_a: int, job_b: int, *, resamples: int, seed: int
+) -> tuple[Comparison, _Scored, str, str]:
+    (a, name_a), (b, name_b) = _scored(session, job_a), _scored(session, job_b)
+    if a.val_sha256 != b.val_sha256:
+        raise Invalid(
+            f"jobs {job_a} and {job_b} were scored on different val splits (annotation files "
+            f"{a.val_sha256[:12]}... and {b.val_sha256[:12]}...); a paired comparison needs "
+            "two jobs evaluated on the same val images"
+        )
+    try:
+        comparison = paired_comparison(a.matches, b.matches, resamples=resamples, seed=seed)
+    except ValueError as exc:
+        raise Invalid(f"jobs {job_a} and {job_b} cannot be paired: {exc}") from None
+    return comparison, a, name_a, name_b
+
+
+def compare_jobs(
+    *,
+    session: Session,
+    job_a: int,
+    job_b: int,
+    metric: str = "bbox_mAP",
+    resamples: int = DEFAULTS.resamples,
+    seed: int = DEFAULTS.bootstrap_seed,
+) -> dict[str, Any]:
+    """B - A on every metric and per-class AP with 95% intervals and p-values, both jobs
+    scored on the same resampled val images, and one sentence on ``metric``."""
+    if metric not in METRIC_KEYS:
+        raise Invalid(f"metric {metric!r} is not accepted; use one of {', '.join(METRIC_KEYS)}")
+    comparison, scored, name_a, name_b = _compare(
+        session, job_a, job_b, resamples=resamples, seed=seed
+    )
+    found = comparison.as_dict()
+    found["per_class"] = {
+        scored.labels[int(cat)]: value for cat, value in found["per_class"].items()
+    }
+    return {
+        "a": {"job_id": job_a, "name": name_a},
+        "b": {"job_id": job_b, "name": name_b},
+        "metric": metric,
+        "alpha": DEFAULTS.alpha,
+        "sentence": describe_difference(
+            comparison, name_a=name_a, name_b=name_b, metric=metric, alpha=DEFAULTS.alpha
+        ),
+        **found,
+    }
+
+
+def versus_leader(
+    *,
+    session: Session,
+    leader: int,
+    others: list[int],
+    metric: str,
+    resamples: int = DEFAULTS.resamples,
+    seed: int = DEFAULTS.bootstrap_seed,
+) -> dict[int, dict[str, Any]]:
+    """Each job against the leader on ``metric``: the difference (job - leader), its p-value,
+    Holm's adjusted p over the jobs given, and whether the two are tied at alpha."""
+    found: dict[int, dict[str, Any]] = {}
+    for job_id in others:
+        comparison, _, _, _ = _compare(session, leader, job_id, resamples=resamples, seed=seed)
+        difference = comparison.metrics[metric]
+        found[job_id] = {"difference": difference.estimate, "p_value": difference.p_value}
+    tested = [job_id for job_id, row in found.items() if row["p_value"] is not None]
+    adjusted = holm([found[job_id]["p_value"] for job_id in tested]) if tested else []
+    for job_id, p_holm in zip(tested, adjusted, strict=True):
+        found[job_id]["p_holm"] = p_holm
+        found[job_id]["tied_with_leader"] = p_holm >= DEFAULTS.alpha
+    return found
