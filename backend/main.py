@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from backend.config import get_settings
 from backend.datasets.router import router as datasets_router
 from backend.errors import DomainError
-from backend.evaluations.router import legend_router
+from backend.evaluations.router import groups_router, legend_router
 from backend.evaluations.router import router as evaluations_router
 from backend.jobs.router import router as jobs_router
 from backend.leaderboard.router import router as leaderboard_router
@@ -48,6 +48,7 @@ def create_app(*, migrate: bool = True) -> FastAPI:
         leaderboard_router,
         evaluations_router,
         legend_router,
+        groups_router,
         weights_router,
     ):
         app.include_router(router)

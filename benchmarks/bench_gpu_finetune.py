@@ -115,7 +115,7 @@ def main() -> int:
                 **setting,
             )
             with sessions() as session:
-                job = job_service.create(session=session, spec=spec, roots=settings.data_roots)
+                (job,) = job_service.create(session=session, spec=spec, roots=settings.data_roots)
             enqueue(job.id)
             while True:
                 with sessions() as session:

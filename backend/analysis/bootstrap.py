@@ -45,6 +45,11 @@ __all__ = [
     "Interval",
     "Intervals",
     "bootstrap_intervals",
+    "check_options",
+    "check_paired",
+    "difference_of",
+    "full_figures",
+    "resampled_figures",
     "describe_difference",
     "holm",
     "paired_comparison",
@@ -117,9 +122,9 @@ def bootstrap_intervals(
     of the figure over the resamples where it is defined, ``low`` = 2 x estimate - q_hi and
     ``high`` = 2 x estimate - q_lo, kept within [0, 1].
     """
-    _check_options(resamples, seed, level)
-    estimates = _estimates(matches)
-    stats, per_class = _resampled(matches, resamples=resamples, seed=seed)
+    check_options(resamples, seed, level)
+    estimates = full_figures(matches)
+    stats, per_class = resampled_figures(matches, resamples=resamples, seed=seed)
     metrics = {m.key: _interval(estimates[0][m.key], stats[:, m.stat], level) for m in METRICS}
     classes = {
         cat: _interval(estimates[1][cat], per_class[:, k], level)
@@ -147,13 +152,13 @@ def paired_comparison(
     as no smaller p-value can be told apart from 0 with n resamples. A run compared with
     itself has every d* = 0 = d, so difference 0 and p = 1.
     """
-    _check_options(resamples, seed, level)
-    _check_paired(a, b)
-    estimates_a, estimates_b = _estimates(a), _estimates(b)
-    stats_a, classes_a = _resampled(a, resamples=resamples, seed=seed)
-    stats_b, classes_b = _resampled(b, resamples=resamples, seed=seed)
+    check_options(resamples, seed, level)
+    check_paired(a, b)
+    estimates_a, estimates_b = full_figures(a), full_figures(b)
+    stats_a, classes_a = resampled_figures(a, resamples=resamples, seed=seed)
+    stats_b, classes_b = resampled_figures(b, resamples=resamples, seed=seed)
     metrics = {
-        m.key: _difference(
+        m.key: difference_of(
             estimates_a[0][m.key],
             estimates_b[0][m.key],
             stats_a[:, m.stat],
@@ -163,7 +168,7 @@ def paired_comparison(
         for m in METRICS
     }
     classes = {
-        cat: _difference(
+        cat: difference_of(
             estimates_a[1][cat], estimates_b[1][cat], classes_a[:, k], classes_b[:, k], level
         )
         for k, cat in enumerate(a.category_ids.tolist())
@@ -220,7 +225,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def _resampled(matches: CocoMatches, *, resamples: int, seed: int) -> tuple[np.ndarray, ...]:
+def resampled_figures(matches: CocoMatches, *, resamples: int, seed: int) -> tuple[np.ndarray, ...]:
     """(stats (B, 6), per-class AP (B, K)) of ``resamples`` draws of the images; NaN where
     undefined."""
     if not matches.n_images:
@@ -245,7 +250,7 @@ def resample_counts(
         yield np.bincount(drawn.ravel(), minlength=n * n_images).reshape(n, n_images)
 
 
-def _estimates(matches: CocoMatches) -> tuple[dict[str, float | None], dict[int, float | None]]:
+def full_figures(matches: CocoMatches) -> tuple[dict[str, float | None], dict[int, float | None]]:
     """The figures on all images, from the engine: the values an evaluation stores."""
     found = summarize(matches)
     values = found.stats.tolist()
@@ -261,7 +266,7 @@ def _interval(estimate: float | None, samples: np.ndarray, level: float) -> Inte
     return Interval(estimate, low, high, int(defined.size))
 
 
-def _difference(
+def difference_of(
     estimate_a: float | None,
     estimate_b: float | None,
     samples_a: np.ndarray,
@@ -296,7 +301,7 @@ def _format_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"= {p:.2g}"
 
 
-def _check_options(resamples: int, seed: int, level: float) -> None:
+def check_options(resamples: int, seed: int, level: float) -> None:
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
         raise ValueError(f"resamples must be an integer >= 1; got {resamples!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -305,7 +310,7 @@ def _check_options(resamples: int, seed: int, level: float) -> None:
         raise ValueError(f"level must be between 0 and 1 (e.g. 0.95); got {level!r}")
 
 
-def _check_paired(a: CocoMatches, b: CocoMatches) -> None:
+def check_paired(a: CocoMatches, b: CocoMatches) -> None:
     """Both runs must be scored on the same val images, categories and GT boxes."""
     if a.image_ids != b.image_ids:
         in_b, in_a = set(b.image_ids), set(a.image_ids)

@@ -13,6 +13,7 @@ from backend.evaluations import (
     analysis_service,
     compare_service,
     images_service,
+    replicates_service,
     service,
     significance_service,
 )
@@ -20,6 +21,7 @@ from backend.evaluations.schemas import EvaluationRead, ImagePage, ImageResultRe
 
 router = APIRouter(prefix="/jobs", tags=["evaluations"])
 legend_router = APIRouter(prefix="/analysis", tags=["evaluations"])
+groups_router = APIRouter(prefix="/groups", tags=["evaluations"])
 
 Threshold = Annotated[float, Query(ge=0, le=1)]
 
@@ -164,4 +166,32 @@ def compare_jobs(
     one sentence on `metric`. Jobs scored on different val splits are a 422."""
     return significance_service.compare_jobs(
         session=session, job_a=job_a, job_b=job_b, metric=metric, resamples=resamples, seed=seed
+    )
+
+
+@groups_router.get("/{group_id}")
+def replicate_group(group_id: int, session: SessionDep) -> dict[str, Any]:
+    """A replicate group's runs and, per metric, mean, std and 95% interval over seeds, with
+    how much of a single run's variance comes from the seed and how much from the val images."""
+    return replicates_service.summary(session=session, group_id=group_id)
+
+
+@groups_router.get("/{group_a}/compare/{group_b}")
+def compare_groups(
+    group_a: int,
+    group_b: int,
+    session: SessionDep,
+    metric: str = "bbox_mAP",
+    resamples: Annotated[int, Query(ge=100, le=10_000)] = DEFAULTS.resamples,
+    seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = DEFAULTS.bootstrap_seed,
+) -> dict[str, Any]:
+    """Is group B better than group A? Difference of the groups' mean figures with intervals
+    and p-values from a two-level bootstrap (val images, paired; seeds within each group)."""
+    return replicates_service.compare(
+        session=session,
+        group_a=group_a,
+        group_b=group_b,
+        metric=metric,
+        resamples=resamples,
+        seed=seed,
     )

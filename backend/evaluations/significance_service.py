@@ -21,30 +21,32 @@ from backend.evaluations import service as evaluation_service
 from backend.evaluations.inputs import NotJson, read_json, sha256_of
 from backend.jobs import service as job_service
 
-__all__ = ["compare_jobs", "versus_leader"]
+__all__ = ["Scored", "compare_jobs", "scored_matches", "versus_leader"]
 
 
 @dataclass(frozen=True, eq=False)
-class _Scored:
+class Scored:
+    """A job's predictions matched by the engine, its class labels and its val file's hash."""
+
     matches: CocoMatches
     labels: dict[int, str]
     val_sha256: str
 
 
 @lru_cache(maxsize=8)
-def _score_files(val_ann: str, val_mtime: int, predictions: str, predictions_mtime: int) -> _Scored:
+def _score_files(val_ann: str, val_mtime: int, predictions: str, predictions_mtime: int) -> Scored:
     """The engine's matches of one predictions file, kept while neither file changes (a page
     comparing several runs with one leader asks for the leader's again and again)."""
     ground_truth = parse_ground_truth(read_json(val_ann))
     detections = parse_results(read_json(predictions), ground_truth)
-    return _Scored(
+    return Scored(
         matches=evaluate_arrays(ground_truth, detections),
         labels=class_labels(ground_truth),
         val_sha256=sha256_of(val_ann),
     )
 
 
-def _scored(session: Session, job_id: int) -> tuple[_Scored, str]:
+def _scored(session: Session, job_id: int) -> tuple[Scored, str]:
     """A job's matches and a name to show for it; NotFound/Invalid saying why not."""
     path = evaluation_service.predictions_file(session=session, job_id=job_id)
     job_row = job_service.get(session=session, job_id=job_id)
@@ -63,9 +65,14 @@ def _scored(session: Session, job_id: int) -> tuple[_Scored, str]:
     return scored, job_row.name or f"job {job_id}"
 
 
+def scored_matches(session: Session, job_id: int) -> Scored:
+    """The engine's matches of a job's stored predictions (kept while the files are unchanged)."""
+    return _scored(session, job_id)[0]
+
+
 def _compare(
     session: Session, job_a: int, job_b: int, *, resamples: int, seed: int
-) -> tuple[Comparison, _Scored, str, str]:
+) -> tuple[Comparison, Scored, str, str]:
     (a, name_a), (b, name_b) = _scored(session, job_a), _scored(session, job_b)
     if a.val_sha256 != b.val_sha256:
         raise Invalid(

@@ -63,6 +63,10 @@ class Job(Base):
         ForeignKey("datasets.id", ondelete="RESTRICT"), index=True
     )
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # replicates of one spec with seeds seed..seed+n-1 share the id of the group's first job
+    group_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
     weights_id: Mapped[int | None] = mapped_column(
         ForeignKey("weights.id", ondelete="RESTRICT"), index=True
     )

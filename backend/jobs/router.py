@@ -20,13 +20,21 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 @router.post("", response_model=JobRead, status_code=201)
 def submit_job(spec: JobSpec, session: SessionDep, settings: SettingsDep):
-    job = service.create(session=session, spec=spec, roots=settings.data_roots)
-    try:
-        queue.enqueue(job.id)
-    except Exception as exc:
-        service.fail(session=session, job_id=job.id, reason=f"could not be queued: {exc}")
-        raise
-    return job
+    """Queue a job; with "repeats": n, n replicates (seeds seed..seed+n-1) in one group: the
+    first is returned with every member's id in group_job_ids (also GET /jobs?group=)."""
+    jobs = service.create(session=session, spec=spec, roots=settings.data_roots)
+    for job in jobs:
+        try:
+            queue.enqueue(job.id)
+        except Exception as exc:
+            for unsent in jobs[jobs.index(job) :]:
+                service.fail(
+                    session=session, job_id=unsent.id, reason=f"could not be queued: {exc}"
+                )
+            raise
+    return JobRead.model_validate(jobs[0]).model_copy(
+        update={"group_job_ids": [job.id for job in jobs]}
+    )
 
 
 @router.get("/options")
@@ -41,11 +49,18 @@ def list_jobs(
     status: JobStatus | None = None,
     kind: JobKind | None = None,
     dataset_id: Annotated[int | None, Query(alias="dataset")] = None,
+    group_id: Annotated[int | None, Query(alias="group")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ):
     items, total = service.list_jobs(
-        session=session, status=status, kind=kind, dataset_id=dataset_id, limit=limit, offset=offset
+        session=session,
+        status=status,
+        kind=kind,
+        dataset_id=dataset_id,
+        group_id=group_id,
+        limit=limit,
+        offset=offset,
     )
     return JobPage(items=[JobRead.model_validate(j) for j in items], total=total)
 

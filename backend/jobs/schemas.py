@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from backend.jobs.models import JobKind, JobStatus
 
@@ -21,6 +21,9 @@ class JobRead(BaseModel):
     name: str | None
     dataset_id: int | None
     parent_id: int | None
+    group_id: int | None = Field(
+        default=None, description="replicate group: the id of the group's first job"
+    )
     weights_id: int | None
     spec: dict[str, Any]
     progress_iter: int
@@ -33,6 +36,9 @@ class JobRead(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    group_job_ids: list[int] | None = Field(
+        default=None, description="on submission: the ids of every job the request created"
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property

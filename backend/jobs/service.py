@@ -63,8 +63,9 @@ def _check_pretrain(session: Session, spec: PretrainSpec, roots: list[Path]) -> 
     return spec.model_copy(update={"image_folder": str(folder)})
 
 
-def create(*, session: Session, spec: FinetuneSpec | PretrainSpec, roots: list[Path]) -> Job:
-    """Check a spec against what is stored and queue it as a new job (not yet sent)."""
+def create(*, session: Session, spec: FinetuneSpec | PretrainSpec, roots: list[Path]) -> list[Job]:
+    """Check a spec against what is stored and queue it as new jobs (not yet sent): one job,
+    or one per replicate seed in a replicate group when a fine-tune asks for repeats."""
     if isinstance(spec, PretrainSpec):
         spec = _check_pretrain(session, spec, roots)
         job = Job(
@@ -76,9 +77,33 @@ def create(*, session: Session, spec: FinetuneSpec | PretrainSpec, roots: list[P
         )
         session.add(job)
         session.commit()
-        return job
+        return [job]
     _check_dataset(session, spec.dataset_id)
-    weights_id = None
+    spec, weights_id = _check_init(session, spec, roots)
+    jobs = [
+        Job(
+            kind=JobKind(spec.kind),
+            status=JobStatus.queued,
+            name=replicate.name,
+            dataset_id=replicate.dataset_id,
+            weights_id=weights_id,
+            spec=replicate.model_dump(mode="json"),
+        )
+        for replicate in spec.replicates()
+    ]
+    session.add_all(jobs)
+    session.flush()
+    if len(jobs) > 1:
+        for job in jobs:
+            job.group_id = jobs[0].id
+    session.commit()
+    return jobs
+
+
+def _check_init(
+    session: Session, spec: FinetuneSpec, roots: list[Path]
+) -> tuple[FinetuneSpec, int | None]:
+    """The spec with its checkpoint path confined to the roots, and the weights id it uses."""
     if isinstance(spec.init, CheckpointInit):
         try:
             path = confine(spec.init.checkpoint, roots)
@@ -89,27 +114,16 @@ def create(*, session: Session, spec: FinetuneSpec | PretrainSpec, roots: list[P
                 f"init.checkpoint: {spec.init.checkpoint} is not a file; give the path "
                 "of a checkpoint under an allowed data root"
             )
-        spec = spec.model_copy(
-            update={"init": CheckpointInit(checkpoint=str(path), prefix=spec.init.prefix)}
-        )
-    elif isinstance(spec.init, WeightsInit):
+        init = CheckpointInit(checkpoint=str(path), prefix=spec.init.prefix)
+        return spec.model_copy(update={"init": init}), None
+    if isinstance(spec.init, WeightsInit):
         if session.get(Weights, spec.init.weights_id) is None:
             raise Invalid(
                 f"init.weights_id: weights {spec.init.weights_id} not found; "
                 "see GET /weights for the registered ones"
             )
-        weights_id = spec.init.weights_id
-    job = Job(
-        kind=JobKind(spec.kind),
-        status=JobStatus.queued,
-        name=spec.name,
-        dataset_id=spec.dataset_id,
-        weights_id=weights_id,
-        spec=spec.model_dump(mode="json"),
-    )
-    session.add(job)
-    session.commit()
-    return job
+        return spec, spec.init.weights_id
+    return spec, None
 
 
 def get(*, session: Session, job_id: int) -> Job:
@@ -126,11 +140,14 @@ def list_jobs(
     status: JobStatus | None = None,
     kind: JobKind | None = None,
     dataset_id: int | None = None,
+    group_id: int | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> tuple[list[Job], int]:
     """One page of jobs, newest first, with the total matching the filters."""
     query = select(Job)
+    if group_id is not None:
+        query = query.where(Job.group_id == group_id)
     if status is not None:
         query = query.where(Job.status == status)
     if kind is not None:

@@ -19,6 +19,7 @@ __all__ = [
     "accepted_values",
 ]
 
+MAX_REPEATS = 20
 Neck = Literal["fpn", "pafpn"]
 Norm = Literal["frozen_bn", "bn", "syncbn"]
 Optimizer = Literal["sgd", "adamw"]
@@ -100,6 +101,13 @@ class FinetuneSpec(_Strict):
     warmup_ratio: float = Field(default=0.001, gt=0, le=1)
     amp: bool = Field(default=False, description="fp16 mixed precision (needs a CUDA GPU)")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    repeats: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_REPEATS,
+        description="replicates with seeds seed, seed+1, ..., seed+repeats-1: one job each, "
+        "in one replicate group",
+    )
     data_fraction: float = Field(
         default=1.0, ge=0.01, le=1.0, description="share of the train split used (0.01 to 1)"
     )
@@ -145,6 +153,13 @@ class FinetuneSpec(_Strict):
                 "learned); use bn or syncbn"
             )
         return self
+
+    def replicates(self) -> list[FinetuneSpec]:
+        """One spec per replicate: the seeds in turn, each a single run."""
+        return [
+            self.model_copy(update={"seed": self.seed + i, "repeats": 1})
+            for i in range(self.repeats)
+        ]
 
     @property
     def resolved_norm(self) -> str | None:
@@ -250,6 +265,7 @@ def accepted_values() -> dict[str, Any]:
         ],
         "norm": list(get_args(Norm)),
         "optimizer": list(get_args(Optimizer)),
+        "max_repeats": MAX_REPEATS,
         "defaults": FinetuneSpec.model_construct().model_dump(
             exclude={"dataset_id", "epochs", "iterations", "name"}
         ),

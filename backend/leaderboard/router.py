@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from backend.deps import SessionDep
+from backend.errors import Invalid
 from backend.leaderboard import service
 from backend.leaderboard.schemas import Leaderboard
 
@@ -25,6 +26,9 @@ def leaderboard(
     init: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
+    group: Annotated[
+        bool, Query(description="one row per replicate group: means over seeds, with spread")
+    ] = False,
     significance: Annotated[
         bool,
         Query(description="test each row shown against the top row (paired bootstrap, Holm)"),
@@ -48,7 +52,13 @@ def leaderboard(
         filters=filters,
         limit=limit,
         offset=offset,
+        grouped=group,
     )
+    if significance and group:
+        raise Invalid(
+            "significance compares single runs with the leader; for replicate groups use "
+            "GET /groups/{a}/compare/{b}, or drop group=true"
+        )
     if significance:
         service.mark_ties_with_leader(
             session=session,

@@ -30,6 +30,12 @@ class _RowBase(BaseModel):
     data_fraction: float
     amp: bool
     finished_at: datetime | None
+    group_id: int | None = Field(default=None, description="replicate group, if any")
+    replicates: dict[str, Any] | None = Field(
+        default=None,
+        description="with group=true: n, mean, std (between seeds), seed_share, job_ids and "
+        "seeds of the group's runs; the row's metrics are then means over them",
+    )
     interval: dict[str, Any] | None = Field(
         default=None,
         description="95% bootstrap interval of the chosen metric: {metric, low, high}",

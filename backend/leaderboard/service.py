@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
+from backend.analysis.replicates import summarize_group
 from backend.analysis.tables import METRIC_KEYS
 from backend.errors import Invalid
 from backend.evaluations import significance_service
@@ -43,8 +44,10 @@ def rows(
     filters: dict[str, str] | None = None,
     limit: int = 100,
     offset: int = 0,
+    grouped: bool = False,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Finished fine-tune jobs sorted by a metric, filtered on spec axes.
+    """Finished fine-tune jobs sorted by a metric, filtered on spec axes; ``grouped``: one row
+    per replicate group (mean over its runs, see ``_group_rows``).
 
     Rows are plain dicts in the shape of ``LeaderboardRow`` (the route validates them once):
     only the columns the table shows are read, no ORM objects are built, since a dashboard
@@ -62,6 +65,7 @@ def rows(
             Job.dataset_id,
             Job.spec,
             Job.finished_at,
+            Job.group_id,
             *(getattr(Evaluation, m) for m in METRIC_KEYS),
             Evaluation.intervals[("metrics", metric, "low")].as_float().label("interval_low"),
             Evaluation.intervals[("metrics", metric, "high")].as_float().label("interval_high"),
@@ -80,6 +84,12 @@ def rows(
     order = column.desc().nulls_last() if descending else column.asc().nulls_last()
     query = query.order_by(order, Job.id)
     init_filter = (filters or {}).get("init")
+    if grouped:
+        every = session.execute(query).all()
+        if init_filter is not None:
+            every = [r for r in every if _matches_init(r, init_filter)]
+        ranked = _group_rows([_row(r, metric) for r in every], metric, descending)
+        return ranked[offset : offset + limit], len(ranked)
     if init_filter is None:
         total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
         found = session.execute(query.limit(limit).offset(offset)).all()
@@ -123,9 +133,49 @@ def _row(row: Row[Any], metric: str) -> dict[str, Any]:
         "data_fraction": spec["data_fraction"],
         "amp": spec["amp"],
         "finished_at": row.finished_at,
+        "group_id": row.group_id,
         **{key: getattr(row, key) for key in METRIC_KEYS},
         "interval": interval,
     }
+
+
+def _group_rows(items: list[dict[str, Any]], metric: str, descending: bool) -> list[dict[str, Any]]:
+    """One row per replicate group (a job outside any group is its own): the metrics are the
+    means over its runs; ``replicates`` gives n, mean, std, the 95% t-interval over seeds and
+    the seed's share of a single run's variance; ``interval`` is that t-interval (n >= 2) or
+    the lone run's bootstrap interval."""
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for item in items:
+        groups.setdefault(item["group_id"] or item["job_id"], []).append(item)
+    rows = []
+    for members in groups.values():
+        members.sort(key=lambda item: item["job_id"])
+        found = summarize_group(
+            [m[metric] for m in members],
+            [
+                (m["interval"]["low"], m["interval"]["high"]) if m["interval"] else None
+                for m in members
+            ],
+        )
+        row = dict(members[0])
+        for key in METRIC_KEYS:
+            values = [m[key] for m in members if m[key] is not None]
+            row[key] = sum(values) / len(values) if values else None
+        if found.n >= 2 and found.low is not None and found.high is not None:
+            row["interval"] = {"metric": metric, "low": found.low, "high": found.high}
+        row["replicates"] = {
+            "n": found.n,
+            "mean": found.mean,
+            "std": found.std,
+            "seed_share": found.seed_share,
+            "job_ids": [m["job_id"] for m in members],
+            "seeds": [m["seed"] for m in members],
+        }
+        rows.append(row)
+    rows.sort(key=lambda row: row["job_id"])
+    scored = [row for row in rows if row[metric] is not None]
+    scored.sort(key=lambda row: row[metric], reverse=descending)
+    return scored + [row for row in rows if row[metric] is None]
 
 
 def mark_ties_with_leader(

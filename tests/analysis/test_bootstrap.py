@@ -25,7 +25,7 @@ from backend.analysis.bootstrap import (
     paired_comparison,
     resample_counts,
 )
-from backend.analysis.bootstrap import _difference as paired_difference
+from backend.analysis.bootstrap import difference_of as paired_difference
 from backend.analysis.bootstrap_stats import N_STATS, plan_resampling, weighted_stats
 from backend.analysis.engine import CocoMatches, evaluate, summarize
 from backend.analysis.tables import METRICS

@@ -30,6 +30,27 @@ def dataset_id(api, shapes_payload):
     return response.json()["id"]
 
 
+def test_a_replicate_group_of_three_tiny_jobs_shows_mean_spread_and_n(
+    api, worker, wait_job, dataset_id
+):
+    spec = {**TINY, "dataset_id": dataset_id, "iterations": 20, "eval_interval": 20}
+    first = api.post("/jobs", json={**spec, "repeats": 3, "seed": 5, "name": "rep"}).json()
+    ids = first["group_job_ids"]
+    assert len(ids) == 3 and first["group_id"] == ids[0]
+    jobs = [wait_job(job_id, until=_finished) for job_id in ids]
+    assert [job["status"] for job in jobs] == ["succeeded"] * 3, [j["error"] for j in jobs]
+    assert [job["spec"]["seed"] for job in jobs] == [5, 6, 7]
+
+    group = api.get(f"/groups/{ids[0]}").json()
+    mean_ap = group["metrics"]["bbox_mAP"]
+    values = [run["bbox_mAP"] for run in group["runs"]]
+    assert mean_ap["n"] == 3 and mean_ap["mean"] == pytest.approx(sum(values) / 3)
+    assert mean_ap["std"] is not None and mean_ap["val_se"] is not None
+    board = api.get("/leaderboard", params={"dataset": dataset_id, "group": True}).json()
+    row = next(r for r in board["items"] if r["group_id"] == ids[0])
+    assert row["replicates"]["n"] == 3 and row["replicates"]["seeds"] == [5, 6, 7]
+
+
 def _finished(job: dict) -> bool:
     return job["status"] in ("succeeded", "failed", "cancelled")
 
