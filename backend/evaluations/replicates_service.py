@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.analysis.bootstrap import describe_difference
 from backend.analysis.replicates import compare_groups, summarize_group
 from backend.analysis.tables import DEFAULTS, METRIC_KEYS
 from backend.errors import Conflict, Invalid, NotFound
@@ -88,8 +87,7 @@ def compare(
     seed: int = DEFAULTS.bootstrap_seed,
 ) -> dict[str, Any]:
     """Mean of B's runs - mean of A's, with intervals and p-values over val images and seeds."""
-    if metric not in METRIC_KEYS:
-        raise Invalid(f"metric {metric!r} is not accepted; use one of {', '.join(METRIC_KEYS)}")
+    significance_service.check_metric(metric)
     groups = []
     for group_id in (group_a, group_b):
         runs = [
@@ -115,17 +113,12 @@ def compare(
         )
     except ValueError as exc:
         raise Invalid(f"groups {group_a} and {group_b} cannot be compared: {exc}") from None
-    name_a, name_b = f"group {group_a}", f"group {group_b}"
-    found = comparison.as_dict()
-    labels = groups[0][0].labels
-    found["per_class"] = {labels[int(cat)]: value for cat, value in found["per_class"].items()}
-    return {
-        "a": {"group_id": group_a, "runs": len(groups[0])},
-        "b": {"group_id": group_b, "runs": len(groups[1])},
-        "metric": metric,
-        "alpha": DEFAULTS.alpha,
-        "sentence": describe_difference(
-            comparison, name_a=name_a, name_b=name_b, metric=metric, alpha=DEFAULTS.alpha
-        ),
-        **found,
-    }
+    return significance_service.answer(
+        comparison,
+        labels=groups[0][0].labels,
+        metric=metric,
+        a={"group_id": group_a, "runs": len(groups[0])},
+        b={"group_id": group_b, "runs": len(groups[1])},
+        name_a=f"group {group_a}",
+        name_b=f"group {group_b}",
+    )

@@ -21,7 +21,14 @@ from backend.evaluations import service as evaluation_service
 from backend.evaluations.inputs import NotJson, read_json, sha256_of
 from backend.jobs import service as job_service
 
-__all__ = ["Scored", "compare_jobs", "scored_matches", "versus_leader"]
+__all__ = [
+    "Scored",
+    "answer",
+    "check_metric",
+    "compare_jobs",
+    "scored_matches",
+    "versus_leader",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +94,38 @@ def _compare(
     return comparison, a, name_a, name_b
 
 
+def check_metric(metric: str) -> None:
+    """Invalid unless metric is one of the stored COCO metrics."""
+    if metric not in METRIC_KEYS:
+        raise Invalid(f"metric {metric!r} is not accepted; use one of {', '.join(METRIC_KEYS)}")
+
+
+def answer(
+    comparison: Comparison,
+    *,
+    labels: dict[int, str],
+    metric: str,
+    a: dict[str, Any],
+    b: dict[str, Any],
+    name_a: str,
+    name_b: str,
+) -> dict[str, Any]:
+    """A comparison as the API serves it: both sides, the sentence, every difference (per-class
+    entries under the class labels) and what reproduces it."""
+    found = comparison.as_dict()
+    found["per_class"] = {labels[int(cat)]: value for cat, value in found["per_class"].items()}
+    return {
+        "a": a,
+        "b": b,
+        "metric": metric,
+        "alpha": DEFAULTS.alpha,
+        "sentence": describe_difference(
+            comparison, name_a=name_a, name_b=name_b, metric=metric, alpha=DEFAULTS.alpha
+        ),
+        **found,
+    }
+
+
 def compare_jobs(
     *,
     session: Session,
@@ -98,25 +137,19 @@ def compare_jobs(
 ) -> dict[str, Any]:
     """B - A on every metric and per-class AP with 95% intervals and p-values, both jobs
     scored on the same resampled val images, and one sentence on ``metric``."""
-    if metric not in METRIC_KEYS:
-        raise Invalid(f"metric {metric!r} is not accepted; use one of {', '.join(METRIC_KEYS)}")
+    check_metric(metric)
     comparison, scored, name_a, name_b = _compare(
         session, job_a, job_b, resamples=resamples, seed=seed
     )
-    found = comparison.as_dict()
-    found["per_class"] = {
-        scored.labels[int(cat)]: value for cat, value in found["per_class"].items()
-    }
-    return {
-        "a": {"job_id": job_a, "name": name_a},
-        "b": {"job_id": job_b, "name": name_b},
-        "metric": metric,
-        "alpha": DEFAULTS.alpha,
-        "sentence": describe_difference(
-            comparison, name_a=name_a, name_b=name_b, metric=metric, alpha=DEFAULTS.alpha
-        ),
-        **found,
-    }
+    return answer(
+        comparison,
+        labels=scored.labels,
+        metric=metric,
+        a={"job_id": job_a, "name": name_a},
+        b={"job_id": job_b, "name": name_b},
+        name_a=name_a,
+        name_b=name_b,
+    )
 
 
 def versus_leader(
