@@ -43,15 +43,17 @@ def evaluate_job(
     score_thr: float = DEFAULTS.count_score_thr,
     confusion_score_thr: float = DEFAULTS.draw_score_thr,
     iou_thr: float = DEFAULTS.confusion_iou_thr,
-    resamples: int = DEFAULTS.resamples,
+    resamples: int | None = DEFAULTS.resamples,
     seed: int = DEFAULTS.bootstrap_seed,
 ) -> Evaluation:
     """Score a job's val predictions (those at predictions_path, else the stored ones) and
-    store metrics, record, analysis and per-image rows in place of any earlier evaluation.
+    store metrics, record, analysis and per-image rows in place of any earlier evaluation,
+    then add bootstrap intervals (``resamples`` draws of the val images fixed by ``seed``;
+    None: no intervals).
 
-    Nothing stored is replaced until everything is computed. The COCO metrics use every
-    prediction; ``score_thr`` applies to the error analysis only and is stored with it.
-    Intervals: ``resamples`` bootstrap draws of the val images fixed by ``seed``."""
+    Nothing stored is replaced until the figures are computed; they are committed before the
+    intervals, which take longer, so the evaluation is readable meanwhile. The COCO metrics
+    use every prediction; ``score_thr`` applies to the error analysis only and is stored."""
     job = job_service.get(session=session, job_id=job_id)
     if predictions_path is None:
         path = evaluation_service.predictions_file(session=session, job_id=job_id)
@@ -75,10 +77,6 @@ def evaluate_job(
         "predictions_sha256": sha256_of(path),
         "val_sha256": sha256_of(dataset.val_ann),
     }
-    intervals = intervals_json(
-        bootstrap_intervals(coco.matches, resamples=resamples, seed=seed),
-        class_labels(ground_truth),
-    )
     analysis = _analysis(
         ground_truth,
         detections,
@@ -94,11 +92,16 @@ def evaluate_job(
         predictions_path=str(path),
         analysis=analysis.pop("summary"),
         record=record,
-        intervals=intervals,
         commit=False,
     )
     _store_rows(session, job_id, gt, analysis["images"])
     session.commit()
+    if resamples is not None:
+        evaluation.intervals = intervals_json(
+            bootstrap_intervals(coco.matches, resamples=resamples, seed=seed),
+            class_labels(ground_truth),
+        )
+        session.commit()
     return evaluation
 
 
