@@ -57,7 +57,8 @@ class JobProgressHook(Hook):
         self.record_every = max(1, math.ceil(total / self.max_points_per_key))
         self.start_iter = runner.iter  # > 0 when resumed from a checkpoint
         self.start_time = self.last_flush = time.monotonic()
-        self._write(progress_iter=runner.iter, progress_total=total)
+        # a resumed run repeats the steps after its checkpoint: their old points go
+        self._write(progress_iter=runner.iter, progress_total=total, resumed_at=runner.iter)
 
     def after_train_iter(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from backend.datasets import service as dataset_service
@@ -228,9 +228,16 @@ def record_progress(
     progress_iter: int | None = None,
     progress_total: int | None = None,
     eta_seconds: float | None = None,
+    resumed_at: int | None = None,
 ) -> bool:
     """Store metric points (dicts of key, step, epoch, value) and progress, beat the heart;
-    returns whether a cancel was asked."""
+    returns whether a cancel was asked. ``resumed_at``: a run restarting from its checkpoint
+    at that step drops the points an earlier attempt wrote after it, so each step is written
+    once."""
+    if resumed_at is not None:
+        session.execute(
+            delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > resumed_at)
+        )
     if points:
         session.execute(insert(MetricPoint), [{"job_id": job_id, **p} for p in points])
     values: dict[str, Any] = {"heartbeat_at": utcnow()}

@@ -6,11 +6,14 @@ two finished tiny fine-tune runs. The pages are asserted on what they show.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 
+import numpy as np
 import pytest
 from dashboard_seed import TINY, open_page, seed_runs, texts
+from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
 from dashboard import views
@@ -44,6 +47,22 @@ def plotly_titles(at) -> list[str]:
     return titles
 
 
+def plotly_values(values) -> list:
+    """A trace's array as a list: plotly writes numpy arrays as {"dtype", "bdata"} (base64)."""
+    if isinstance(values, dict) and "bdata" in values:
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).tolist()
+    return list(values)
+
+
+def forest_points(spec: str) -> dict[str, tuple[float, str]]:
+    """A forest plot's rows: label -> (difference drawn, the trace it is in)."""
+    return {
+        label: (x, trace["name"])
+        for trace in json.loads(spec)["data"]
+        for label, x in zip(plotly_values(trace["y"]), plotly_values(trace["x"]), strict=True)
+    }
+
+
 def test_leaderboard_ranks_the_runs_and_filters_them(api, seeded):
     at = open_page("leaderboard", dataset=seeded.dataset_id)
     assert not at.exception and not at.error
@@ -55,19 +74,94 @@ def test_leaderboard_ranks_the_runs_and_filters_them(api, seeded):
 
     row = table.set_index("job_id").loc[seeded.job_a["id"]]
     expected = next(r for r in board if r["job_id"] == seeded.job_a["id"])
-    assert row["mAP"] == pytest.approx(round(100 * expected["bbox_mAP"], 1))
     assert row["mAP50"] == pytest.approx(round(100 * expected["bbox_mAP_50"], 1))
     assert (row["backbone"], row["init"], row["neck"]) == ("resnet18", "scratch", "fpn")
     assert (row["image scale"], row["iterations"], row["seed"]) == ("128×128", 30, 0)
     assert row["run"] == f"run?job={seeded.job_a['id']}"
-    assert plotly_titles(at) == ["mAP by backbone (mean ± std over runs)"]
+    assert plotly_titles(at) == [
+        "mAP of the best 2 runs shown, with 95% intervals",
+        "mAP by backbone (mean ± std over runs)",
+    ]
 
     at.multiselect(key="leaderboard-filter-seed").select(1).run()
     assert list(at.dataframe[0].value["job_id"]) == [seeded.job_b["id"]]
     assert "1 of 2 finished runs" in texts(at.caption)
 
     at.segmented_control(key="leaderboard-group").set_value("init").run()
-    assert plotly_titles(at) == ["mAP by init (mean ± std over runs)"]
+    assert plotly_titles(at)[-1] == "mAP by init (mean ± std over runs)"
+
+
+def test_leaderboard_shows_the_ranked_metric_with_its_interval(api, seeded):
+    at = open_page("leaderboard", dataset=seeded.dataset_id)
+    assert not at.exception and not at.error
+    board = api.get("/leaderboard", params={"dataset": seeded.dataset_id}).json()["items"]
+    shown = at.dataframe[0]
+    # the ranked metric is shown with its interval; the others as plain numbers
+    assert "mAP [95% CI]" in shown.proto.column_order
+    assert "mAP" not in shown.proto.column_order and "mAP50" in shown.proto.column_order
+    table = shown.value.set_index("job_id")
+    for row in board:
+        interval = row["interval"]
+        assert interval is not None and interval["metric"] == "bbox_mAP"  # the worker's
+        assert table.loc[row["job_id"], "mAP [95% CI]"].strip() == (
+            f"{100 * row['bbox_mAP']:.1f} [{100 * interval['low']:.1f}, "
+            f"{100 * interval['high']:.1f}]"
+        )
+    assert "the other metric columns are plain numbers" in texts(at.caption)
+
+    # the chart's whiskers reach the interval's bounds
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    points = {
+        label: (y, up, down)
+        for trace in chart["data"]
+        for label, y, up, down in zip(
+            plotly_values(trace["x"]),
+            plotly_values(trace["y"]),
+            plotly_values(trace["error_y"]["array"]),
+            plotly_values(trace["error_y"]["arrayminus"]),
+            strict=True,
+        )
+    }
+    for row in board:
+        y, up, down = points[f"#{row['job_id']} {row['name']}"]
+        assert y == pytest.approx(100 * row["bbox_mAP"], abs=0.05)
+        assert y + up == pytest.approx(max(y, 100 * row["interval"]["high"]), abs=0.06)
+        assert y - down == pytest.approx(min(y, 100 * row["interval"]["low"]), abs=0.06)
+
+    # ranked by another metric, that metric carries the interval
+    at.selectbox(key="leaderboard-metric").select("bbox_mAP_50").run()
+    assert "mAP50 [95% CI]" in at.dataframe[0].proto.column_order
+    assert "mAP" in at.dataframe[0].proto.column_order
+
+
+def test_leaderboard_marks_the_runs_tied_with_the_leader(api, seeded):
+    at = open_page("leaderboard", dataset=seeded.dataset_id)
+    assert not at.exception and not at.error
+    tested = api.get(
+        "/leaderboard", params={"dataset": seeded.dataset_id, "significance": "true", "limit": 50}
+    ).json()["items"]
+    leader, other = tested[0], tested[1]
+    assert leader["vs_leader"] == {"leader": True}
+    found = other["vs_leader"]
+    verdict = "tied" if found["tied_with_leader"] else "worse"
+    p = found["p_holm"]
+    p_text = "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+    shown = at.dataframe[0]
+    assert "vs leader" in shown.proto.column_order  # on by default: two runs
+    column = shown.value.set_index("job_id")["vs leader"]
+    assert column[leader["job_id"]] == "leader"
+    assert column[other["job_id"]] == f"{verdict} ({p_text})"
+    assert (
+        "not significantly different from the top row (paired bootstrap over val images, "
+        "Holm-corrected over the 2 rows tested" in texts(at.caption)
+    )
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert {trace["name"] for trace in chart["data"]} == {"leader", verdict}
+
+    at.checkbox(key=f"leaderboard-significance-{seeded.dataset_id}").uncheck().run()
+    assert "vs leader" not in at.dataframe[0].proto.column_order
+    assert "Holm-corrected" not in texts(at.caption)
 
 
 def test_leaderboard_row_selection_opens_the_run(seeded):
@@ -158,11 +252,35 @@ def test_run_page_shows_curves_metrics_breakdown_and_downloads(api, seeded):
     assert shown["mAP"] == views.format_ap(evaluation["bbox_mAP"])
     assert shown["mAP50"] == views.format_ap(evaluation["bbox_mAP_50"])
     assert list(shown) == [metric["label"] for metric in legend(api)["metrics"]]
+    # each figure's interval under it, and what produced them
+    intervals, record = evaluation["intervals"], evaluation["record"]
+    mAP = intervals["metrics"]["bbox_mAP"]
+    captions = texts(at.caption)
+    assert f"95% CI [{100 * mAP['low']:.1f}, {100 * mAP['high']:.1f}]" in captions
+    assert (
+        f"scored by {record['engine']} · {record['predictions']:,} predictions "
+        f"({record['degenerate_predictions']:,} zero-size) · predictions sha256 "
+        f"`{record['predictions_sha256'][:12]}` · intervals: {intervals['resamples']:,} "
+        f"resamples, seed {intervals['seed']}" in captions
+    )
 
     titles = plotly_titles(at)
     assert {"Losses", "Learning rate", "Validation AP"} <= set(titles)
     if any(ap is not None for ap in evaluation["per_class_ap"].values()):
-        assert "AP per class" in titles
+        assert "AP per class (95% intervals)" in titles
+        bars = next(
+            json.loads(c.proto.spec)["data"][0]
+            for c in at.get("plotly_chart")
+            if "AP per class" in c.proto.spec
+        )
+        for name, x, up in zip(
+            plotly_values(bars["y"]),
+            plotly_values(bars["x"]),
+            plotly_values(bars["error_x"]["array"]),
+            strict=True,
+        ):
+            high = intervals["per_class"][name]["high"]
+            assert x + up == pytest.approx(max(x, 100 * high), abs=0.06)
     if evaluation["analysis"] is None:
         assert "error analysis is not available yet" in texts(at.info)
     else:
@@ -178,6 +296,25 @@ def test_run_page_shows_curves_metrics_breakdown_and_downloads(api, seeded):
 
     downloads = [button.label for button in at.get("download_button")]
     assert {"mmdet config", "evaluation (JSON)"} <= set(downloads)
+
+
+def test_run_page_without_intervals_says_so_and_scores_again(api, pg_engine, seeded):
+    job_id = seeded.job_b["id"]
+    kept = api.get(f"/jobs/{job_id}/evaluation").json()["intervals"]
+    with pg_engine.begin() as connection:  # as an evaluation stored before intervals were kept
+        connection.execute(
+            text("UPDATE evaluations SET intervals = NULL WHERE job_id = :job"), {"job": job_id}
+        )
+    at = open_page("run", job=job_id)
+    assert not at.exception and not at.error
+    assert f"`POST /jobs/{job_id}/analysis`) computes them" in texts(at.info)
+    assert "95% CI" not in texts(at.caption)
+
+    at.button(key="run-rescore").click().run()
+    assert not at.exception and not at.error
+    assert api.get(f"/jobs/{job_id}/evaluation").json()["intervals"] == kept  # same draws
+    assert "computes them" not in texts(at.info)
+    assert "95% CI [" in texts(at.caption)
 
 
 def test_run_page_of_an_unknown_job_says_so(seeded):
@@ -240,6 +377,30 @@ def test_compare_shows_both_runs_metrics_and_class_differences(api, seeded):
     differing = at.dataframe[1].value
     assert list(differing.index) == ["seed"]
     assert f"AP per class, difference to #{a} dash-a" in plotly_titles(at)
+
+    # is the difference real: the API's sentence, and forest plots of every difference
+    compared = api.get(f"/jobs/{a}/compare/{b}").json()
+    sentence = compared["sentence"]
+    assert f"{sentence[:1].upper()}{sentence[1:]}." in texts(at.info)
+    name = f"#{b} dash-b − #{a} dash-a"
+    assert f"{name}: per metric (95% CI)" in plotly_titles(at)
+    assert f"{name}: AP per class (95% CI)" in plotly_titles(at)
+    labels = {m["key"]: m["label"] for m in legend(api)["metrics"]}
+    for title, differences in (
+        ("per metric", {labels[key]: d for key, d in compared["metrics"].items()}),
+        ("AP per class", compared["per_class"]),
+    ):
+        spec = next(c for c in at.get("plotly_chart") if f"{name}: {title}" in c.proto.spec)
+        drawn = forest_points(spec.proto.spec)
+        defined = {label: d for label, d in differences.items() if d["estimate"] is not None}
+        assert set(drawn) == set(defined)
+        for label, d in defined.items():
+            x, group = drawn[label]
+            assert x == pytest.approx(100 * d["estimate"], abs=0.01)
+            significant = d["p_value"] is not None and d["p_value"] < compared["alpha"]
+            assert group == ("p < 0.05" if significant else "p ≥ 0.05")
+        shapes = json.loads(spec.proto.spec)["layout"]["shapes"]
+        assert [shape["x0"] for shape in shapes] == [0]  # the line of no difference
 
     pairs = api.get(f"/jobs/{a}/compare/{b}/images", params={"limit": 8}).json()["items"]
     if not pairs:
