@@ -4,9 +4,10 @@ Targets (issue #5): the leaderboard with 10,000 finished jobs renders in under 2
 predictions explorer shows its first 24 overlays (1333x800 images) in under 3 s.
 
 A fresh database is built by the migrations and filled directly (the API cannot create
-finished jobs): 10,000 succeeded fine-tune jobs with evaluations on a shapes dataset of
-1333x800 images, one of them with a predictions file (ground truth jittered, plus false
-positives, 100 boxes an image) whose analysis the API computes (`POST /jobs/{id}/analysis`).
+finished jobs): 10,000 succeeded fine-tune jobs with evaluations (metrics and their bootstrap
+intervals) on a shapes dataset of 1333x800 images, one of them with a predictions file (ground
+truth jittered, plus false positives, 100 boxes an image) whose analysis the API computes
+(`POST /jobs/{id}/analysis`).
 A page "renders" when its script run is over: every API call made and every element sent, as
 `streamlit.testing.v1.AppTest` measures it; cold = the dashboard's caches cleared first.
 
@@ -39,6 +40,7 @@ from sqlalchemy.orm import Session
 from streamlit.testing.v1 import AppTest
 
 import backend.models  # noqa: F401 - every table, for the foreign keys
+from backend.analysis.tables import METRIC_KEYS
 from backend.datasets.shapes import generate_shapes
 from backend.evaluations.models import Evaluation
 from backend.jobs.models import Job, JobKind, JobStatus
@@ -140,7 +142,10 @@ def bench(home: Path, database_url: str, *, jobs: int, renders: int) -> int:
             "leaderboard",
             {"dataset": dataset_id},
             renders=renders,
-            check=lambda at: len(at.dataframe[0].value) == min(jobs, 10_000),
+            check=lambda at: (
+                len(at.dataframe[0].value) == min(jobs, 10_000)
+                and at.dataframe[0].value["mAP [95% CI]"].str.contains("[", regex=False).all()
+            ),
         )
         explorer = time_page(
             "explorer", {"job": first_job}, renders=renders, check=lambda at: len(at.image) == 24
@@ -263,30 +268,46 @@ def insert_finished_jobs(
         ).all()
         session.execute(
             insert(Evaluation),
-            [
-                {
-                    "job_id": job_id,
-                    "per_class_ap": {"square": rng.random(), "circle": None},
-                    "predictions_path": str(predictions),
-                    "created_at": now,
-                    **{
-                        metric: rng.uniform(0.1, 0.5)
-                        for metric in (
-                            "bbox_mAP",
-                            "bbox_mAP_50",
-                            "bbox_mAP_75",
-                            "bbox_mAP_s",
-                            "bbox_mAP_m",
-                            "bbox_mAP_l",
-                        )
-                    },
-                }
-                for job_id in ids
-            ],
+            [evaluation_row(job_id, rng, predictions, now) for job_id in ids],
         )
         session.commit()
     engine.dispose()
     return ids[0]
+
+
+def evaluation_row(
+    job_id: int, rng: random.Random, predictions: Path, now: datetime
+) -> dict[str, object]:
+    """Random metrics with intervals around them, as the worker stores an evaluation (the
+    leaderboard shows the ranking metric's interval in every row)."""
+    metrics = {metric: rng.uniform(0.1, 0.5) for metric in METRIC_KEYS}
+    square = rng.random()
+    return {
+        "job_id": job_id,
+        "per_class_ap": {"square": square, "circle": None},
+        "predictions_path": str(predictions),
+        "created_at": now,
+        "intervals": {
+            "metrics": {metric: around(value, rng) for metric, value in metrics.items()},
+            "per_class": {"square": around(square, rng), "circle": around(None, rng)},
+            "resamples": 1000,
+            "seed": 0,
+            "level": 0.95,
+            "method": "basic bootstrap over images",
+        },
+        **metrics,
+    }
+
+
+def around(value: float | None, rng: random.Random) -> dict[str, float | int | None]:
+    if value is None:
+        return {"estimate": None, "low": None, "high": None, "defined": 0}
+    return {
+        "estimate": value,
+        "low": max(0.0, value - rng.uniform(0.005, 0.02)),
+        "high": min(1.0, value + rng.uniform(0.005, 0.02)),
+        "defined": 1000,
+    }
 
 
 def time_page(page: str, query: dict, *, renders: int, check) -> dict[str, list[float]]:

@@ -2,7 +2,8 @@
 
 Each read is cached by (API URL, call, arguments), so pointing the dashboard at another API
 never shows the first one's data. Failed calls are not cached: they raise `ApiError` again on
-the next run. Writes (submit, cancel) go straight to the client and clear the cached lists.
+the next run. Writes (submit, cancel, rescore) go straight to the client and clear the cached
+lists.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "api_url",
     "cancel_job",
     "client",
+    "compare",
     "compare_images",
     "config",
     "dataset",
@@ -38,7 +40,9 @@ __all__ = [
     "metrics",
     "overlay",
     "overlay_tiles",
+    "rescore",
     "submit_job",
+    "versus_leader",
     "weights",
 ]
 
@@ -130,8 +134,34 @@ def leaderboard(**params: Any) -> dict[str, Any]:
     return _recent(api_url(), "leaderboard", params)
 
 
+def versus_leader(*, dataset: int, metric: str, ranking: tuple[int, ...]) -> dict[int, Any]:
+    """Job id -> `vs_leader` of the leaderboard's best rows (at most 50), each tested against
+    the top row; `ranking` is their job ids, best first, as the leaderboard lists them.
+
+    The tests resample every run's val images (about a second a row on 5,000 images), so they
+    are kept as long as finished results are, for as long as the ranking they were made on
+    holds: another ranking is another cache entry.
+    """
+    return _versus_leader(api_url(), dataset, metric, ranking)
+
+
+@st.cache_data(ttl=600, show_spinner=False, max_entries=50)
+def _versus_leader(
+    base_url: str, dataset: int, metric: str, ranking: tuple[int, ...]
+) -> dict[int, Any]:
+    board = _client(base_url).leaderboard(
+        dataset=dataset, metric=metric, limit=len(ranking), significance=True
+    )
+    return {row["job_id"]: row["vs_leader"] for row in board["items"]}
+
+
 def evaluation(job_id: int) -> dict[str, Any]:
     return _lasting(api_url(), "evaluation", {"job_id": job_id})
+
+
+def compare(job_a: int, job_b: int, *, metric: str = "bbox_mAP") -> dict[str, Any]:
+    """B - A with intervals and p-values (paired bootstrap; seconds on big val splits)."""
+    return _lasting(api_url(), "compare", {"job_a": job_a, "job_b": job_b, "metric": metric})
 
 
 def images(job_id: int, **params: Any) -> dict[str, Any]:
@@ -218,6 +248,15 @@ def cancel_job(job_id: int) -> dict[str, Any]:
     cancelled = client().cancel_job(job_id)
     forget_lists()
     return cancelled
+
+
+def rescore(job_id: int) -> dict[str, Any]:
+    """Score a finished job's predictions again (metrics, record, intervals, analysis)."""
+    scored = client().rescore(job_id)
+    _lasting.clear(api_url(), "evaluation", {"job_id": job_id})
+    _versus_leader.clear()
+    forget_lists()
+    return scored
 
 
 def forget_lists() -> None:

@@ -10,9 +10,12 @@ from typing import Any
 
 import httpx
 
-__all__ = ["DEFAULT_API_URL", "ApiClient", "ApiError", "describe_detail"]
+__all__ = ["BOOTSTRAP_TIMEOUT", "DEFAULT_API_URL", "ApiClient", "ApiError", "describe_detail"]
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
+# Calls that resample the val images (paired bootstrap, scoring again) take seconds per run on
+# a 5,000-image split, so they may take longer than the ordinary timeout.
+BOOTSTRAP_TIMEOUT = 300.0
 
 
 class ApiError(Exception):
@@ -159,20 +162,45 @@ class ApiClient:
         order: str = "desc",
         limit: int = 10_000,
         offset: int = 0,
+        significance: bool = False,
         **axes: str | None,
     ) -> dict[str, Any]:
+        """Rows best first; with `significance` (a dataset and at most 50 rows) each row says
+        whether it is tied with the top row of the ranking (`vs_leader`)."""
         params = {
             "dataset": dataset,
             "metric": metric,
             "order": order,
             "limit": limit,
             "offset": offset,
+            "significance": "true" if significance else None,
             **axes,
         }
-        return self._json("GET", "/leaderboard", params=params)
+        timeout = BOOTSTRAP_TIMEOUT if significance else self._http.timeout
+        return self._json("GET", "/leaderboard", params=params, timeout=timeout)
 
     def evaluation(self, job_id: int) -> dict[str, Any]:
         return self._json("GET", f"/jobs/{job_id}/evaluation")
+
+    def rescore(self, job_id: int) -> dict[str, Any]:
+        """Score the job's stored predictions again: metrics, record, intervals and analysis."""
+        return self._json("POST", f"/jobs/{job_id}/analysis", timeout=BOOTSTRAP_TIMEOUT)
+
+    def compare(
+        self,
+        job_a: int,
+        job_b: int,
+        *,
+        metric: str = "bbox_mAP",
+        resamples: int | None = None,
+        seed: int | None = None,
+    ) -> dict[str, Any]:
+        """B - A on every metric and per-class AP, with intervals, p-values and one sentence
+        on `metric` (a paired bootstrap over the val images; None: the API's default)."""
+        params = {"metric": metric, "resamples": resamples, "seed": seed}
+        return self._json(
+            "GET", f"/jobs/{job_a}/compare/{job_b}", params=params, timeout=BOOTSTRAP_TIMEOUT
+        )
 
     def images(
         self,

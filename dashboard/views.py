@@ -20,7 +20,11 @@ __all__ = [
     "error_types",
     "format_ap",
     "format_duration",
+    "format_interval",
+    "format_p",
     "init_label",
+    "interval_level",
+    "interval_whiskers",
     "job_label",
     "metric_labels",
     "outcome_legend",
@@ -56,6 +60,11 @@ def error_types(*, side: str | None = None) -> list[str]:
 def show_groups() -> dict[str, tuple[str, list[str]]]:
     """What an overlay can be asked to draw: group name -> (label, the box kinds in it)."""
     return {g["name"]: (g["label"], g["members"]) for g in cached.legend()["show_groups"]}
+
+
+def interval_level() -> str:
+    """The level of the API's bootstrap intervals, as a label: "95%"."""
+    return f"{100 * cached.legend()['defaults']['level']:g}%"
 
 
 def default_score_thr() -> float:
@@ -125,6 +134,39 @@ def ap_points(value: float | None) -> float | None:
 def format_ap(value: float | None) -> str:
     points = ap_points(value)
     return "–" if points is None else f"{points:.1f}"
+
+
+def format_interval(low: float | None, high: float | None) -> str:
+    """An interval of a figure (0..1) in points: "[36.9, 38.3]"; "" when a bound is unknown."""
+    if low is None or high is None:
+        return ""
+    return f"[{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def format_p(p_value: float) -> str:
+    """A p-value as the API's sentences write it: "p = 0.41", "p = 0.003", "p < 0.001"."""
+    return "p < 0.001" if p_value < 0.001 else f"p = {p_value:.2g}"
+
+
+def interval_whiskers(
+    values: Sequence[float], lows: Sequence[float | None], highs: Sequence[float | None]
+) -> dict[str, Any]:
+    """Plotly error bars from each value to its interval's bounds (all in points); none where
+    a bound is unknown. A basic bootstrap interval need not contain its estimate: a whisker
+    then has no length on that side rather than pointing the wrong way."""
+
+    def reach(ends: Sequence[float | None], sign: int) -> list[float | None]:
+        return [
+            None if end is None or math.isnan(end) else max(0.0, round(sign * (end - value), 2))
+            for value, end in zip(values, ends, strict=True)
+        ]
+
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": reach(highs, 1),
+        "arrayminus": reach(lows, -1),
+    }
 
 
 def format_duration(seconds: float | None) -> str:

@@ -1,6 +1,7 @@
 """Compare: two or more finished runs on one dataset side by side: their metrics and spec,
-the per-class AP difference to the first (the baseline), and the images where one run is right
-and the other wrong as paired overlays.
+whether each run really differs from the first (the baseline) in one sentence and forest plots
+of the differences with their intervals, the per-class AP difference to the baseline, and the
+images where one run is right and the other wrong as paired overlays.
 
 The runs come from the `jobs` query parameter (`compare?jobs=3,5`).
 """
@@ -84,6 +85,110 @@ def metrics_table(runs: list[dict[str, Any]]) -> None:
             ),
             width="stretch",
         )
+
+
+def forest_plot(
+    differences: dict[str, dict[str, Any]], *, alpha: float, title: str, level: str
+) -> go.Figure:
+    """One row per figure (top to bottom as given): a point at the difference in AP points,
+    whiskers to its interval's bounds, coloured by whether p < alpha; a line at no difference."""
+    defined = {name: d for name, d in differences.items() if d["estimate"] is not None}
+    figure = go.Figure()
+    for significant, name, colour in (
+        (True, f"p < {alpha:g}", "#d62728"),
+        (False, f"p ≥ {alpha:g}", "#7f7f7f"),
+    ):
+        rows = {
+            label: d
+            for label, d in defined.items()
+            if (d["p_value"] is not None and d["p_value"] < alpha) == significant
+        }
+        if not rows:
+            continue
+        estimates = [100 * d["estimate"] for d in rows.values()]
+        lows = [None if d["low"] is None else 100 * d["low"] for d in rows.values()]
+        highs = [None if d["high"] is None else 100 * d["high"] for d in rows.values()]
+        figure.add_trace(
+            go.Scatter(
+                x=[round(e, 2) for e in estimates],
+                y=list(rows),
+                mode="markers",
+                name=name,
+                marker={"color": colour, "size": 10},
+                error_x=views.interval_whiskers(estimates, lows, highs),
+                customdata=[
+                    [
+                        "–" if lo is None else f"{lo:+.1f}",
+                        "–" if hi is None else f"{hi:+.1f}",
+                        "–" if d["p_value"] is None else views.format_p(d["p_value"]),
+                    ]
+                    for lo, hi, d in zip(lows, highs, rows.values(), strict=True)
+                ],
+                hovertemplate=f"%{{y}}: %{{x:+.1f}} points ({level} CI %{{customdata[0]}} to "
+                "%{customdata[1]}, %{customdata[2]})<extra></extra>",
+            )
+        )
+    figure.add_vline(x=0, line_dash="dash", line_color="#444")
+    figure.update_layout(
+        title=title,
+        xaxis_title="difference (AP points)",
+        yaxis={"categoryorder": "array", "categoryarray": list(defined), "autorange": "reversed"},
+        height=max(260, 90 + 32 * len(defined)),
+        margin={"t": 50, "b": 40},
+        legend={"orientation": "h", "y": -0.2},
+        showlegend=True,  # the colours' meaning, also when every row has the same
+    )
+    return figure
+
+
+def significance(baseline: dict[str, Any], other: dict[str, Any]) -> None:
+    """Is `other` really better or worse than the baseline? The API's sentence, then the
+    differences (other - baseline) per metric and per class with their intervals."""
+    st.markdown(f"**{short_label(other)}** against **{short_label(baseline)}**")
+    try:
+        with st.spinner("Resampling the val images of both runs…"):
+            found = cached.compare(baseline["job_id"], other["job_id"])
+    except ApiError as err:
+        if err.status not in (404, 422):
+            raise
+        st.warning(describe_detail(err.detail))
+        return
+    sentence = found["sentence"]
+    st.info(sentence[:1].upper() + sentence[1:] + ".", icon=":material/balance:")
+    level = f"{100 * found['level']:g}%"
+    labels = views.metric_labels()
+    by_metric = {labels.get(key, key): found["metrics"][key] for key in labels}
+    name = f"{short_label(other)} − {short_label(baseline)}"
+    left, right = st.columns(2)
+    left.plotly_chart(
+        forest_plot(
+            by_metric, alpha=found["alpha"], level=level, title=f"{name}: per metric ({level} CI)"
+        ),
+        width="stretch",
+        key=f"compare-forest-metrics-{other['job_id']}",
+    )
+    right.plotly_chart(
+        forest_plot(
+            found["per_class"],
+            alpha=found["alpha"],
+            level=level,
+            title=f"{name}: AP per class ({level} CI)",
+        ),
+        width="stretch",
+        key=f"compare-forest-classes-{other['job_id']}",
+    )
+    undefined = [
+        label
+        for figures in (by_metric, found["per_class"])
+        for label, d in figures.items()
+        if d["estimate"] is None
+    ]
+    st.caption(
+        f"Differences {name} in AP points: paired bootstrap over the val images both runs were "
+        f"scored on ({found['resamples']:,} resamples, seed {found['seed']}); red where "
+        f"p < {found['alpha']:g}, i.e. where the interval leaves out 0."
+        + (f" Undefined on this val set: {', '.join(undefined)}." if undefined else "")
+    )
 
 
 def per_class_difference(runs: list[dict[str, Any]]) -> None:
@@ -191,6 +296,9 @@ runs = [rows[job_id] for job_id in chosen]
 
 st.subheader("Metrics")
 metrics_table(runs)
+st.subheader("Is the difference real?")
+for other in runs[1:]:
+    significance(runs[0], other)
 st.subheader("AP per class")
 per_class_difference(runs)
 st.subheader("Where they disagree")

@@ -1,16 +1,21 @@
 """Leaderboard: the finished fine-tune runs of one dataset, best first, with their spec's axes.
 
-Filters, a bar chart of the ranking metric grouped by backbone or init, and a row selection
-that opens the run.
+The ranking metric carries its bootstrap interval over the val images, and the best runs can be
+tested against the top one (tied with it, or worse). Filters, a chart of the best runs with
+their intervals, a bar chart of the ranking metric grouped by backbone or init, and a row
+selection that opens the run.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import cached, views
+from dashboard.client import ApiError, describe_detail
 
 # The API returns up to 10,000 rows a call; the table, its filters and the chart work on the
 # best ones by the ranking metric.
@@ -26,18 +31,86 @@ FILTERS = {
     "seed": "Seed",
 }
 GROUPINGS = {"backbone": "Backbone", "init": "Init"}
+# The API tests at most this many rows against the leader per request (each test resamples both
+# runs' val images: about a second a row on 5,000 images).
+TESTED_ROWS = 50
+CHARTED_RUNS = 30
+# A figure's text is padded to the width of "100.0" with figure spaces (as wide as a digit), so
+# that the text column lines up and sorts as the numbers do ("  9.5" before " 37.6").
+FIGURE_SPACE = "\u2007"
+VERDICT_COLOURS = {
+    "leader": "#1f77b4",
+    "tied": "#2ca02c",
+    "worse": "#d62728",
+    "better": "#9467bd",
+    "not tested": "#7f7f7f",
+}
 
 
-def leaderboard_frame(items: list[dict], labels: dict[str, str]) -> pd.DataFrame:
-    """One row per run: a link, its AP figures in points (under their `labels`) and its spec's
-    axes."""
+def interval_column(label: str) -> str:
+    """The table column of the ranking metric with its interval: "mAP [95% CI]"."""
+    return f"{label} [{views.interval_level()} CI]"
+
+
+def with_interval(estimate: Any, interval: dict[str, Any] | None) -> str | None:
+    """ "37.6 [36.9, 38.3]" (points), padded to sort as numbers; None without a value."""
+    points = views.ap_points(estimate)
+    if points is None:
+        return None
+    bounds = views.format_interval((interval or {}).get("low"), (interval or {}).get("high"))
+    return f"{points:.1f}".rjust(5, FIGURE_SPACE) + (f" {bounds}" if bounds else "")
+
+
+def verdict(vs_leader: dict[str, Any] | None) -> str:
+    """A row against the leader: "leader", "tied", "worse" (or "better"), or "not tested"."""
+    if not vs_leader:
+        return "not tested"
+    if vs_leader["leader"]:
+        return "leader"
+    if vs_leader.get("p_holm") is None:  # the metric is undefined for one of the two
+        return "not tested"
+    if vs_leader["tied_with_leader"]:
+        return "tied"
+    return "worse" if vs_leader["difference"] < 0 else "better"
+
+
+def verdict_text(vs_leader: dict[str, Any] | None) -> str:
+    """The "vs leader" cell: "leader", "tied (p = 0.41)", "worse (p = 0.003)", ..."""
+    found = verdict(vs_leader)
+    if vs_leader is None or found in ("leader", "not tested"):
+        return found
+    return f"{found} ({views.format_p(vs_leader['p_holm'])})"
+
+
+def leaderboard_frame(
+    items: list[dict],
+    labels: dict[str, str],
+    *,
+    metric: str,
+    ties: dict[int, dict[str, Any]] | None = None,
+) -> pd.DataFrame:
+    """One row per run: a link, its AP figures in points (under their `labels`), the ranking
+    `metric` with its interval as text and its bounds, its verdict against the leader (`ties`:
+    job id -> the API's vs_leader, when tested) and its spec's axes."""
     rows = pd.DataFrame(items)
     frame = pd.DataFrame({"run": "run?job=" + rows["job_id"].astype(str)})
     frame["job_id"] = rows["job_id"]
     frame["name"] = rows["name"].fillna("")
-    for metric, label in labels.items():
-        values = pd.to_numeric(rows[metric], errors="coerce")
+    for key, label in labels.items():
+        values = pd.to_numeric(rows[key], errors="coerce")
         frame[label] = (100 * values.where(values >= 0)).round(1)
+    intervals = [interval or {} for interval in rows["interval"]]
+    frame[interval_column(labels[metric])] = [
+        with_interval(estimate, interval)
+        for estimate, interval in zip(rows[metric], intervals, strict=True)
+    ]
+    for bound in ("low", "high"):
+        values = pd.to_numeric(pd.Series([i.get(bound) for i in intervals]), errors="coerce")
+        frame[f"interval {bound}"] = (100 * values).round(1)
+    if ties is not None:
+        tested = [ties.get(job_id) for job_id in rows["job_id"]]
+        frame["verdict"] = [verdict(found) for found in tested]
+        frame["vs leader"] = [verdict_text(found) for found in tested]
     for axis in ("detector", "backbone", "init", "neck"):
         frame[axis] = rows[axis]
     frame["image scale"] = rows["image_scale"].map(lambda s: f"{s[0]}×{s[1]}")
@@ -67,22 +140,68 @@ def filter_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[keep]
 
 
+def best_runs(frame: pd.DataFrame, *, metric: str, count: int = CHARTED_RUNS) -> go.Figure:
+    """The best runs shown, each a point at its metric with whiskers to its interval's bounds,
+    coloured by its verdict against the leader when tested."""
+    top = frame.dropna(subset=[metric]).head(count)
+    names = ("#" + top["job_id"].astype(str) + " " + top["name"]).str.strip()
+    tested = "verdict" in top
+    verdicts = top["verdict"] if tested else pd.Series("not tested", index=top.index)
+    shown = [interval_column(metric), *(["vs leader"] if tested else [])]
+    figure = go.Figure()
+    for found, colour in VERDICT_COLOURS.items():
+        runs = top[verdicts == found]
+        if runs.empty:
+            continue
+        figure.add_trace(
+            go.Scatter(
+                x=names[runs.index],
+                y=runs[metric],
+                mode="markers",
+                name=found,
+                marker={"color": colour, "size": 9},
+                error_y=views.interval_whiskers(
+                    runs[metric].tolist(),
+                    runs["interval low"].tolist(),
+                    runs["interval high"].tolist(),
+                ),
+                customdata=runs[shown].to_numpy(),
+                hovertemplate=f"%{{x}}<br>{metric} %{{customdata[0]}}"
+                + ("<br>%{customdata[1]}" if tested else "")
+                + "<extra></extra>",
+            )
+        )
+    figure.update_layout(
+        title=f"{metric} of the best {len(top)} runs shown, with {views.interval_level()} "
+        "intervals",
+        xaxis={"title": "run", "categoryorder": "array", "categoryarray": names},
+        yaxis_title=f"{metric} (AP points)",
+        height=380,
+        margin={"t": 50, "b": 40},
+        showlegend=tested,
+    )
+    return figure
+
+
 def metric_by_group(frame: pd.DataFrame, *, metric: str, group: str) -> go.Figure:
-    """Mean of the metric per group with its spread across runs, hovering the best run."""
+    """Mean of the metric per group with its spread across runs, hovering the best run and its
+    interval."""
+    scored = frame.dropna(subset=[metric])
     stats = (
-        frame.dropna(subset=[metric])
-        .groupby(group)[metric]
-        .agg(["mean", "std", "max", "count"])
+        scored.groupby(group)[metric]
+        .agg(["mean", "std", "count"])
         .sort_values("mean", ascending=False)
     )
+    best = scored.loc[scored.groupby(group)[metric].idxmax(), [group, interval_column(metric)]]
+    stats["best"] = best.set_index(group)[interval_column(metric)].str.strip()
     figure = go.Figure(
         go.Bar(
             x=stats.index.astype(str),
             y=stats["mean"].round(2),
             error_y={"type": "data", "array": stats["std"].fillna(0).round(2)},
             text=[f"n={n}" for n in stats["count"]],
-            customdata=stats[["max", "count"]].to_numpy(),
-            hovertemplate=f"%{{x}}<br>mean {metric} %{{y:.1f}}<br>best %{{customdata[0]:.1f}}"
+            customdata=stats[["best", "count"]].to_numpy(),
+            hovertemplate=f"%{{x}}<br>mean {metric} %{{y:.1f}}<br>best %{{customdata[0]}}"
             "<br>%{customdata[1]} runs<extra></extra>",
         )
     )
@@ -112,8 +231,27 @@ if not board["items"]:
     st.page_link("app_pages/jobs.py", label="Go to Jobs", icon=":material/manufacturing:")
     st.stop()
 
-runs = filter_rows(leaderboard_frame(board["items"], labels))
 label = labels[metric]
+ranking = tuple(row["job_id"] for row in board["items"][:TESTED_ROWS])
+test_ties = st.checkbox(
+    "Test the runs against the leader",
+    # on by default only where every run can be tested in one request
+    value=board["total"] <= TESTED_ROWS,
+    help=f"A paired bootstrap test of each of the best {TESTED_ROWS} runs against the top one "
+    f"on {label}; it takes about a second a run on a 5,000-image val split.",
+    key=f"leaderboard-significance-{dataset['id']}",
+)
+ties = None
+if test_ties and len(ranking) > 1:
+    try:
+        with st.spinner(f"Testing the best {len(ranking)} runs against the leader…"):
+            ties = cached.versus_leader(dataset=dataset["id"], metric=metric, ranking=ranking)
+    except ApiError as err:
+        if err.status not in (404, 422):
+            raise
+        st.warning(f"The runs could not be tested: {describe_detail(err.detail)}")
+
+runs = filter_rows(leaderboard_frame(board["items"], labels, metric=metric, ties=ties))
 shown = f"{len(runs):,} of {board['total']:,} finished runs"
 if board["total"] > len(board["items"]):
     shown += f" (the best {len(board['items']):,} by {label} are loaded)"
@@ -121,6 +259,7 @@ st.caption(
     f"{shown} on **{dataset['name']}**. Click a column to sort; select a row to open the run."
 )
 
+ranked = interval_column(label)
 selection = st.dataframe(
     runs,
     hide_index=True,
@@ -129,7 +268,8 @@ selection = st.dataframe(
     column_order=[
         "run",
         "name",
-        *labels.values(),
+        *(ranked if name == label else name for name in labels.values()),
+        *(["vs leader"] if ties is not None else []),
         "detector",
         "backbone",
         "init",
@@ -146,6 +286,9 @@ selection = st.dataframe(
     column_config={
         "run": st.column_config.LinkColumn("Run", display_text=r"job=(\d+)", width="small"),
         **{name: st.column_config.NumberColumn(name, format="%.1f") for name in labels.values()},
+        ranked: st.column_config.TextColumn(
+            ranked, help=f"{label} in AP points with its {views.interval_level()} interval"
+        ),
         "lr": st.column_config.NumberColumn("lr", format="%g"),
         "finished": st.column_config.DatetimeColumn("finished", format="YYYY-MM-DD HH:mm"),
     },
@@ -157,6 +300,32 @@ picked = selection.selection.rows if selection else []
 if picked:
     st.switch_page("app_pages/run.py", query_params={"job": str(runs.iloc[picked[0]]["job_id"])})
 
+unscored = int(runs["interval low"].isna().sum())
+st.caption(
+    f"{ranked}: {label} with its {views.interval_level()} interval [low, high], a bootstrap "
+    "over the val images. The API gives the interval of the ranking metric only, so the other "
+    "metric columns are plain numbers: rank by one to see its intervals."
+    + (
+        f" {unscored:,} of these runs have no interval (scored before intervals were kept): "
+        "their run page computes them."
+        if unscored
+        else ""
+    )
+)
+if ties is not None:
+    untested = (
+        f" Only the best {len(ranking)} runs are tested." if board["total"] > len(ranking) else ""
+    )
+    st.caption(
+        "vs leader: **tied** = not significantly different from the top row (paired bootstrap "
+        f"over val images, Holm-corrected over the {len(ranking)} rows tested; p is Holm's "
+        f"adjusted p-value).{untested}"
+    )
+
+if runs.empty:
+    st.info("No run matches these filters.")
+    st.stop()
+st.plotly_chart(best_runs(runs, metric=label), width="stretch")
 group = (
     st.segmented_control(
         "Group the chart by",
@@ -167,7 +336,4 @@ group = (
     )
     or "backbone"
 )
-if runs.empty:
-    st.info("No run matches these filters.")
-else:
-    st.plotly_chart(metric_by_group(runs, metric=label, group=group), width="stretch")
+st.plotly_chart(metric_by_group(runs, metric=label, group=group), width="stretch")

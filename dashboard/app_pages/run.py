@@ -1,5 +1,6 @@
-"""Run detail: one job's training curves, final metrics, per-class AP, error breakdown,
-confusion matrix, and downloads of its mmdet config, evaluation and predictions.
+"""Run detail: one job's training curves, final metrics and per-class AP with their intervals
+and how they were scored, error breakdown, confusion matrix, and downloads of its mmdet config,
+evaluation and predictions.
 
 The job comes from the `job` query parameter (`run?job=12`); a running job's part of the
 page refreshes on its own.
@@ -117,27 +118,83 @@ def show_progress(job: dict[str, Any]) -> None:
 
 
 def final_metrics(evaluation: dict[str, Any]) -> None:
+    """Each COCO figure, its interval under it."""
     labels = views.metric_labels()
+    intervals = (evaluation["intervals"] or {}).get("metrics", {})
+    level = views.interval_level()
     for column, (metric, label) in zip(st.columns(len(labels)), labels.items(), strict=True):
         column.metric(label, views.format_ap(evaluation[metric]))
+        interval = intervals.get(metric) or {}
+        bounds = views.format_interval(interval.get("low"), interval.get("high"))
+        if bounds and views.ap_points(evaluation[metric]) is not None:
+            column.caption(f"{level} CI {bounds}")
+
+
+def scoring_record(job_id: int, evaluation: dict[str, Any]) -> None:
+    """One line on what produced the figures (engine, predictions, the bootstrap's draws), and
+    a way to compute the intervals where the evaluation has none."""
+    record, intervals = evaluation["record"], evaluation["intervals"]
+    parts = []
+    if record:
+        parts += [
+            f"scored by {record['engine']}",
+            f"{record['predictions']:,} predictions ({record['degenerate_predictions']:,} "
+            "zero-size)",
+            f"predictions sha256 `{record['predictions_sha256'][:12]}`",
+        ]
+    if intervals:
+        parts.append(
+            f"intervals: {intervals['resamples']:,} resamples, seed {intervals['seed']} "
+            f"({intervals['method']})"
+        )
+    if parts:
+        st.caption(" · ".join(parts))
+    if record and intervals:
+        return
+    missing = " and ".join(
+        what
+        for what, kept in (("its scoring record", record), ("intervals", intervals))
+        if not kept
+    )
+    note, button = st.columns([4, 1], vertical_alignment="center")
+    note.info(
+        f"This evaluation was stored before {missing} were kept. Scoring the predictions again "
+        f"(`POST /jobs/{job_id}/analysis`) computes them."
+    )
+    if button.button("Score again", icon=":material/refresh:", key="run-rescore"):
+        try:
+            with st.spinner("Scoring the predictions again…"):
+                cached.rescore(job_id)
+        except ApiError as err:
+            views.show_api_error(err, doing=f"score job #{job_id} again")
+            return
+        st.rerun()
 
 
 def per_class_ap(evaluation: dict[str, Any]) -> None:
+    """A bar per class at its AP, whiskers to its interval's bounds where known."""
     points = {name: views.ap_points(ap) for name, ap in evaluation["per_class_ap"].items()}
     scored = sorted(((ap, name) for name, ap in points.items() if ap is not None))
     if not scored:
         st.caption("No class has an AP (the val split has no boxes of any class).")
         return
+    intervals = (evaluation["intervals"] or {}).get("per_class", {})
+    bounds = [intervals.get(name) or {} for _, name in scored]
     figure = go.Figure(
         go.Bar(
             x=[ap for ap, _ in scored],
             y=[name for _, name in scored],
             orientation="h",
             text=[f"{ap:.1f}" for ap, _ in scored],
+            error_x=views.interval_whiskers(
+                [ap for ap, _ in scored],
+                [None if b.get("low") is None else 100 * b["low"] for b in bounds],
+                [None if b.get("high") is None else 100 * b["high"] for b in bounds],
+            ),
         )
     )
     figure.update_layout(
-        title="AP per class",
+        title=f"AP per class ({views.interval_level()} intervals)" if intervals else "AP per class",
         xaxis_title="AP (points)",
         height=max(260, 60 + 24 * len(scored)),
         margin={"t": 50, "b": 40},
@@ -292,6 +349,7 @@ evaluation = read_evaluation(job)
 if evaluation is not None:
     st.subheader("Final metrics (val)")
     final_metrics(evaluation)
+    scoring_record(job["id"], evaluation)
     per_class_ap(evaluation)
     st.subheader("Error breakdown")
     analysis = evaluation.get("analysis")
