@@ -40,6 +40,11 @@ class _RowBase(BaseModel):
         default=None,
         description="95% bootstrap interval of the chosen metric: {metric, low, high}",
     )
+    intervals: dict[str, Any] = Field(
+        default_factory=dict,
+        description="95% interval of every metric that has one: {metric: {low, high}} "
+        "(bootstrap over val images; with group=true and n >= 2, t-interval over seeds)",
+    )
     vs_leader: dict[str, Any] | None = Field(
         default=None,
         description="with significance=true: {leader: true} on the top row; on the others the "

@@ -67,8 +67,7 @@ def rows(
             Job.finished_at,
             Job.group_id,
             *(getattr(Evaluation, m) for m in METRIC_KEYS),
-            Evaluation.intervals[("metrics", metric, "low")].as_float().label("interval_low"),
-            Evaluation.intervals[("metrics", metric, "high")].as_float().label("interval_high"),
+            Evaluation.intervals["metrics"].label("metric_intervals"),
             Weights.name.label("weights_name"),
             Weights.method.label("weights_method"),
         )
@@ -110,11 +109,12 @@ def _matches_init(row: Row[Any], wanted: str) -> bool:
 
 def _row(row: Row[Any], metric: str) -> dict[str, Any]:
     spec = row.spec
-    interval = (
-        None
-        if row.interval_low is None or row.interval_high is None
-        else {"metric": metric, "low": row.interval_low, "high": row.interval_high}
-    )
+    intervals = {
+        key: {"low": entry["low"], "high": entry["high"]}
+        for key, entry in (row.metric_intervals or {}).items()
+        if entry and entry.get("low") is not None and entry.get("high") is not None
+    }
+    chosen = intervals.get(metric)
     return {
         "job_id": row.id,
         "name": row.name,
@@ -135,7 +135,8 @@ def _row(row: Row[Any], metric: str) -> dict[str, Any]:
         "finished_at": row.finished_at,
         "group_id": row.group_id,
         **{key: getattr(row, key) for key in METRIC_KEYS},
-        "interval": interval,
+        "interval": {"metric": metric, **chosen} if chosen else None,
+        "intervals": intervals,
     }
 
 
@@ -150,19 +151,29 @@ def _group_rows(items: list[dict[str, Any]], metric: str, descending: bool) -> l
     rows = []
     for members in groups.values():
         members.sort(key=lambda item: item["job_id"])
-        found = summarize_group(
-            [m[metric] for m in members],
-            [
-                (m["interval"]["low"], m["interval"]["high"]) if m["interval"] else None
-                for m in members
-            ],
-        )
+        summaries = {
+            key: summarize_group(
+                [m[key] for m in members],
+                [
+                    (m["intervals"][key]["low"], m["intervals"][key]["high"])
+                    if key in m["intervals"]
+                    else None
+                    for m in members
+                ],
+            )
+            for key in METRIC_KEYS
+        }
         row = dict(members[0])
-        for key in METRIC_KEYS:
-            values = [m[key] for m in members if m[key] is not None]
-            row[key] = sum(values) / len(values) if values else None
-        if found.n >= 2 and found.low is not None and found.high is not None:
-            row["interval"] = {"metric": metric, "low": found.low, "high": found.high}
+        for key, summary in summaries.items():
+            row[key] = summary.mean
+            if summary.n >= 2 and summary.low is not None and summary.high is not None:
+                row["intervals"] = {
+                    **row["intervals"],
+                    key: {"low": summary.low, "high": summary.high},
+                }
+        if metric in row["intervals"]:
+            row["interval"] = {"metric": metric, **row["intervals"][metric]}
+        found = summaries[metric]
         row["replicates"] = {
             "n": found.n,
             "mean": found.mean,

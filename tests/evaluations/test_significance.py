@@ -112,6 +112,10 @@ def test_the_leaderboard_shows_intervals_and_which_rows_tie_with_the_leader(
         interval = row["interval"]
         assert interval["metric"] == "bbox_mAP"
         assert interval["low"] <= row["bbox_mAP"] <= interval["high"] or row["bbox_mAP"] == 1.0
+        # every metric COCO defines on this split carries its interval, not only the ranked one
+        defined = {key for key in METRIC_KEYS if row[key] is not None}
+        assert set(row["intervals"]) == defined and "bbox_mAP_50" in defined
+        assert row["intervals"]["bbox_mAP"] == {"low": interval["low"], "high": interval["high"]}
     leader = board["items"][0]["job_id"]
     assert leader in (best, twin) and rows[leader]["vs_leader"] == {"leader": True}
     tied = rows[twin if leader == best else best]["vs_leader"]
