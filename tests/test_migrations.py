@@ -47,3 +47,33 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path):
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
     engine.dispose()
+
+
+def test_duplicate_metric_points_are_removed_keeping_the_latest(tmp_path):
+    from alembic import command
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'detlab.db'}"
+    command.upgrade(alembic_config(url), "0004")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, kind, status, spec, progress_iter, cancel_requested, "
+                "attempts, created_at) VALUES (1, 'finetune', 'running', '{}', 0, 0, 2, "
+                "'2026-11-30')"
+            )
+        )
+        for value, step in ((1.0, 10), (2.0, 11), (2.5, 11), (3.0, 12)):
+            connection.execute(
+                text(
+                    "INSERT INTO metric_points (job_id, key, step, value) "
+                    "VALUES (1, 'train/loss', :step, :value)"
+                ),
+                {"step": step, "value": value},
+            )
+    upgrade_head(url)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT step, value FROM metric_points ORDER BY step")).all()
+    engine.dispose()
+    assert [tuple(row) for row in rows] == [(10, 1.0), (11, 2.5), (12, 3.0)]

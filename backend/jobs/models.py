@@ -89,7 +89,8 @@ class Job(Base):
 
 class MetricPoint(Base):
     __tablename__ = "metric_points"
-    __table_args__ = (Index("ix_metric_points_job_key_step", "job_id", "key", "step"),)
+    # one point per (job, key, step): a resumed run rewrites a step, never adds a second
+    __table_args__ = (Index("ix_metric_points_job_key_step", "job_id", "key", "step", unique=True),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from backend.datasets import service as dataset_service
@@ -239,7 +241,7 @@ def record_progress(
             delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > resumed_at)
         )
     if points:
-        session.execute(insert(MetricPoint), [{"job_id": job_id, **p} for p in points])
+        _upsert_points(session, job_id, points)
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if progress_iter is not None:
         values.update(progress_iter=progress_iter, eta_seconds=eta_seconds)
@@ -249,6 +251,18 @@ def record_progress(
     cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
     session.commit()
     return bool(cancel)
+
+
+def _upsert_points(session: Session, job_id: int, points: list[dict[str, Any]]) -> None:
+    """Insert points; a (key, step) already stored takes the new value (a rewritten step)."""
+    latest = {(p["key"], p["step"]): {"job_id": job_id, **p} for p in points}
+    dialect = session.get_bind().dialect.name
+    statement = (postgres_insert if dialect == "postgresql" else sqlite_insert)(MetricPoint)
+    statement = statement.on_conflict_do_update(
+        index_elements=["job_id", "key", "step"],
+        set_={"value": statement.excluded.value, "epoch": statement.excluded.epoch},
+    )
+    session.execute(statement, list(latest.values()))
 
 
 def finish(*, session: Session, job_id: int, status: JobStatus, error: str | None = None) -> None:

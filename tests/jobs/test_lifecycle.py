@@ -69,6 +69,17 @@ def test_a_resumed_run_writes_each_step_once(db, dataset_id):
     assert series["val/bbox_mAP"].steps == [10]
 
 
+def test_a_step_written_again_keeps_one_point_with_the_new_value(db, dataset_id):
+    job = factories.job(db, dataset_id=dataset_id)
+    job_service.record_progress(session=db, job_id=job.id, points=_points(range(1, 4)))
+    again = [{"key": "train/loss", "step": 2, "epoch": 1, "value": 42.0}]
+    job_service.record_progress(session=db, job_id=job.id, points=again + again)
+
+    (series,) = job_service.metric_series(session=db, job_id=job.id)
+    assert series.steps == [1, 2, 3] and series.values == [1.0, 42.0, 3.0]
+    assert series.epochs == [None, 1, None]
+
+
 def test_orphans_are_the_running_jobs_of_a_host(db, dataset_id):
     mine = factories.job(db, dataset_id=dataset_id)
     theirs = factories.job(db, dataset_id=dataset_id)
