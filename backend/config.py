@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     )
     # A job that runs longer than this is redelivered to another worker.
     visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=3600)
+    # A worker keeps retrying its database writes this long before it fails the job.
+    db_grace_s: float = Field(default=600, ge=0, le=7 * 24 * 3600)
 
     @field_validator("data_roots", mode="before")
     @classmethod

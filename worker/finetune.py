@@ -57,14 +57,20 @@ def run_finetune(
     paths = JobPaths.for_job(settings.artifact_root, job.id)
     paths.work_dir.mkdir(parents=True, exist_ok=True)
     cfg = build_finetune_config(spec, dataset=dataset, paths=paths, weights_path=weights_path)
-    save_config(cfg, paths.config, job_id=job.id, sessions=sessions)
+    save_config(cfg, paths.config, job_id=job.id, sessions=sessions, db_grace_s=settings.db_grace_s)
 
     from mmdet.utils import register_all_modules
 
     import worker.coco_metric  # noqa: F401 - registers the val metric the config names
 
     register_all_modules(init_default_scope=True)
-    runner, hook = train(cfg, job_id=job.id, resuming=resuming, sessions=sessions)
+    runner, hook = train(
+        cfg,
+        job_id=job.id,
+        resuming=resuming,
+        sessions=sessions,
+        db_grace_s=settings.db_grace_s,
+    )
     if hook.last_val_iter != runner.iter or not paths.predictions.is_file():
         runner.val()
     store_evaluation(job_id=job.id, predictions=paths.predictions, sessions=sessions)

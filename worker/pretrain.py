@@ -69,13 +69,19 @@ def run_pretrain(
     paths = JobPaths.for_job(settings.artifact_root, job.id)
     paths.work_dir.mkdir(parents=True, exist_ok=True)
     cfg = build_pretrain_config(spec, image_folder=folder, paths=paths)
-    save_config(cfg, paths.config, job_id=job.id, sessions=sessions)
+    save_config(cfg, paths.config, job_id=job.id, sessions=sessions, db_grace_s=settings.db_grace_s)
 
     from mmpretrain.utils import register_all_modules
 
     register_algorithm(spec.method)
     register_all_modules(init_default_scope=True)
-    runner, _ = train(cfg, job_id=job.id, resuming=resuming, sessions=sessions)
+    runner, _ = train(
+        cfg,
+        job_id=job.id,
+        resuming=resuming,
+        sessions=sessions,
+        db_grace_s=settings.db_grace_s,
+    )
     name = f"{spec.method}-{spec.backbone}-job{job.id}"
     out = settings.artifact_root / "weights" / f"{name}.pth"
     meta = {

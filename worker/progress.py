@@ -39,9 +39,11 @@ class JobProgressHook(Hook):
         sessions: sessionmaker[Session],
         flush_every_s: float = 1.0,
         max_points_per_key: int = 5000,
+        db_grace_s: float = 600.0,
     ) -> None:
         self.job_id = job_id
         self.sessions = sessions
+        self.db_grace_s = db_grace_s
         self.flush_every_s = flush_every_s
         self.max_points_per_key = max_points_per_key
         self.pending: list[dict[str, Any]] = []
@@ -128,10 +130,16 @@ class JobProgressHook(Hook):
             raise JobCancelled(f"cancelled by request at iteration {step}")
 
     def _write(self, **progress: Any) -> bool:
-        with self.sessions() as session:
-            cancel = job_service.record_progress(
-                session=session, job_id=self.job_id, points=self.pending, **progress
-            )
+        from worker.db_writes import retrying
+
+        def write() -> bool:
+            with self.sessions() as session:
+                return job_service.record_progress(
+                    session=session, job_id=self.job_id, points=self.pending, **progress
+                )
+
+        # a failed write rolls back whole: the points stay pending until one succeeds
+        cancel = retrying(write, grace_s=self.db_grace_s, what="recording progress")
         self.pending = []
         return cancel
 

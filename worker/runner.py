@@ -12,6 +12,7 @@ import backend.models  # noqa: F401 - every table, so the ORM can resolve foreig
 from backend.config import Settings
 from backend.jobs import service as job_service
 from backend.jobs.models import Job, JobKind, JobStatus
+from worker.db_writes import DatabaseUnreachable, retrying
 from worker.progress import JobCancelled, JobFailed
 
 __all__ = ["run_job"]
@@ -60,8 +61,16 @@ def run_job(job_id: int, *, settings: Settings, sessions: sessionmaker[Session])
     except Exception as exc:  # noqa: BLE001 - every failure must be recorded, never lost
         status, error = JobStatus.failed, _describe(exc, spec=job.spec)
         log.exception("job %s failed", job_id)
-    with sessions() as session:
-        job_service.finish(session=session, job_id=job_id, status=status, error=error)
+
+    def record() -> None:
+        with sessions() as session:
+            job_service.finish(session=session, job_id=job_id, status=status, error=error)
+
+    try:
+        retrying(record, grace_s=settings.db_grace_s, what=f"recording that the job {status.value}")
+    except DatabaseUnreachable:
+        log.exception("job %s ended %s but that could not be recorded", job_id, status.value)
+        return JobStatus.failed
     return status
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from backend.jobs import service as job_service
 from worker.checkpoints import allow_own_checkpoints
+from worker.db_writes import retrying
 from worker.progress import JobFailed, JobProgressHook
 
 __all__ = ["require_cuda_for_amp", "save_config", "train"]
@@ -30,18 +31,23 @@ def require_cuda_for_amp(amp: bool) -> None:
             )
 
 
-def save_config(cfg: Any, path: Path, *, job_id: int, sessions: sessionmaker[Session]) -> None:
+def save_config(
+    cfg: Any, path: Path, *, job_id: int, sessions: sessionmaker[Session], db_grace_s: float
+) -> None:
     """Write the generated config beside the job's files and into the job's row."""
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg.dump(str(path))
-    with sessions() as session:
-        job_service.save_config(
-            session=session, job_id=job_id, config_text=path.read_text(encoding="utf-8")
-        )
+    text = path.read_text(encoding="utf-8")
+
+    def write() -> None:
+        with sessions() as session:
+            job_service.save_config(session=session, job_id=job_id, config_text=text)
+
+    retrying(write, grace_s=db_grace_s, what="saving the config")
 
 
 def train(
-    cfg: Any, *, job_id: int, resuming: bool, sessions: sessionmaker[Session]
+    cfg: Any, *, job_id: int, resuming: bool, sessions: sessionmaker[Session], db_grace_s: float
 ) -> tuple[Any, JobProgressHook]:
     """Train with mmengine's Runner and DetLab's progress hook, resuming a redelivered job
     from its last checkpoint (ours, so mmengine's pickled types are allowed to load)."""
@@ -51,7 +57,7 @@ def train(
     cfg.resume = resuming and (work_dir / "last_checkpoint").is_file()
     cfg.load_from = None
     runner = Runner.from_cfg(cfg)
-    hook = JobProgressHook(job_id=job_id, sessions=sessions)
+    hook = JobProgressHook(job_id=job_id, sessions=sessions, db_grace_s=db_grace_s)
     runner.register_hook(hook)
     if cfg.resume:
         log.info("job %s: resuming from %s", job_id, work_dir)
