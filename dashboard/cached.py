@@ -24,6 +24,7 @@ __all__ = [
     "cancel_job",
     "client",
     "compare",
+    "compare_groups",
     "compare_images",
     "config",
     "dataset",
@@ -31,6 +32,7 @@ __all__ = [
     "detections",
     "evaluation",
     "forget_lists",
+    "group",
     "images",
     "job",
     "job_options",
@@ -164,6 +166,28 @@ def compare(job_a: int, job_b: int, *, metric: str = "bbox_mAP") -> dict[str, An
     return _lasting(api_url(), "compare", {"job_a": job_a, "job_b": job_b, "metric": metric})
 
 
+def group(group_id: int) -> dict[str, Any]:
+    """A replicate group's runs and figures over its seeds; it changes as its runs finish."""
+    return _recent(api_url(), "group", {"group_id": group_id})
+
+
+def compare_groups(
+    group_a: int, group_b: int, *, scored: tuple[tuple[int, ...], tuple[int, ...]]
+) -> dict[str, Any]:
+    """Mean of B's runs - mean of A's (a two-level bootstrap: seconds on big val splits).
+
+    `scored` is the ids of each group's scored runs: the answer is kept as long as finished
+    results are, until another run of either group is scored (another cache entry)."""
+    return _compare_groups(api_url(), group_a, group_b, scored)
+
+
+@st.cache_data(ttl=600, show_spinner=False, max_entries=50)
+def _compare_groups(
+    base_url: str, group_a: int, group_b: int, scored: tuple[tuple[int, ...], tuple[int, ...]]
+) -> dict[str, Any]:
+    return _client(base_url).compare_groups(group_a, group_b)
+
+
 def images(job_id: int, **params: Any) -> dict[str, Any]:
     return _lasting(api_url(), "images", {"job_id": job_id, **params})
 
@@ -255,6 +279,7 @@ def rescore(job_id: int) -> dict[str, Any]:
     scored = client().rescore(job_id)
     _lasting.clear(api_url(), "evaluation", {"job_id": job_id})
     _versus_leader.clear()
+    _compare_groups.clear()
     forget_lists()
     return scored
 

@@ -114,6 +114,7 @@ class ApiClient:
         status: str | None = None,
         kind: str | None = None,
         dataset: int | None = None,
+        group: int | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> dict[str, Any]:
@@ -121,6 +122,7 @@ class ApiClient:
             "status": status,
             "kind": kind,
             "dataset": dataset,
+            "group": group,
             "limit": limit,
             "offset": offset,
         }
@@ -162,17 +164,20 @@ class ApiClient:
         order: str = "desc",
         limit: int = 10_000,
         offset: int = 0,
+        group: bool = False,
         significance: bool = False,
         **axes: str | None,
     ) -> dict[str, Any]:
-        """Rows best first; with `significance` (a dataset and at most 50 rows) each row says
-        whether it is tied with the top row of the ranking (`vs_leader`)."""
+        """Rows best first; with `group` one row per replicate group (means over its seeds,
+        `replicates` giving n, mean and std); with `significance` (a dataset, at most 50 rows,
+        not with `group`) each row says whether it is tied with the top row (`vs_leader`)."""
         params = {
             "dataset": dataset,
             "metric": metric,
             "order": order,
             "limit": limit,
             "offset": offset,
+            "group": "true" if group else None,
             "significance": "true" if significance else None,
             **axes,
         }
@@ -200,6 +205,23 @@ class ApiClient:
         params = {"metric": metric, "resamples": resamples, "seed": seed}
         return self._json(
             "GET", f"/jobs/{job_a}/compare/{job_b}", params=params, timeout=BOOTSTRAP_TIMEOUT
+        )
+
+    def group(self, group_id: int) -> dict[str, Any]:
+        """A replicate group's runs and, per metric, n, mean, std and 95% t-interval over its
+        seeds, with the seed's share of one run's variance (`seed_share`)."""
+        return self._json("GET", f"/groups/{group_id}")
+
+    def compare_groups(
+        self, group_a: int, group_b: int, *, metric: str = "bbox_mAP"
+    ) -> dict[str, Any]:
+        """Mean of B's runs - mean of A's, as `compare` answers, by a two-level bootstrap over
+        the val images and the seeds."""
+        return self._json(
+            "GET",
+            f"/groups/{group_a}/compare/{group_b}",
+            params={"metric": metric},
+            timeout=BOOTSTRAP_TIMEOUT,
         )
 
     def images(

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from worker.progress import JobFailed
+from worker.outcomes import JobFailed
 
 __all__ = ["DatabaseUnreachable", "retrying"]
 

@@ -15,8 +15,8 @@ from backend.jobs.spec import CheckpointInit, FinetuneSpec
 from backend.weights.models import Weights
 from worker.checkpoints import check_user_checkpoint
 from worker.mmdet_config import build_finetune_config
+from worker.outcomes import JobFailed
 from worker.paths import JobPaths
-from worker.progress import JobFailed
 from worker.training import require_cuda_for_amp, save_config, train
 
 __all__ = ["run_finetune", "store_evaluation"]

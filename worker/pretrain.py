@@ -14,8 +14,8 @@ from backend.jobs.models import Job
 from backend.jobs.spec import PretrainSpec
 from backend.weights import service as weights_service
 from worker.mmpretrain_config import build_pretrain_config, register_algorithm
+from worker.outcomes import JobFailed
 from worker.paths import JobPaths
-from worker.progress import JobFailed
 from worker.training import require_cuda_for_amp, save_config, train
 
 __all__ = ["run_pretrain", "export_backbone"]

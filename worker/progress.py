@@ -11,16 +11,10 @@ from mmengine.hooks import Hook
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.jobs import service as job_service
+from worker.db_writes import retrying
+from worker.outcomes import JobCancelled, JobFailed
 
-__all__ = ["JobProgressHook", "JobCancelled", "JobFailed"]
-
-
-class JobCancelled(Exception):
-    """The user asked for the job to stop."""
-
-
-class JobFailed(Exception):
-    """A failure with a reason already readable by users."""
+__all__ = ["JobProgressHook"]
 
 
 class JobProgressHook(Hook):
@@ -130,8 +124,6 @@ class JobProgressHook(Hook):
             raise JobCancelled(f"cancelled by request at iteration {step}")
 
     def _write(self, **progress: Any) -> bool:
-        from worker.db_writes import retrying
-
         def write() -> bool:
             with self.sessions() as session:
                 return job_service.record_progress(

@@ -13,7 +13,7 @@ from backend.config import Settings
 from backend.jobs import service as job_service
 from backend.jobs.models import Job, JobKind, JobStatus
 from worker.db_writes import DatabaseUnreachable, retrying
-from worker.progress import JobCancelled, JobFailed
+from worker.outcomes import JobCancelled, JobFailed
 
 __all__ = ["run_job"]
 

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from backend.jobs import service as job_service
 from worker.checkpoints import allow_own_checkpoints
 from worker.db_writes import retrying
-from worker.progress import JobFailed, JobProgressHook
+from worker.outcomes import JobFailed
+from worker.progress import JobProgressHook
 
 __all__ = ["require_cuda_for_amp", "save_config", "train"]
 

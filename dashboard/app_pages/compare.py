@@ -1,7 +1,8 @@
 """Compare: two or more finished runs on one dataset side by side: their metrics and spec,
 whether each run really differs from the first (the baseline) in one sentence and forest plots
-of the differences with their intervals, the per-class AP difference to the baseline, and the
-images where one run is right and the other wrong as paired overlays.
+of the differences with their intervals (and, when the first two runs belong to two replicate
+groups, the same question asked of the groups over their seeds), the per-class AP difference to
+the baseline, and the images where one run is right and the other wrong as paired overlays.
 
 The runs come from the `jobs` query parameter (`compare?jobs=3,5`).
 """
@@ -37,9 +38,10 @@ AXES = (
 
 
 def run_label(row: dict[str, Any]) -> str:
+    group = f" · group #{row['group_id']}" if row["group_id"] is not None else ""
     return (
         f"#{row['job_id']} {row['name'] or ''} · {row['backbone']} · {row['init']} · "
-        f"mAP {views.format_ap(row['bbox_mAP'])}"
+        f"mAP {views.format_ap(row['bbox_mAP'])}{group}"
     )
 
 
@@ -141,9 +143,61 @@ def forest_plot(
     return figure
 
 
-def significance(baseline: dict[str, Any], other: dict[str, Any]) -> None:
-    """Is `other` really better or worse than the baseline? The API's sentence, then the
-    differences (other - baseline) per metric and per class with their intervals."""
+def as_sentence(text: str) -> str:
+    """The API's sentence ("group 3 beats ...") capitalised and closed."""
+    return text[:1].upper() + text[1:] + "."
+
+
+def replicate_groups(
+    rows: dict[int, dict[str, Any]], baseline: dict[str, Any], other: dict[str, Any]
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The scored runs (job ids) of the two runs' replicate groups, when they belong to two
+    different groups; None otherwise."""
+    groups = (baseline["group_id"], other["group_id"])
+    if None in groups or groups[0] == groups[1]:
+        return None
+    members = [
+        tuple(sorted(job_id for job_id, row in rows.items() if row["group_id"] == group))
+        for group in groups
+    ]
+    return members[0], members[1]
+
+
+def group_significance(
+    baseline: dict[str, Any],
+    other: dict[str, Any],
+    scored: tuple[tuple[int, ...], tuple[int, ...]],
+) -> None:
+    """Is the other run's replicate group better than the baseline's? The API's sentence on
+    the groups' means, by a bootstrap over the val images and the seeds."""
+    group_a, group_b = baseline["group_id"], other["group_id"]
+    try:
+        with st.spinner("Resampling the val images and the seeds of both groups…"):
+            found = cached.compare_groups(group_a, group_b, scored=scored)
+    except ApiError as err:
+        if err.status not in (404, 409, 422):
+            raise
+        st.warning(f"Their replicate groups could not be compared: {describe_detail(err.detail)}")
+        return
+    st.info(as_sentence(found["sentence"]), icon=":material/stacks:")
+    st.caption(
+        f"Their replicate groups: group #{group_a} ({found['a']['runs']} runs) against group "
+        f"#{group_b} ({found['b']['runs']} runs), their mean "
+        f"{views.metric_labels().get(found['metric'], found['metric'])} "
+        f"compared by a bootstrap over the val images and the seeds ({found['resamples']:,} "
+        "resamples)."
+    )
+
+
+def significance(
+    baseline: dict[str, Any],
+    other: dict[str, Any],
+    *,
+    groups: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+) -> None:
+    """Is `other` really better or worse than the baseline? The API's sentence (beside it, the
+    one on their replicate groups, `groups`: each group's scored runs), then the differences
+    (other - baseline) per metric and per class with their intervals."""
     st.markdown(f"**{short_label(other)}** against **{short_label(baseline)}**")
     try:
         with st.spinner("Resampling the val images of both runs…"):
@@ -153,8 +207,14 @@ def significance(baseline: dict[str, Any], other: dict[str, Any]) -> None:
             raise
         st.warning(describe_detail(err.detail))
         return
-    sentence = found["sentence"]
-    st.info(sentence[:1].upper() + sentence[1:] + ".", icon=":material/balance:")
+    if groups is None:
+        st.info(as_sentence(found["sentence"]), icon=":material/balance:")
+    else:
+        runs_col, groups_col = st.columns(2)
+        runs_col.info(as_sentence(found["sentence"]), icon=":material/balance:")
+        runs_col.caption("The two runs: a paired bootstrap over the val images.")
+        with groups_col:
+            group_significance(baseline, other, groups)
     level = f"{100 * found['level']:g}%"
     labels = views.metric_labels()
     by_metric = {labels.get(key, key): found["metrics"][key] for key in labels}
@@ -297,8 +357,11 @@ runs = [rows[job_id] for job_id in chosen]
 st.subheader("Metrics")
 metrics_table(runs)
 st.subheader("Is the difference real?")
-for other in runs[1:]:
-    significance(runs[0], other)
+for position, other in enumerate(runs[1:]):
+    # the first pair's groups only: each group comparison resamples every run of both groups
+    significance(
+        runs[0], other, groups=replicate_groups(rows, runs[0], other) if position == 0 else None
+    )
 st.subheader("AP per class")
 per_class_difference(runs)
 st.subheader("Where they disagree")

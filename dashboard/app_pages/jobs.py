@@ -1,4 +1,5 @@
-"""Jobs: what runs now (live progress, ETA, cancel), a form to submit a job, and the history.
+"""Jobs: what runs now (live progress, ETA, cancel), a form to submit a job (or a replicate
+group: one job per seed), and the history.
 
 The choices of the form come from `GET /jobs/options`; a refused job shows the API's own
 validation message.
@@ -113,7 +114,10 @@ def history_table(options: dict[str, Any], datasets: dict[int, str]) -> None:
         },
     )
     pages = -(-listing["total"] // HISTORY_PAGE)
-    st.caption(f"{listing['total']:,} jobs, newest first.")
+    st.caption(
+        f"{listing['total']:,} jobs, newest first. group: the replicate group a job belongs to "
+        "(named by its first job), when it was submitted with several seeds."
+    )
     if pages > 1:
         st.pagination(pages, key="jobs-page")
 
@@ -134,6 +138,7 @@ def history_frame(items: list[dict[str, Any]], datasets: dict[int, str]) -> pd.D
             "status": [job["status"] for job in items],
             "progress": [job["progress"] for job in items],
             "dataset": [datasets.get(job["dataset_id"], job["dataset_id"]) for job in items],
+            "group": [f"#{job['group_id']}" if job["group_id"] else "" for job in items],
             "detector": [job["spec"].get("detector", "") for job in items],
             "backbone": [job["spec"].get("backbone", "") for job in items],
             # a pretraining has no init: its method says what it does
@@ -212,11 +217,22 @@ def finetune_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str
         height = columns[3].number_input(
             "Image height", value=defaults["image_scale"][1], step=32, key="finetune-height"
         )
-        columns = st.columns(4)
+        columns = st.columns(5)
         values["batch_size"] = number(columns[0], "Batch size", "batch_size")
         values["optimizer"] = pick(columns[1], "Optimizer", "optimizer", options["optimizer"])
         values["lr"] = number(columns[2], "Learning rate", "lr", format="%.5f", step=0.001)
         values["seed"] = number(columns[3], "Seed", "seed", step=1)
+        values["repeats"] = number(
+            columns[4],
+            "Replicates (seeds)",
+            "repeats",
+            min_value=1,
+            max_value=options["max_repeats"],
+            step=1,
+            help="Train this spec once per seed (seed, seed + 1, …): the runs form one "
+            "replicate group, which the leaderboard can show as one row (mean and spread over "
+            "the seeds).",
+        )
         with st.expander("More settings"):
             left, middle, right = st.columns(3)
             values["weight_decay"] = number(
@@ -388,7 +404,15 @@ def submit(spec: dict[str, Any]) -> None:
         else:
             views.show_api_error(err, doing="submit the job")
         return
-    st.success(f"Job #{job['id']} queued: {views.job_label(job)}")
+    if job["group_id"] is None:
+        st.success(f"Job #{job['id']} queued: {views.job_label(job)}")
+    else:
+        members = cached.jobs(group=job["group_id"], limit=len(job["group_job_ids"]))["items"]
+        queued = ", ".join(
+            f"#{member['id']} (seed {member['spec']['seed']})"
+            for member in sorted(members, key=lambda member: member["id"])
+        )
+        st.success(f"{len(members)} jobs queued as replicate group #{job['group_id']}: {queued}.")
     st.page_link(
         "app_pages/run.py", label=f"Open job #{job['id']}", query_params={"job": job["id"]}
     )

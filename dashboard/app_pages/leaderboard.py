@@ -1,9 +1,10 @@
 """Leaderboard: the finished fine-tune runs of one dataset, best first, with their spec's axes.
 
 The ranking metric carries its bootstrap interval over the val images, and the best runs can be
-tested against the top one (tied with it, or worse). Filters, a chart of the best runs with
-their intervals, a bar chart of the ranking metric grouped by backbone or init, and a row
-selection that opens the run.
+tested against the top one (tied with it, or worse). Replicate groups (one spec trained with
+several seeds) can be shown as one row each: the mean over the seeds, its t-interval and the
+standard deviation between seeds. Filters, a chart of the best rows with their intervals, a bar
+chart of the ranking metric grouped by backbone or init, and a row selection that opens the run.
 """
 
 from __future__ import annotations
@@ -47,9 +48,15 @@ VERDICT_COLOURS = {
 }
 
 
-def interval_column(label: str) -> str:
-    """The table column of the ranking metric with its interval: "mAP [95% CI]"."""
-    return f"{label} [{views.interval_level()} CI]"
+def interval_column(label: str, *, grouped: bool = False) -> str:
+    """The table column of the ranking metric with its interval: "mAP [95% CI]", or for
+    replicate groups "mAP mean [95% CI]"."""
+    return f"{label}{' mean' if grouped else ''} [{views.interval_level()} CI]"
+
+
+def std_column(label: str) -> str:
+    """The column of the standard deviation between a group's seeds: "mAP std"."""
+    return f"{label} std"
 
 
 def with_interval(estimate: Any, interval: dict[str, Any] | None) -> str | None:
@@ -88,10 +95,13 @@ def leaderboard_frame(
     *,
     metric: str,
     ties: dict[int, dict[str, Any]] | None = None,
+    grouped: bool = False,
 ) -> pd.DataFrame:
-    """One row per run: a link, its AP figures in points (under their `labels`), the ranking
-    `metric` with its interval as text and its bounds, its verdict against the leader (`ties`:
-    job id -> the API's vs_leader, when tested) and its spec's axes."""
+    """One row per run (`grouped`: per replicate group, its first run's link): a link, its AP
+    figures in points (under their `labels`), the ranking `metric` with its interval as text
+    and its bounds, its verdict against the leader (`ties`: job id -> the API's vs_leader, when
+    tested) and its spec's axes; a group's row also has n, the std between its seeds and the
+    seeds in place of the seed."""
     rows = pd.DataFrame(items)
     frame = pd.DataFrame({"run": "run?job=" + rows["job_id"].astype(str)})
     frame["job_id"] = rows["job_id"]
@@ -100,7 +110,7 @@ def leaderboard_frame(
         values = pd.to_numeric(rows[key], errors="coerce")
         frame[label] = (100 * values.where(values >= 0)).round(1)
     intervals = [interval or {} for interval in rows["interval"]]
-    frame[interval_column(labels[metric])] = [
+    frame[interval_column(labels[metric], grouped=grouped)] = [
         with_interval(estimate, interval)
         for estimate, interval in zip(rows[metric], intervals, strict=True)
     ]
@@ -123,6 +133,13 @@ def leaderboard_frame(
     for axis in ("lr", "seed", "batch_size", "data_fraction"):
         frame[axis] = rows[axis]
     frame["finished"] = pd.to_datetime(rows["finished_at"], utc=True)
+    if grouped:
+        replicates = list(rows["replicates"])
+        frame["n"] = [found["n"] for found in replicates]
+        frame[std_column(labels[metric])] = [
+            None if found["std"] is None else round(100 * found["std"], 1) for found in replicates
+        ]
+        frame["seed"] = [", ".join(str(seed) for seed in found["seeds"]) for found in replicates]
     return frame
 
 
@@ -140,14 +157,17 @@ def filter_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[keep]
 
 
-def best_runs(frame: pd.DataFrame, *, metric: str, count: int = CHARTED_RUNS) -> go.Figure:
-    """The best runs shown, each a point at its metric with whiskers to its interval's bounds,
-    coloured by its verdict against the leader when tested."""
+def best_runs(
+    frame: pd.DataFrame, *, metric: str, ranked: str, noun: str = "runs", count: int = CHARTED_RUNS
+) -> go.Figure:
+    """The best rows shown (runs, or replicate groups), each a point at its metric with
+    whiskers to its interval's bounds (the `ranked` column), coloured by its verdict against
+    the leader when tested."""
     top = frame.dropna(subset=[metric]).head(count)
     names = ("#" + top["job_id"].astype(str) + " " + top["name"]).str.strip()
     tested = "verdict" in top
     verdicts = top["verdict"] if tested else pd.Series("not tested", index=top.index)
-    shown = [interval_column(metric), *(["vs leader"] if tested else [])]
+    shown = [ranked, *(["vs leader"] if tested else [])]
     figure = go.Figure()
     for found, colour in VERDICT_COLOURS.items():
         runs = top[verdicts == found]
@@ -172,9 +192,9 @@ def best_runs(frame: pd.DataFrame, *, metric: str, count: int = CHARTED_RUNS) ->
             )
         )
     figure.update_layout(
-        title=f"{metric} of the best {len(top)} runs shown, with {views.interval_level()} "
+        title=f"{metric} of the best {len(top)} {noun} shown, with {views.interval_level()} "
         "intervals",
-        xaxis={"title": "run", "categoryorder": "array", "categoryarray": names},
+        xaxis={"title": noun[:-1], "categoryorder": "array", "categoryarray": names},
         yaxis_title=f"{metric} (AP points)",
         height=380,
         margin={"t": 50, "b": 40},
@@ -183,17 +203,19 @@ def best_runs(frame: pd.DataFrame, *, metric: str, count: int = CHARTED_RUNS) ->
     return figure
 
 
-def metric_by_group(frame: pd.DataFrame, *, metric: str, group: str) -> go.Figure:
-    """Mean of the metric per group with its spread across runs, hovering the best run and its
-    interval."""
+def metric_by_group(
+    frame: pd.DataFrame, *, metric: str, ranked: str, group: str, noun: str = "runs"
+) -> go.Figure:
+    """Mean of the metric per group with its spread across rows (runs, or replicate groups'
+    means), hovering the best row and its interval (the `ranked` column)."""
     scored = frame.dropna(subset=[metric])
     stats = (
         scored.groupby(group)[metric]
         .agg(["mean", "std", "count"])
         .sort_values("mean", ascending=False)
     )
-    best = scored.loc[scored.groupby(group)[metric].idxmax(), [group, interval_column(metric)]]
-    stats["best"] = best.set_index(group)[interval_column(metric)].str.strip()
+    best = scored.loc[scored.groupby(group)[metric].idxmax(), [group, ranked]]
+    stats["best"] = best.set_index(group)[ranked].str.strip()
     figure = go.Figure(
         go.Bar(
             x=stats.index.astype(str),
@@ -202,11 +224,11 @@ def metric_by_group(frame: pd.DataFrame, *, metric: str, group: str) -> go.Figur
             text=[f"n={n}" for n in stats["count"]],
             customdata=stats[["best", "count"]].to_numpy(),
             hovertemplate=f"%{{x}}<br>mean {metric} %{{y:.1f}}<br>best %{{customdata[0]}}"
-            "<br>%{customdata[1]} runs<extra></extra>",
+            f"<br>%{{customdata[1]}} {noun}<extra></extra>",
         )
     )
     figure.update_layout(
-        title=f"{metric} by {group} (mean ± std over runs)",
+        title=f"{metric} by {group} (mean ± std over {noun})",
         xaxis_title=group,
         yaxis_title=f"{metric} (AP points)",
         height=380,
@@ -221,8 +243,18 @@ if dataset is None:
     st.stop()
 
 labels = views.metric_labels()
-metric = st.selectbox("Rank by", list(labels), format_func=labels.get, key="leaderboard-metric")
-board = cached.leaderboard(dataset=dataset["id"], metric=metric, limit=ROW_LIMIT)
+metric_col, grouped_col = st.columns([3, 1], vertical_alignment="bottom")
+metric = metric_col.selectbox(
+    "Rank by", list(labels), format_func=labels.get, key="leaderboard-metric"
+)
+grouped = grouped_col.toggle(
+    "One row per replicate group",
+    value=False,
+    help="Runs of one spec trained with several seeds (submitted with replicates) as one row: "
+    "the mean over the seeds, its interval and the spread between seeds.",
+    key="leaderboard-grouped",
+)
+board = cached.leaderboard(dataset=dataset["id"], metric=metric, limit=ROW_LIMIT, group=grouped)
 if not board["items"]:
     st.info(
         f"No fine-tune job on {dataset['name']} has finished yet. Submit one on the Jobs "
@@ -232,8 +264,12 @@ if not board["items"]:
     st.stop()
 
 label = labels[metric]
+noun = "groups" if grouped else "runs"
+ties = None
 ranking = tuple(row["job_id"] for row in board["items"][:TESTED_ROWS])
-test_ties = st.checkbox(
+# The API tests single runs against the leader; replicate groups are compared with each other
+# (a bootstrap over val images and seeds) on the Compare page.
+test_ties = not grouped and st.checkbox(
     "Test the runs against the leader",
     # on by default only where every run can be tested in one request
     value=board["total"] <= TESTED_ROWS,
@@ -241,7 +277,6 @@ test_ties = st.checkbox(
     f"on {label}; it takes about a second a run on a 5,000-image val split.",
     key=f"leaderboard-significance-{dataset['id']}",
 )
-ties = None
 if test_ties and len(ranking) > 1:
     try:
         with st.spinner(f"Testing the best {len(ranking)} runs against the leader…"):
@@ -251,15 +286,27 @@ if test_ties and len(ranking) > 1:
             raise
         st.warning(f"The runs could not be tested: {describe_detail(err.detail)}")
 
-runs = filter_rows(leaderboard_frame(board["items"], labels, metric=metric, ties=ties))
-shown = f"{len(runs):,} of {board['total']:,} finished runs"
+runs = filter_rows(
+    leaderboard_frame(board["items"], labels, metric=metric, ties=ties, grouped=grouped)
+)
+if grouped:
+    shown = (
+        f"{len(runs):,} of {board['total']:,} replicate groups ({int(runs['n'].sum()):,} "
+        "finished runs; a run outside any group is a group of one)"
+    )
+else:
+    shown = f"{len(runs):,} of {board['total']:,} finished runs"
 if board["total"] > len(board["items"]):
     shown += f" (the best {len(board['items']):,} by {label} are loaded)"
 st.caption(
     f"{shown} on **{dataset['name']}**. Click a column to sort; select a row to open the run."
 )
 
-ranked = interval_column(label)
+ranked = interval_column(label, grouped=grouped)
+# the ranked metric in its interval's column (a group's: then its std), the others plain
+metric_columns = [ranked if name == label else name for name in labels.values()]
+if grouped:
+    metric_columns.insert(metric_columns.index(ranked) + 1, std_column(label))
 selection = st.dataframe(
     runs,
     hide_index=True,
@@ -268,7 +315,8 @@ selection = st.dataframe(
     column_order=[
         "run",
         "name",
-        *(ranked if name == label else name for name in labels.values()),
+        *(["n"] if grouped else []),
+        *metric_columns,
         *(["vs leader"] if ties is not None else []),
         "detector",
         "backbone",
@@ -287,8 +335,17 @@ selection = st.dataframe(
         "run": st.column_config.LinkColumn("Run", display_text=r"job=(\d+)", width="small"),
         **{name: st.column_config.NumberColumn(name, format="%.1f") for name in labels.values()},
         ranked: st.column_config.TextColumn(
-            ranked, help=f"{label} in AP points with its {views.interval_level()} interval"
+            ranked,
+            help=f"mean of {label} over the group's seeds (AP points) with its "
+            f"{views.interval_level()} t-interval"
+            if grouped
+            else f"{label} in AP points with its {views.interval_level()} interval",
         ),
+        std_column(label): st.column_config.NumberColumn(
+            std_column(label), format="%.1f", help="standard deviation between the seeds' runs"
+        ),
+        "n": st.column_config.NumberColumn("n", help="runs (seeds) in the group", width="small"),
+        "seed": st.column_config.TextColumn("seeds") if grouped else "seed",
         "lr": st.column_config.NumberColumn("lr", format="%g"),
         "finished": st.column_config.DatetimeColumn("finished", format="YYYY-MM-DD HH:mm"),
     },
@@ -301,10 +358,25 @@ if picked:
     st.switch_page("app_pages/run.py", query_params={"job": str(runs.iloc[picked[0]]["job_id"])})
 
 unscored = int(runs["interval low"].isna().sum())
+level = views.interval_level()
+if grouped:
+    explained = (
+        f"{ranked}: the mean of {label} over a group's runs, one per seed, with the {level} "
+        "t-interval of that mean over the seeds; a lone run (n = 1) shows its own bootstrap "
+        f"interval over the val images. {std_column(label)}: the standard deviation between "
+        "the seeds' runs, in points. The other metric columns are means over the runs. Groups "
+        "are not tested against the leader: compare two groups on the Compare page (a "
+        "bootstrap over both the val images and the seeds), or a group's run page says how "
+        "much of its spread comes from the seeds."
+    )
+else:
+    explained = (
+        f"{ranked}: {label} with its {level} interval [low, high], a bootstrap over the val "
+        "images. The API gives the interval of the ranking metric only, so the other metric "
+        "columns are plain numbers: rank by one to see its intervals."
+    )
 st.caption(
-    f"{ranked}: {label} with its {views.interval_level()} interval [low, high], a bootstrap "
-    "over the val images. The API gives the interval of the ranking metric only, so the other "
-    "metric columns are plain numbers: rank by one to see its intervals."
+    explained
     + (
         f" {unscored:,} of these runs have no interval (scored before intervals were kept): "
         "their run page computes them."
@@ -323,9 +395,9 @@ if ties is not None:
     )
 
 if runs.empty:
-    st.info("No run matches these filters.")
+    st.info(f"No {noun[:-1]} matches these filters.")
     st.stop()
-st.plotly_chart(best_runs(runs, metric=label), width="stretch")
+st.plotly_chart(best_runs(runs, metric=label, ranked=ranked, noun=noun), width="stretch")
 group = (
     st.segmented_control(
         "Group the chart by",
@@ -336,4 +408,6 @@ group = (
     )
     or "backbone"
 )
-st.plotly_chart(metric_by_group(runs, metric=label, group=group), width="stretch")
+st.plotly_chart(
+    metric_by_group(runs, metric=label, ranked=ranked, group=group, noun=noun), width="stretch"
+)

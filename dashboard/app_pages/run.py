@@ -1,5 +1,6 @@
 """Run detail: one job's training curves, final metrics and per-class AP with their intervals
-and how they were scored, error breakdown, confusion matrix, and downloads of its mmdet config,
+and how they were scored, its replicate group (the other seeds' runs, mean, spread and where the
+spread comes from), error breakdown, confusion matrix, and downloads of its mmdet config,
 evaluation and predictions.
 
 The job comes from the `job` query parameter (`run?job=12`); a running job's part of the
@@ -20,6 +21,8 @@ from dashboard import cached, views
 from dashboard.client import ApiError, describe_detail
 
 ACTIVE = ("queued", "running")
+# The API's interval of a group's mean over its seeds is a 95% t-interval (its `method` says so).
+GROUP_LEVEL = "95%"
 
 
 def line_figure(
@@ -205,6 +208,118 @@ def per_class_ap(evaluation: dict[str, Any]) -> None:
         st.caption(f"No AP (no ground truth in val): {', '.join(sorted(unscored))}")
 
 
+def replicates_sentence(summary: dict[str, Any], *, label: str, runs: int) -> str:
+    """One figure of a replicate group in words: its mean ± std and interval over the seeds,
+    and how much of one run's variance comes from the seed and from the val images."""
+    scored = summary["n"]
+    if scored == 0:
+        return f"None of the group's {runs} runs is scored yet (queued, running or not succeeded)."
+    mean = views.ap_points(summary["mean"])
+    if mean is None:
+        return f"{label} is undefined on this val split (it has no objects of that kind)."
+    if scored == 1:
+        return (
+            f"One of the group's {runs} runs is scored so far: {label} {mean:.1f}; the spread "
+            "over seeds needs two."
+        )
+    text = (
+        f"Over {scored} seeds, {label} is {mean:.1f} ± {100 * summary['std']:.1f} "
+        f"({GROUP_LEVEL} CI {100 * summary['low']:.1f} to {100 * summary['high']:.1f})"
+    )
+    share = summary["seed_share"]
+    if share is None:
+        text += (
+            "; how much of that spread comes from the seed needs the runs' intervals over the "
+            "val images (their run pages compute them)."
+        )
+    else:
+        from_seed = round(100 * share)
+        text += (
+            f"; {from_seed}% of one run's variance comes from the seed, {100 - from_seed}% from "
+            "the choice of val images."
+        )
+    if scored < runs:
+        text += (
+            f" ({runs - scored} of its {runs} runs not scored: queued, running or not succeeded.)"
+        )
+    return text
+
+
+def group_figures(metrics: dict[str, dict[str, Any]], labels: dict[str, str]) -> pd.DataFrame:
+    """One row per figure (under its label) of a group's `metrics` as the API gives them: n,
+    mean, std, the interval over the seeds in points and the seed's share in percent."""
+    rows = {}
+    for key, label in labels.items():
+        found = metrics[key]
+        defined = views.ap_points(found["mean"]) is not None  # -1: no such objects in val
+
+        def points(value: float | None, *, defined: bool = defined) -> float | None:
+            return round(100 * value, 1) if defined and value is not None else None
+
+        share = found["seed_share"]
+        rows[label] = {
+            "n": found["n"],
+            "mean": points(found["mean"]),
+            "std": points(found["std"]),
+            f"{GROUP_LEVEL} CI": views.format_interval(found["low"], found["high"])
+            if defined
+            else "",
+            "from the seed": None if share is None or not defined else round(100 * share),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def replicates(job: dict[str, Any]) -> None:
+    """The job's replicate group: each run (seed, status, figures, a link), then each figure's
+    mean ± std and interval over the seeds, and the share of one run's variance from the seed."""
+    group = cached.group(job["group_id"])
+    labels = views.metric_labels()
+    first = next(iter(labels))
+    runs = group["runs"]
+    st.markdown(replicates_sentence(group["metrics"][first], label=labels[first], runs=len(runs)))
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "run": [f"run?job={run['job_id']}" for run in runs],
+                "seed": [run["seed"] for run in runs],
+                "status": [run["status"] for run in runs],
+                **{
+                    label: [views.ap_points(run[key]) for run in runs]
+                    for key, label in labels.items()
+                },
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "run": st.column_config.LinkColumn("Run", display_text=r"job=(\d+)", width="small"),
+            **{
+                label: st.column_config.NumberColumn(label, format="%.1f")
+                for label in labels.values()
+            },
+        },
+    )
+    st.dataframe(
+        group_figures(group["metrics"], labels),
+        width="stretch",
+        column_config={
+            "mean": st.column_config.NumberColumn("mean", format="%.1f"),
+            "std": st.column_config.NumberColumn("std", format="%.1f"),
+            "from the seed": st.column_config.NumberColumn(
+                "from the seed", format="%d%%", help="share of one run's variance due to the seed"
+            ),
+        },
+    )
+    st.caption(
+        f"Replicate group #{group['group_id']}: one spec trained with seeds "
+        f"{', '.join(str(run['seed']) for run in runs)}; figures in AP points over its scored "
+        f"runs. std: the standard deviation between the seeds' runs; {GROUP_LEVEL} CI: the "
+        "t-interval of the mean over the seeds; from the seed: the share of one run's variance "
+        "that comes from the seed, the rest from the choice of val images (measured by each "
+        f"run's bootstrap interval). The API's method: {group['method']}."
+    )
+
+
 def error_breakdown(analysis: dict[str, Any]) -> None:
     """dAP per error type (AP50 gained by fixing it) and how many of each there are."""
     dap = sorted(analysis.get("dAP", {}).items(), key=lambda item: -item[1])
@@ -351,6 +466,10 @@ if evaluation is not None:
     final_metrics(evaluation)
     scoring_record(job["id"], evaluation)
     per_class_ap(evaluation)
+if job["group_id"] is not None:
+    st.subheader("Replicates")
+    replicates(job)
+if evaluation is not None:
     st.subheader("Error breakdown")
     analysis = evaluation.get("analysis")
     if not analysis:
