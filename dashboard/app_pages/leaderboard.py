@@ -1,6 +1,6 @@
 """Leaderboard: the finished fine-tune runs of one dataset, best first, with their spec's axes.
 
-The ranking metric carries its bootstrap interval over the val images, and the best runs can be
+Every metric carries its bootstrap interval over the val images, and the best runs can be
 tested against the top one (tied with it, or worse). Replicate groups (one spec trained with
 several seeds) can be shown as one row each: the mean over the seeds, its t-interval and the
 standard deviation between seeds. Filters, a chart of the best rows with their intervals, a bar
@@ -109,11 +109,15 @@ def leaderboard_frame(
     for key, label in labels.items():
         values = pd.to_numeric(rows[key], errors="coerce")
         frame[label] = (100 * values.where(values >= 0)).round(1)
+    # every figure with its interval, as text that sorts as numbers; the ranked one's bounds
+    # also as numbers for the chart
+    every = [row_intervals or {} for row_intervals in rows["intervals"]]
+    for key, key_label in labels.items():
+        frame[interval_column(key_label, grouped=grouped)] = [
+            with_interval(estimate, found.get(key))
+            for estimate, found in zip(rows[key], every, strict=True)
+        ]
     intervals = [interval or {} for interval in rows["interval"]]
-    frame[interval_column(labels[metric], grouped=grouped)] = [
-        with_interval(estimate, interval)
-        for estimate, interval in zip(rows[metric], intervals, strict=True)
-    ]
     for bound in ("low", "high"):
         values = pd.to_numeric(pd.Series([i.get(bound) for i in intervals]), errors="coerce")
         frame[f"interval {bound}"] = (100 * values).round(1)
@@ -303,8 +307,8 @@ st.caption(
 )
 
 ranked = interval_column(label, grouped=grouped)
-# the ranked metric in its interval's column (a group's: then its std), the others plain
-metric_columns = [ranked if name == label else name for name in labels.values()]
+# every metric in its interval's column (a group's ranked one followed by its std)
+metric_columns = [interval_column(name, grouped=grouped) for name in labels.values()]
 if grouped:
     metric_columns.insert(metric_columns.index(ranked) + 1, std_column(label))
 selection = st.dataframe(
@@ -364,7 +368,8 @@ if grouped:
         f"{ranked}: the mean of {label} over a group's runs, one per seed, with the {level} "
         "t-interval of that mean over the seeds; a lone run (n = 1) shows its own bootstrap "
         f"interval over the val images. {std_column(label)}: the standard deviation between "
-        "the seeds' runs, in points. The other metric columns are means over the runs. Groups "
+        "the seeds' runs, in points. The other metric columns are means over the runs, each with "
+        "its own interval. Groups "
         "are not tested against the leader: compare two groups on the Compare page (a "
         "bootstrap over both the val images and the seeds), or a group's run page says how "
         "much of its spread comes from the seeds."
@@ -372,8 +377,7 @@ if grouped:
 else:
     explained = (
         f"{ranked}: {label} with its {level} interval [low, high], a bootstrap over the val "
-        "images. The API gives the interval of the ranking metric only, so the other metric "
-        "columns are plain numbers: rank by one to see its intervals."
+        "images; every other metric column carries its own interval the same way."
     )
 st.caption(
     explained
