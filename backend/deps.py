@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Path, Query
 from sqlalchemy.orm import Session
 
 from backend.config import Settings, get_settings
 from backend.db import get_session
 
-__all__ = ["SessionDep", "SettingsDep"]
+__all__ = ["MAX_ID", "ImageId", "Offset", "OptionalId", "RowId", "SessionDep", "SettingsDep"]
+
+# ids and offsets are database integers: a larger number is a 422 naming the parameter,
+# never an overflow in the database
+MAX_ID = 2**31 - 1
+RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
+ImageId = Annotated[int, Path(ge=0, le=MAX_ID)]
+OptionalId = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import unquote
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 
 from backend.config import get_settings
 from backend.datasets.router import router as datasets_router
@@ -19,6 +24,19 @@ from backend.migrate import upgrade_head
 from backend.weights.router import router as weights_router
 
 __all__ = ["create_app", "app"]
+
+
+def _json_safe(value: Any) -> Any:
+    """value with non-finite floats as text and anything else JSON cannot hold as its repr."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
 
 
 def create_app(*, migrate: bool = True) -> FastAPI:
@@ -37,6 +55,27 @@ def create_app(*, migrate: bool = True) -> FastAPI:
     @app.exception_handler(DomainError)
     async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.to_detail()})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own 422, made encodable: a NaN or Infinity the client sent is echoed back
+        # as text (strict JSON has no such numbers, and the response would otherwise fail)
+        return JSONResponse(status_code=422, content={"detail": _json_safe(exc.errors())})
+
+    @app.exception_handler(DataError)
+    async def _data_error(_: Request, exc: DataError) -> JSONResponse:
+        # what the database refuses to store (a NUL byte in a text, a number out of range)
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "refused by the database"
+        message = f"a value cannot be stored: {reason}; remove NUL bytes and oversized numbers"
+        return JSONResponse(status_code=422, content={"detail": {"message": message}})
+
+    @app.middleware("http")
+    async def _refuse_nul(request: Request, call_next):  # type: ignore[no-untyped-def]
+        raw = request.url.path + "?" + request.url.query
+        if "\x00" in unquote(raw):
+            message = "the request's path or query contains a NUL byte; remove it"
+            return JSONResponse(status_code=422, content={"detail": {"message": message}})
+        return await call_next(request)
 
     @app.get("/health", tags=["meta"])
     def health() -> dict[str, str]:

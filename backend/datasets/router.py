@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse
 
 from backend.datasets import service
 from backend.datasets.schemas import DatasetCreate, DatasetPage, DatasetRead
-from backend.deps import SessionDep, SettingsDep
+from backend.deps import ImageId, Offset, RowId, SessionDep, SettingsDep
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -23,20 +23,23 @@ def register_dataset(dataset_in: DatasetCreate, session: SessionDep, settings: S
 def list_datasets(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ):
     items, total = service.list_datasets(session=session, limit=limit, offset=offset)
     return DatasetPage(items=[DatasetRead.model_validate(d) for d in items], total=total)
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead)
-def get_dataset(dataset_id: int, session: SessionDep):
+def get_dataset(dataset_id: RowId, session: SessionDep):
     return service.get(session=session, dataset_id=dataset_id)
 
 
 @router.get("/{dataset_id}/images/{image_id}", response_class=FileResponse)
 def get_image(
-    dataset_id: int, image_id: int, session: SessionDep, split: Literal["train", "val"] = "val"
+    dataset_id: RowId,
+    image_id: ImageId,
+    session: SessionDep,
+    split: Literal["train", "val"] = "val",
 ):
     dataset = service.get(session=session, dataset_id=dataset_id)
     return FileResponse(service.image_file(dataset=dataset, image_id=image_id, split=split))

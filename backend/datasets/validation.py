@@ -29,7 +29,20 @@ class PathOutsideRoots(ValueError):
 
 def confine(path: str | Path, roots: list[Path]) -> Path:
     """Resolve path, following symlinks, and insist it lies under one of roots."""
-    resolved = Path(path).expanduser().resolve()
+    text = str(path)
+    if "\x00" in text:
+        raise PathOutsideRoots(f"{text!r} contains a NUL byte; give a plain file system path")
+    if text.startswith("~"):
+        # a home folder is never an allowed root, and ~unknown-user cannot even be resolved
+        raise PathOutsideRoots(
+            f"{text} starts with '~'; give an absolute path under an allowed data root"
+        )
+    try:
+        resolved = Path(text).resolve()
+    except (OSError, RuntimeError) as exc:
+        raise PathOutsideRoots(
+            f"{text} cannot be resolved ({exc}); give an absolute path"
+        ) from None
     for root in roots:
         if resolved == root or resolved.is_relative_to(root.resolve()):
             return resolved

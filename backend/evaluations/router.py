@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 
 from backend.analysis.tables import DEFAULTS, legend
-from backend.deps import SessionDep
+from backend.deps import ImageId, Offset, RowId, SessionDep
 from backend.evaluations import (
     analysis_service,
     compare_service,
@@ -33,12 +33,12 @@ def analysis_legend() -> dict[str, Any]:
 
 
 @router.get("/{job_id}/evaluation", response_model=EvaluationRead)
-def get_evaluation(job_id: int, session: SessionDep):
+def get_evaluation(job_id: RowId, session: SessionDep):
     return service.get_for_job(session=session, job_id=job_id)
 
 
 @router.get("/{job_id}/predictions", response_class=FileResponse)
-def download_predictions(job_id: int, session: SessionDep):
+def download_predictions(job_id: RowId, session: SessionDep):
     """The val predictions as a COCO results file."""
     path = service.predictions_file(session=session, job_id=job_id)
     return FileResponse(path, media_type="application/json", filename=f"job{job_id}.bbox.json")
@@ -46,7 +46,7 @@ def download_predictions(job_id: int, session: SessionDep):
 
 @router.post("/{job_id}/analysis", response_model=EvaluationRead)
 def recompute_analysis(
-    job_id: int,
+    job_id: RowId,
     session: SessionDep,
     score_thr: Threshold = DEFAULTS.count_score_thr,
     confusion_score_thr: Threshold = DEFAULTS.draw_score_thr,
@@ -69,13 +69,13 @@ def recompute_analysis(
 
 @router.get("/{job_id}/images", response_model=ImagePage)
 def list_images(
-    job_id: int,
+    job_id: RowId,
     session: SessionDep,
     error_type: str | None = None,
     class_name: Annotated[str | None, Query(alias="class")] = None,
     sort: str = "worst",
     limit: Annotated[int, Query(ge=1, le=500)] = 24,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ):
     items, total = images_service.list_images(
         session=session,
@@ -91,8 +91,8 @@ def list_images(
 
 @router.get("/{job_id}/images/{image_id}/detections")
 def image_detections(
-    job_id: int,
-    image_id: int,
+    job_id: RowId,
+    image_id: ImageId,
     session: SessionDep,
     score_thr: Threshold = DEFAULTS.count_score_thr,
 ) -> dict[str, Any]:
@@ -107,8 +107,8 @@ def image_detections(
     responses={200: {"content": {"image/png": {}}}},
 )
 def overlay(
-    job_id: int,
-    image_id: int,
+    job_id: RowId,
+    image_id: ImageId,
     session: SessionDep,
     score_thr: Threshold = DEFAULTS.draw_score_thr,
     show: str = "gt,tp,errors",
@@ -140,11 +140,11 @@ def overlay(
 
 @router.get("/{job_a}/compare/{job_b}/images")
 def compare_images(
-    job_a: int,
-    job_b: int,
+    job_a: RowId,
+    job_b: RowId,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 24,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     items, total = compare_service.compare_images(
         session=session, job_a=job_a, job_b=job_b, limit=limit, offset=offset
@@ -154,8 +154,8 @@ def compare_images(
 
 @router.get("/{job_a}/compare/{job_b}")
 def compare_jobs(
-    job_a: int,
-    job_b: int,
+    job_a: RowId,
+    job_b: RowId,
     session: SessionDep,
     metric: str = "bbox_mAP",
     resamples: Annotated[int, Query(ge=100, le=10_000)] = DEFAULTS.resamples,
@@ -170,7 +170,7 @@ def compare_jobs(
 
 
 @groups_router.get("/{group_id}")
-def replicate_group(group_id: int, session: SessionDep) -> dict[str, Any]:
+def replicate_group(group_id: RowId, session: SessionDep) -> dict[str, Any]:
     """A replicate group's runs and, per metric, mean, std and 95% interval over seeds, with
     how much of a single run's variance comes from the seed and how much from the val images."""
     return replicates_service.summary(session=session, group_id=group_id)
@@ -178,8 +178,8 @@ def replicate_group(group_id: int, session: SessionDep) -> dict[str, Any]:
 
 @groups_router.get("/{group_a}/compare/{group_b}")
 def compare_groups(
-    group_a: int,
-    group_b: int,
+    group_a: RowId,
+    group_b: RowId,
     session: SessionDep,
     metric: str = "bbox_mAP",
     resamples: Annotated[int, Query(ge=100, le=10_000)] = DEFAULTS.resamples,

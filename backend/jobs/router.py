@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 
 from backend import queue
-from backend.deps import SessionDep, SettingsDep
+from backend.deps import MAX_ID, Offset, RowId, SessionDep, SettingsDep
 from backend.errors import NotFound
 from backend.jobs import service
 from backend.jobs.models import JobKind, JobStatus
@@ -48,10 +48,10 @@ def list_jobs(
     session: SessionDep,
     status: JobStatus | None = None,
     kind: JobKind | None = None,
-    dataset_id: Annotated[int | None, Query(alias="dataset")] = None,
-    group_id: Annotated[int | None, Query(alias="group")] = None,
+    dataset_id: Annotated[int | None, Query(alias="dataset", ge=1, le=MAX_ID)] = None,
+    group_id: Annotated[int | None, Query(alias="group", ge=1, le=MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ):
     items, total = service.list_jobs(
         session=session,
@@ -66,18 +66,18 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobRead)
-def get_job(job_id: int, session: SessionDep):
+def get_job(job_id: RowId, session: SessionDep):
     return service.get(session=session, job_id=job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
-def cancel_job(job_id: int, session: SessionDep):
+def cancel_job(job_id: RowId, session: SessionDep):
     return service.cancel(session=session, job_id=job_id)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsRead)
 def get_metrics(
-    job_id: int,
+    job_id: RowId,
     session: SessionDep,
     key: Annotated[list[str] | None, Query()] = None,
     max_points: Annotated[int, Query(ge=10, le=100_000)] = 1000,
@@ -87,7 +87,7 @@ def get_metrics(
 
 
 @router.get("/{job_id}/config", response_class=PlainTextResponse)
-def get_config(job_id: int, session: SessionDep):
+def get_config(job_id: RowId, session: SessionDep):
     job = service.get(session=session, job_id=job_id)
     if not job.config_text:
         raise NotFound(

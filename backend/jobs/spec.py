@@ -66,7 +66,7 @@ class CheckpointInit(_Strict):
 class WeightsInit(_Strict):
     """Backbone weights from the weights registry."""
 
-    weights_id: int = Field(ge=1)
+    weights_id: int = Field(ge=1, le=2**31 - 1)
 
 
 InitSpec = Literal["scratch", "imagenet"] | CheckpointInit | WeightsInit
@@ -77,7 +77,7 @@ class FinetuneSpec(_Strict):
 
     kind: Literal["finetune"] = "finetune"
     name: str | None = Field(default=None, max_length=200)
-    dataset_id: int = Field(ge=1)
+    dataset_id: int = Field(ge=1, le=2**31 - 1)
     detector: DetectorName = "faster_rcnn"
     backbone: BackboneName = "resnet50"
     neck: Neck = "fpn"
@@ -187,7 +187,9 @@ class PretrainSpec(_Strict):
     name: str | None = Field(default=None, max_length=200)
     method: MethodName = "mocov2"
     backbone: PretrainBackboneName = "resnet50"
-    dataset_id: int | None = Field(default=None, ge=1, description="its train images are used")
+    dataset_id: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="its train images are used"
+    )
     image_folder: str | None = Field(default=None, description="or a folder under a data root")
     epochs: int | None = Field(default=None, ge=1, le=10_000)
     iterations: int | None = Field(default=None, ge=1, le=10_000_000)
@@ -232,7 +234,10 @@ class PretrainSpec(_Strict):
 
 
 def _kind(value: Any) -> str:
-    kind = value.get("kind", "finetune") if isinstance(value, dict) else value.kind
+    if isinstance(value, dict):
+        kind = value.get("kind", "finetune")
+    else:  # a validated spec, or a body that is not a JSON object (null, a list, text)
+        kind = getattr(value, "kind", None)
     return kind if kind in ("finetune", "pretrain") else "unknown"
 
 
@@ -242,7 +247,8 @@ JobSpec = Annotated[
     Discriminator(
         _kind,
         custom_error_type="invalid_kind",
-        custom_error_message="kind must be 'finetune' or 'pretrain'",
+        custom_error_message="a job spec is a JSON object whose kind is 'finetune' (the "
+        "default) or 'pretrain'",
     ),
 ]
 

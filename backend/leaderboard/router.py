@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from backend.deps import SessionDep
+from backend.deps import Offset, OptionalId, SessionDep
 from backend.errors import Invalid
 from backend.leaderboard import service
 from backend.leaderboard.schemas import Leaderboard
@@ -17,7 +17,7 @@ router = APIRouter(tags=["leaderboard"])
 @router.get("/leaderboard", response_model=Leaderboard)
 def leaderboard(
     session: SessionDep,
-    dataset: int | None = None,
+    dataset: OptionalId = None,
     metric: str = "bbox_mAP",
     order: Literal["desc", "asc"] = "desc",
     detector: str | None = None,
@@ -25,7 +25,7 @@ def leaderboard(
     neck: str | None = None,
     init: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     group: Annotated[
         bool, Query(description="one row per replicate group: means over seeds, with spread")
     ] = False,

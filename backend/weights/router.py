@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from backend.deps import SessionDep, SettingsDep
+from backend.deps import Offset, RowId, SessionDep, SettingsDep
 from backend.weights import service
 from backend.weights.schemas import WeightsDetail, WeightsImport, WeightsPage, WeightsRead
 
@@ -28,12 +28,12 @@ def import_weights(weights_in: WeightsImport, session: SessionDep, settings: Set
 def list_weights(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ):
     items, total = service.list_weights(session=session, limit=limit, offset=offset)
     return WeightsPage(items=[WeightsRead.model_validate(w) for w in items], total=total)
 
 
 @router.get("/{weights_id}", response_model=WeightsDetail)
-def get_weights(weights_id: int, session: SessionDep):
+def get_weights(weights_id: RowId, session: SessionDep):
     return service.detail(session=session, weights_id=weights_id)

@@ -391,16 +391,17 @@ def test_intervals_cover_the_pool_map_as_often_as_they_claim() -> None:
     # A fixed detector on a pool of 20,000 images; each of 200 val sets of 500 images drawn
     # from it gets a 95% interval, which should hold the pool's mAP about 95% of the time
     # (90-99% allows for 200 draws: one standard error is 1.5 points). The pool is evaluated
-    # once; a val set's matches are the pool's restricted to its images. 200 resamples per
-    # val set keep this to seconds; they place the 2.5% and 97.5% quantiles well enough for
-    # coverage, though a stored interval uses 1000.
+    # once; a val set's matches are the pool's restricted to its images. 100 resamples per
+    # val set keep this to seconds (it runs in the fast tier); their 2.5% and 97.5% quantiles
+    # are coarser than a stored interval's (1000), which can only widen the spread of
+    # coverage, and coverage is what is checked (95.5% here; 94.5% with 200 resamples).
     pool = evaluate(*synthetic(20_000, seed=0))
     pool_map = summarize(pool).stats[0]
     rng = np.random.default_rng(0)
     covered = []
     for draw in range(200):
         val = restrict(pool, np.sort(rng.choice(pool.n_images, 500, replace=False)))
-        found = bootstrap_intervals(val, resamples=200, seed=draw).metrics["bbox_mAP"]
+        found = bootstrap_intervals(val, resamples=100, seed=draw).metrics["bbox_mAP"]
         covered.append(found.low <= pool_map <= found.high)
     assert 0.90 <= np.mean(covered) <= 0.99, np.mean(covered)
 
