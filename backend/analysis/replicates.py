@@ -54,17 +54,21 @@ class GroupSummary:
     n: int
     mean: float | None
     std: float | None  # between seeds (n - 1 in the denominator); None for one run
-    low: float | None  # 95% t-interval of the mean over seeds
+    low: float | None  # t-interval of the mean over seeds
     high: float | None
     val_se: float | None  # mean standard error from the runs' val-image bootstrap intervals
     seed_share: float | None  # share of a single run's variance that comes from the seed
 
 
 def summarize_group(
-    values: Sequence[float | None], intervals: Sequence[tuple[float, float] | None]
+    values: Sequence[float | None],
+    intervals: Sequence[tuple[float, float] | None],
+    *,
+    level: float = 0.95,
 ) -> GroupSummary:
-    """Mean, spread and interval over seeds of one figure, and its split into seed and val-image
-    variance; ``intervals`` are each run's 95% bootstrap interval of that figure (or None)."""
+    """Mean, spread and ``level`` t-interval over seeds of one figure, and its split into seed
+    and val-image variance; ``intervals`` are each run's 95% bootstrap interval of that figure
+    (or None)."""
     known = [v for v in values if v is not None]
     n = len(known)
     if not n:
@@ -73,7 +77,7 @@ def summarize_group(
     std = float(np.std(known, ddof=1)) if n > 1 else None
     low = high = None
     if std is not None:
-        half = float(scipy_stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+        half = float(scipy_stats.t.ppf((1 + level) / 2, n - 1)) * std / math.sqrt(n)
         low, high = max(0.0, mean - half), min(1.0, mean + half)
     widths = [(hi - lo) / (2 * _Z) for lo, hi in filter(None, intervals)]
     val_se = float(np.sqrt(np.mean(np.square(widths)))) if widths else None

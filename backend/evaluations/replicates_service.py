@@ -54,6 +54,7 @@ def summary(*, session: Session, group_id: int) -> dict[str, Any]:
             summarize_group(
                 [getattr(evaluation, key) for _, evaluation in scored],
                 [_interval(evaluation, key) for _, evaluation in scored],
+                level=DEFAULTS.level,
             )
         )
         for key in METRIC_KEYS
@@ -72,6 +73,7 @@ def summary(*, session: Session, group_id: int) -> dict[str, Any]:
             for job, evaluation in members
         ],
         "metrics": metrics,
+        "level": DEFAULTS.level,
         "method": "mean and sample std over seeds; 95% t-interval of the mean; val_se from each "
         "run's bootstrap interval (width / 3.92); seed_share = std^2 / (std^2 + val_se^2)",
     }

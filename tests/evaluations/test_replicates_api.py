@@ -66,7 +66,7 @@ def test_a_group_summary_gives_mean_spread_and_where_the_spread_comes_from(clien
     assert mean_ap["low"] < 0.32 < mean_ap["high"]
     assert mean_ap["val_se"] == pytest.approx(0.01, rel=1e-4)
     assert mean_ap["seed_share"] == pytest.approx(0.8, rel=1e-3)  # 0.02^2 / (0.02^2 + 0.01^2)
-    assert [run["seed"] for run in found["runs"]] == [0, 1, 2]
+    assert [run["seed"] for run in found["runs"]] == [0, 1, 2] and found["level"] == 0.95
     assert client.get("/groups/999999").status_code == 404
 
 
