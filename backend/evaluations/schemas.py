@@ -9,7 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from backend.analysis.tables import COUNTED, METRICS, OUTCOMES
 
-__all__ = ["AnalysisRead", "EvaluationRead", "ImagePage", "ImageResultRead"]
+__all__ = ["METRIC_FIELDS", "AnalysisRead", "EvaluationRead", "ImagePage", "ImageResultRead"]
+
+# one optional float field per COCO metric of the analysis tables (0..1, None where COCO has
+# no objects of that kind), for every schema that carries the figures
+METRIC_FIELDS: dict[str, Any] = {
+    m.key: (float | None, Field(description=m.description)) for m in METRICS
+}
 
 
 class AnalysisRead(BaseModel):
@@ -69,7 +75,7 @@ class _EvaluationBase(BaseModel):
 EvaluationRead = create_model(
     "EvaluationRead",
     __base__=_EvaluationBase,
-    **{m.key: (float | None, Field(description=m.description)) for m in METRICS},  # type: ignore[call-overload]
+    **METRIC_FIELDS,
 )
 
 

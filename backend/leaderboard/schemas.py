@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, create_model
 
-from backend.analysis.tables import METRICS
+from backend.evaluations.schemas import METRIC_FIELDS
 
 __all__ = ["LeaderboardRow", "Leaderboard"]
 
@@ -57,7 +57,7 @@ class _RowBase(BaseModel):
 LeaderboardRow = create_model(
     "LeaderboardRow",
     __base__=_RowBase,
-    **{m.key: (float | None, Field(description=m.description)) for m in METRICS},  # type: ignore[call-overload]
+    **METRIC_FIELDS,
 )
 
 
