@@ -9,17 +9,15 @@ from typing import Any, cast
 from sqlalchemy import Table, delete, insert
 from sqlalchemy.orm import Session
 
-from backend.analysis import AnalysisInputError
 from backend.analysis.bootstrap import Intervals, bootstrap_intervals
 from backend.analysis.confusion import confusion_of
-from backend.analysis.inputs import Detections, GroundTruth, parse_ground_truth, parse_results
+from backend.analysis.inputs import Detections, GroundTruth
 from backend.analysis.metrics import class_labels, score
 from backend.analysis.summary import analyze_arrays
 from backend.analysis.tables import COUNTED, DEFAULTS
 from backend.datasets import service as dataset_service
-from backend.errors import Invalid, NotFound
 from backend.evaluations import service as evaluation_service
-from backend.evaluations.inputs import NotJson, read_json, sha256_of
+from backend.evaluations.inputs import parse_predictions, sha256_of
 from backend.evaluations.models import Evaluation, ImageError, ImageResult
 from backend.jobs import service as job_service
 
@@ -60,17 +58,8 @@ def evaluate_job(
     else:
         path = Path(predictions_path)
     dataset = dataset_service.get(session=session, dataset_id=job.dataset_id or 0)
-    try:
-        gt, results = read_json(dataset.val_ann), read_json(path)
-    except FileNotFoundError as exc:
-        raise NotFound(f"a file of job {job_id}'s evaluation is gone: {exc.filename}") from None
-    except NotJson as exc:
-        raise Invalid(f"the predictions of job {job_id} cannot be scored: {exc}") from None
-    try:
-        ground_truth = parse_ground_truth(gt)
-        detections = parse_results(results, ground_truth)
-    except AnalysisInputError as exc:
-        raise Invalid(f"the predictions of job {job_id} cannot be scored: {exc}") from None
+    parsed = parse_predictions(job_id=job_id, val_ann=dataset.val_ann, predictions=path)
+    gt, ground_truth, detections = parsed.gt, parsed.ground_truth, parsed.detections
     coco = score(ground_truth, detections)
     record = {
         **coco.record,

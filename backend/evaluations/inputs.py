@@ -13,6 +13,13 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.analysis.inputs import (
+    AnalysisInputError,
+    Detections,
+    GroundTruth,
+    parse_ground_truth,
+    parse_results,
+)
 from backend.datasets import service as dataset_service
 from backend.datasets.models import Dataset
 from backend.errors import Conflict, Invalid, NotFound
@@ -20,7 +27,15 @@ from backend.evaluations.models import Evaluation
 from backend.jobs import service as job_service
 from backend.jobs.models import Job
 
-__all__ = ["EvaluationInputs", "NotJson", "load_inputs", "read_json", "sha256_of"]
+__all__ = [
+    "EvaluationInputs",
+    "NotJson",
+    "ParsedPredictions",
+    "load_inputs",
+    "parse_predictions",
+    "read_json",
+    "sha256_of",
+]
 
 
 class NotJson(ValueError):
@@ -70,6 +85,33 @@ def sha256_of(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class ParsedPredictions:
+    """A job's val ground truth and predictions, read and validated for scoring."""
+
+    gt: dict[str, Any]
+    ground_truth: GroundTruth
+    detections: Detections
+
+
+def parse_predictions(
+    *, job_id: int, val_ann: str | Path, predictions: str | Path
+) -> ParsedPredictions:
+    """Read and validate the files a job is scored from; NotFound or Invalid saying why not."""
+    try:
+        gt, results = read_json(val_ann), read_json(predictions)
+    except FileNotFoundError as exc:
+        raise NotFound(f"a file of job {job_id}'s evaluation is gone: {exc.filename}") from None
+    except NotJson as exc:
+        raise Invalid(f"the predictions of job {job_id} cannot be scored: {exc}") from None
+    try:
+        ground_truth = parse_ground_truth(gt)
+        detections = parse_results(results, ground_truth)
+    except AnalysisInputError as exc:
+        raise Invalid(f"the predictions of job {job_id} cannot be scored: {exc}") from None
+    return ParsedPredictions(gt=gt, ground_truth=ground_truth, detections=detections)
 
 
 def load_inputs(*, session: Session, job_id: int) -> EvaluationInputs:

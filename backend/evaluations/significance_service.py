@@ -9,16 +9,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from backend.analysis import AnalysisInputError
 from backend.analysis.bootstrap import Comparison, describe_difference, holm, paired_comparison
 from backend.analysis.engine import CocoMatches, evaluate_arrays
-from backend.analysis.inputs import parse_ground_truth, parse_results
 from backend.analysis.metrics import class_labels
 from backend.analysis.tables import DEFAULTS, METRIC_KEYS
 from backend.datasets import service as dataset_service
 from backend.errors import Invalid, NotFound
 from backend.evaluations import service as evaluation_service
-from backend.evaluations.inputs import NotJson, read_json, sha256_of
+from backend.evaluations.inputs import parse_predictions, sha256_of
 from backend.jobs import service as job_service
 
 __all__ = [
@@ -41,14 +39,15 @@ class Scored:
 
 
 @lru_cache(maxsize=8)
-def _score_files(val_ann: str, val_mtime: int, predictions: str, predictions_mtime: int) -> Scored:
+def _score_files(
+    job_id: int, val_ann: str, val_mtime: int, predictions: str, predictions_mtime: int
+) -> Scored:
     """The engine's matches of one predictions file, kept while neither file changes (a page
     comparing several runs with one leader asks for the leader's again and again)."""
-    ground_truth = parse_ground_truth(read_json(val_ann))
-    detections = parse_results(read_json(predictions), ground_truth)
+    parsed = parse_predictions(job_id=job_id, val_ann=val_ann, predictions=predictions)
     return Scored(
-        matches=evaluate_arrays(ground_truth, detections),
-        labels=class_labels(ground_truth),
+        matches=evaluate_arrays(parsed.ground_truth, parsed.detections),
+        labels=class_labels(parsed.ground_truth),
         val_sha256=sha256_of(val_ann),
     )
 
@@ -60,15 +59,14 @@ def _scored(session: Session, job_id: int) -> tuple[Scored, str]:
     dataset = dataset_service.get(session=session, dataset_id=job_row.dataset_id or 0)
     try:
         scored = _score_files(
+            job_id,
             dataset.val_ann,
             Path(dataset.val_ann).stat().st_mtime_ns,
             str(path),
             path.stat().st_mtime_ns,
         )
-    except FileNotFoundError as exc:
+    except FileNotFoundError as exc:  # gone before it could be read
         raise NotFound(f"a file of job {job_id}'s evaluation is gone: {exc.filename}") from None
-    except (AnalysisInputError, NotJson) as exc:
-        raise Invalid(f"the predictions of job {job_id} cannot be scored: {exc}") from None
     return scored, job_row.name or f"job {job_id}"
 
 

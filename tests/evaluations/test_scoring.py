@@ -56,13 +56,18 @@ def _predictions(val: dict) -> list[dict]:
     return results
 
 
+def _job_with_file(db, dataset_id, tmp_path, text: str, **fields):
+    """A finished job whose stored predictions file holds `text`; (job, file path)."""
+    path = tmp_path / "predictions.bbox.json"
+    path.write_text(text)
+    return factories.finished_job(db, dataset_id=dataset_id, predictions_path=path, **fields), path
+
+
 def test_zero_size_boxes_are_scored_as_pycocotools_scores_them(
     client, db, dataset_id, val, tmp_path
 ):
     results = _predictions(val)
-    path = tmp_path / "predictions.bbox.json"
-    path.write_text(json.dumps(results))
-    job = factories.finished_job(db, dataset_id=dataset_id, predictions_path=path)
+    job, path = _job_with_file(db, dataset_id, tmp_path, json.dumps(results))
 
     response = client.post(f"/jobs/{job.id}/analysis")
 
@@ -87,9 +92,7 @@ def test_a_cut_for_the_breakdown_leaves_the_coco_metrics_alone(
     client, db, dataset_id, val, tmp_path
 ):
     results = _predictions(val)
-    path = tmp_path / "predictions.bbox.json"
-    path.write_text(json.dumps(results))
-    job = factories.finished_job(db, dataset_id=dataset_id, predictions_path=path)
+    job, path = _job_with_file(db, dataset_id, tmp_path, json.dumps(results))
 
     uncut = client.post(f"/jobs/{job.id}/analysis").json()
     cut = client.post(f"/jobs/{job.id}/analysis", params={"score_thr": 0.9}).json()
@@ -118,9 +121,7 @@ def test_predictions_that_cannot_be_scored_keep_the_stored_evaluation(
 
 
 def test_a_file_that_is_not_json_is_a_422(client, db, dataset_id, tmp_path):
-    path = tmp_path / "predictions.bbox.json"
-    path.write_text('[{"image_id": 1, "category_id": 1,')
-    job = factories.finished_job(db, dataset_id=dataset_id, predictions_path=path)
+    job, _ = _job_with_file(db, dataset_id, tmp_path, '[{"image_id": 1, "category_id": 1,')
 
     response = client.post(f"/jobs/{job.id}/analysis")
 
@@ -154,9 +155,7 @@ def test_the_workers_end_of_job_step_stores_a_job_with_a_zero_width_box(
 def test_an_older_evaluation_gets_seeded_intervals_from_post_analysis(
     client, db, dataset_id, val, tmp_path
 ):
-    path = tmp_path / "predictions.bbox.json"
-    path.write_text(json.dumps(_predictions(val)))
-    job = factories.finished_job(db, dataset_id=dataset_id, predictions_path=path)
+    job, _ = _job_with_file(db, dataset_id, tmp_path, json.dumps(_predictions(val)))
     assert client.get(f"/jobs/{job.id}/evaluation").json()["intervals"] is None
 
     first = client.post(f"/jobs/{job.id}/analysis", params={"resamples": 200}).json()
