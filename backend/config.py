@@ -40,6 +40,28 @@ class Settings(BaseSettings):
     # A worker keeps retrying its database writes this long before it fails the job.
     db_grace_s: float = Field(default=600, ge=0, le=7 * 24 * 3600)
 
+    # The API's database pool: one connection per request thread (DETLAB_API_THREADS), so no
+    # request waits on the pool; the overflow serves the rest of the process.
+    api_threads: int = Field(default=32, ge=1, le=1000)
+    db_pool_size: int = Field(default=32, ge=1, le=1000)
+    db_max_overflow: int = Field(default=8, ge=0, le=1000)
+    db_pool_timeout_s: float = Field(default=10, gt=0, le=600)
+    # Requests in progress past this are answered 503 with Retry-After at once.
+    max_requests_in_flight: int = Field(default=4096, ge=1, le=1_000_000)
+    retry_after_s: int = Field(default=2, ge=1, le=3600)
+
+    # Request and file size limits, in bytes.
+    max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_annotation_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    max_upload_bytes: int = Field(default=2 * 1024**3, ge=1024)
+
+    # The queue's reconciler: a running job whose heartbeat is older than heartbeat_stale_s is
+    # taken over; a queued job without a message is sent again. Workers beat every
+    # heartbeat_interval_s and reconcile every reconcile_interval_s.
+    heartbeat_interval_s: float = Field(default=10, gt=0, le=3600)
+    heartbeat_stale_s: float = Field(default=120, gt=0, le=7 * 24 * 3600)
+    reconcile_interval_s: float = Field(default=60, gt=0, le=24 * 3600)
+
     @field_validator("data_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:
@@ -73,6 +95,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
+        if self.heartbeat_stale_s < 3 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"DETLAB_HEARTBEAT_STALE_S ({self.heartbeat_stale_s:g}) must be at least three "
+                f"DETLAB_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s:g}), or live jobs "
+                "would be taken over"
+            )
         self.home = self.home.resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.home / 'detlab.db'}"

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from functools import lru_cache
+from typing import Any
 
+import anyio
+from anyio.lowlevel import RunVar
 from sqlalchemy import JSON, Engine, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from backend.config import get_settings
 
-__all__ = ["Base", "JSONType", "get_engine", "get_session", "session_factory", "utcnow"]
+__all__ = [
+    "Base",
+    "JSONType",
+    "get_engine",
+    "get_session",
+    "make_engine",
+    "session_factory",
+    "session_slots",
+    "utcnow",
+]
 
 # Named constraints so Alembic can drop and alter them on every backend.
 NAMING_CONVENTION = {
@@ -35,8 +47,17 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for url; SQLite gets foreign keys and a busy timeout for many processes."""
+def make_engine(
+    url: str,
+    *,
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+    pool_timeout_s: float | None = None,
+) -> Engine:
+    """An engine for url; SQLite gets foreign keys and a busy timeout for many processes.
+
+    The pool arguments apply to Postgres (SQLAlchemy's defaults where None); SQLite keeps its
+    own pool, since its writers wait on the file lock, not on connections."""
     if url.startswith("postgresql://"):  # psycopg 3 is the driver DetLab installs
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
@@ -50,13 +71,28 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    sizes: dict[str, Any] = {
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+        "pool_timeout": pool_timeout_s,
+    }
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        **{key: value for key, value in sizes.items() if value is not None},
+    )
 
 
 @lru_cache
 def get_engine() -> Engine:
-    """The process-wide engine for the configured database."""
-    return make_engine(get_settings().database_url)
+    """The process-wide engine for the configured database, its pool sized by the settings."""
+    settings = get_settings()
+    return make_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout_s=settings.db_pool_timeout_s,
+    )
 
 
 @lru_cache
@@ -64,7 +100,38 @@ def session_factory() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
 
 
-def get_session() -> Iterator[Session]:
-    """FastAPI dependency: one session per request."""
-    with session_factory()() as session:
-        yield session
+_SESSION_SLOTS: RunVar[anyio.CapacityLimiter] = RunVar("detlab_session_slots")
+
+
+def session_slots() -> anyio.CapacityLimiter:
+    """How many request sessions may be open at once in this event loop: no more than the
+    threads that run the routes (DETLAB_API_THREADS) and the pool's connections."""
+    try:
+        return _SESSION_SLOTS.get()
+    except LookupError:
+        settings = get_settings()
+        connections = settings.db_pool_size + settings.db_max_overflow
+        slots = anyio.CapacityLimiter(min(settings.api_threads, connections))
+        _SESSION_SLOTS.set(slots)
+        return slots
+
+
+async def get_session() -> AsyncIterator[Session]:
+    """FastAPI dependency: one session per request, closed before the response is sent.
+
+    A request first waits for a slot (`session_slots`), holding nothing. Its session then
+    lives through the route and the validation of its response, both of which FastAPI runs in
+    the threadpool, and is closed (its transaction rolled back) before the response is sent;
+    SessionDep asks for `scope="function"` for that. With no more sessions than threads and
+    connections, a route never waits for a connection, so the threads keep turning and a
+    request holding a connection never queues behind routes blocked on the pool (issue 13:
+    unbounded, they took every thread and every connection until the pool timed out).
+    """
+    async with session_slots():
+        session = session_factory()()
+        try:
+            yield session
+        finally:
+            # closing rolls back over the network: in a thread of its own, so the event loop
+            # never blocks and the close never queues behind routes for a thread
+            await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))

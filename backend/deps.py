@@ -20,5 +20,7 @@ ImageId = Annotated[int, Path(ge=0, le=MAX_ID)]
 OptionalId = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# "function": the session is closed when the route's response is ready, before it is sent,
+# so a slow client never holds a database connection
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

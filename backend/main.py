@@ -8,10 +8,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import unquote
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException
 
 from backend.config import get_settings
 from backend.datasets.router import router as datasets_router
@@ -20,7 +23,10 @@ from backend.evaluations.router import groups_router, legend_router
 from backend.evaluations.router import router as evaluations_router
 from backend.jobs.router import router as jobs_router
 from backend.leaderboard.router import router as leaderboard_router
+from backend.limits import RequestBodyLimit
+from backend.load import InFlightLimit, unavailable
 from backend.migrate import upgrade_head
+from backend.runs.router import router as runs_router
 from backend.weights.router import router as weights_router
 
 __all__ = ["create_app", "app"]
@@ -46,11 +52,15 @@ def create_app(*, migrate: bool = True) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         settings = get_settings()  # invalid settings stop start-up here, naming the variable
         settings.prepare_folders()
+        # the threads that run the sync routes; request sessions are bounded by them
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         if migrate:
             upgrade_head(settings.database_url)
         yield
 
     app = FastAPI(title="DetLab", version="0.1.0", lifespan=lifespan)
+    # added first, so middleware added below (which refuses without reading) runs before it
+    app.add_middleware(RequestBodyLimit)
 
     @app.exception_handler(DomainError)
     async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
@@ -62,12 +72,30 @@ def create_app(*, migrate: bool = True) -> FastAPI:
         # as text (strict JSON has no such numbers, and the response would otherwise fail)
         return JSONResponse(status_code=422, content={"detail": _json_safe(exc.errors())})
 
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        # the framework's own refusals (no such path, a method not allowed, a body it cannot
+        # parse, a body too large) in the body every other error has
+        message = str(exc.detail)
+        if exc.status_code == 400:  # only ever about the body
+            message += "; send the body the route documents (JSON in UTF-8, or a multipart form)"
+        content = {"detail": {"message": message}}
+        return JSONResponse(status_code=exc.status_code, content=content, headers=exc.headers)
+
     @app.exception_handler(DataError)
     async def _data_error(_: Request, exc: DataError) -> JSONResponse:
         # what the database refuses to store (a NUL byte in a text, a number out of range)
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "refused by the database"
         message = f"a value cannot be stored: {reason}; remove NUL bytes and oversized numbers"
         return JSONResponse(status_code=422, content={"detail": {"message": message}})
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_timeout(_: Request, exc: PoolTimeout) -> JSONResponse:
+        # every connection busy for DETLAB_DB_POOL_TIMEOUT_S: the API is overloaded, not broken
+        return unavailable(
+            "no database connection came free in time; raise DETLAB_DB_POOL_SIZE (and "
+            "Postgres' max_connections) or DETLAB_DB_POOL_TIMEOUT_S"
+        )
 
     @app.middleware("http")
     async def _refuse_nul(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -78,7 +106,7 @@ def create_app(*, migrate: bool = True) -> FastAPI:
         return await call_next(request)
 
     @app.get("/health", tags=["meta"])
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     for router in (
@@ -89,8 +117,11 @@ def create_app(*, migrate: bool = True) -> FastAPI:
         legend_router,
         groups_router,
         weights_router,
+        runs_router,
     ):
         app.include_router(router)
+    # added last, so it runs first: a refused request costs nothing more
+    app.add_middleware(InFlightLimit)
     return app
 
 

@@ -1,4 +1,8 @@
-"""The Celery client the API queues jobs through (by task name; it never imports the worker)."""
+"""The Celery client the API queues jobs through (by task name; it never imports the worker).
+
+A message only wakes a worker: the worker claims the oldest queued job of its queue from the
+database (backend/jobs/service.py), so the broker's order and its losses do not decide what
+runs. `waiting_messages` lets the reconciler count what the broker still holds."""
 
 from __future__ import annotations
 
@@ -6,10 +10,11 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 
 from backend.config import Settings, get_settings
 
-__all__ = ["celery_config", "get_client", "enqueue"]
+__all__ = ["celery_config", "get_client", "enqueue", "waiting_messages"]
 
 TASK_NAME = "jobs.run"
 
@@ -60,3 +65,16 @@ def get_client() -> Celery:
 def enqueue(job_id: int) -> None:
     """Queue a job for the workers; only its id travels."""
     get_client().send_task(TASK_NAME, args=[job_id])
+
+
+def waiting_messages(settings: Settings) -> int | None:
+    """Messages waiting in the broker for the configured queue (not those a worker holds), or
+    None when the broker cannot count them. A queue the broker does not know holds none."""
+    try:
+        with get_client().connection_for_write() as connection:
+            declared = connection.default_channel.queue_declare(queue=settings.queue, passive=True)
+    except ChannelError:  # Redis after its data was lost: the queue's binding is gone
+        return 0
+    except NotImplementedError:
+        return None
+    return int(declared.message_count)

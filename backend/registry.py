@@ -8,7 +8,11 @@ one entry below (plus its test); nothing else restates the names.
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -19,7 +23,10 @@ __all__ = [
     "Detector",
     "PretrainMethod",
     "importable_architectures",
+    "mmdet_config_file",
+    "mmdet_configs_root",
     "pretrainable_backbones",
+    "similar_mmdet_configs",
 ]
 
 
@@ -208,3 +215,34 @@ def pretrainable_backbones() -> tuple[str, ...]:
 def importable_architectures() -> tuple[str, ...]:
     """Backbones whose checkpoints the weights importer converts (the ResNet key layout)."""
     return tuple(name for name, entry in BACKBONES.items() if entry.key_layout == "resnet")
+
+
+def mmdet_configs_root() -> Path | None:
+    """The configs folder the installed mmdet package ships (found without importing mmdet)."""
+    found = importlib.util.find_spec("mmdet")
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(list(found.submodule_search_locations)[0]) / ".mim" / "configs"
+
+
+@lru_cache
+def _mmdet_config_files() -> dict[str, Path]:
+    root = mmdet_configs_root()
+    if root is None or not root.is_dir():
+        return {}
+    return {
+        path.stem: path
+        for path in sorted(root.rglob("*.py"))
+        if "_base_" not in path.parts and not path.name.startswith("_")
+    }
+
+
+def mmdet_config_file(name: str) -> Path | None:
+    """The file of a config the installed mmdet ships (e.g. faster-rcnn_r50_fpn_1x_coco), or
+    None: only these names are accepted, never a user's Python file."""
+    return _mmdet_config_files().get(name)
+
+
+def similar_mmdet_configs(name: str) -> list[str]:
+    """Up to five shipped config names close to `name`."""
+    return difflib.get_close_matches(name, list(_mmdet_config_files()), n=5, cutoff=0.6)

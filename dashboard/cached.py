@@ -20,7 +20,9 @@ from PIL import Image
 from dashboard.client import DEFAULT_API_URL, ApiClient
 
 __all__ = [
+    "Filters",
     "api_url",
+    "as_filters",
     "cancel_job",
     "client",
     "compare",
@@ -31,6 +33,7 @@ __all__ = [
     "datasets",
     "detections",
     "evaluation",
+    "finished_runs",
     "forget_lists",
     "group",
     "images",
@@ -54,10 +57,14 @@ OVERLAY_FETCHES = 8
 # The pages draw the colour legend beside the overlays, so the images carry none of their own
 # (on small images it would cover much of the picture).
 OVERLAY_LEGEND = "none"
-# Small images (e.g. 128 px) are drawn enlarged, so that box labels do not hide the picture:
-# tiles at least this wide, the enlarged view at least ENLARGED_MIN_WIDTH.
-TILE_MIN_WIDTH = 384
+# The API sizes box labels to the PNG's width, so a tile is asked for at about the width it is
+# shown at (small images enlarged to it, large ones shrunk): its labels then read on screen.
+# The enlarged view is at least ENLARGED_MIN_WIDTH wide.
+TILE_WIDTH = 288
 ENLARGED_MIN_WIDTH = 768
+# An overlay's filters as the API takes them (error_type, category, gt_class,
+# predicted_class), as sorted (name, value) pairs so that they can key a cache.
+Filters = tuple[tuple[str, str], ...]
 
 
 def api_url() -> str:
@@ -136,6 +143,11 @@ def leaderboard(**params: Any) -> dict[str, Any]:
     return _recent(api_url(), "leaderboard", params)
 
 
+def finished_runs(dataset_id: int) -> int:
+    """How many fine-tune runs on a dataset have finished (the leaderboard's rows)."""
+    return int(_recent(api_url(), "leaderboard", {"dataset": dataset_id, "limit": 1})["total"])
+
+
 def versus_leader(*, dataset: int, metric: str, ranking: tuple[int, ...]) -> dict[int, Any]:
     """Job id -> `vs_leader` of the leaderboard's best rows (at most 50), each tested against
     the top row; `ranking` is their job ids, best first, as the leaderboard lists them.
@@ -192,12 +204,23 @@ def images(job_id: int, **params: Any) -> dict[str, Any]:
     return _lasting(api_url(), "images", {"job_id": job_id, **params})
 
 
-def detections(job_id: int, image_id: int) -> dict[str, Any]:
-    return _lasting(api_url(), "detections", {"job_id": job_id, "image_id": image_id})
+def as_filters(**chosen: str | None) -> Filters:
+    """The filters that are set, as a cache key."""
+    return tuple(sorted((name, value) for name, value in chosen.items() if value is not None))
+
+
+def detections(
+    job_id: int, image_id: int, *, score_thr: float, show: str, filters: Filters = ()
+) -> dict[str, Any]:
+    """The boxes the overlay with the same arguments draws."""
+    params = {"job_id": job_id, "image_id": image_id, "score_thr": score_thr, "show": show}
+    return _lasting(api_url(), "detections", {**params, **dict(filters)})
 
 
 @st.cache_data(ttl=600, show_spinner=False, max_entries=20)
-def _overlay(base_url: str, job_id: int, image_id: int, score_thr: float, show: str) -> bytes:
+def _overlay(
+    base_url: str, job_id: int, image_id: int, score_thr: float, show: str, filters: Filters
+) -> bytes:
     return _client(base_url).overlay(
         job_id,
         image_id,
@@ -205,19 +228,28 @@ def _overlay(base_url: str, job_id: int, image_id: int, score_thr: float, show: 
         show=show,
         min_width=ENLARGED_MIN_WIDTH,
         legend=OVERLAY_LEGEND,
+        **dict(filters),
     )
 
 
-def overlay(job_id: int, image_id: int, *, score_thr: float, show: str) -> bytes:
+def overlay(
+    job_id: int, image_id: int, *, score_thr: float, show: str, filters: Filters = ()
+) -> bytes:
     """One overlay PNG at full size (small images enlarged)."""
-    return _overlay(api_url(), job_id, image_id, score_thr, show)
+    return _overlay(api_url(), job_id, image_id, score_thr, show, filters)
 
 
-# A grid shows overlays a few hundred pixels wide, so each is shrunk to a JPEG tile (a full-size
-# PNG of a 1333x800 photo is ~2 MB, its tile ~60 kB) and the tiles are what is cached.
+# A grid shows overlays a few hundred pixels wide, so each is asked for at that width and kept
+# as a JPEG tile (a full-size PNG of a 1333x800 photo is ~2 MB, its tile ~30 kB).
 @st.cache_data(ttl=600, show_spinner=False, max_entries=2000)
 def _tile(
-    base_url: str, job_id: int, image_id: int, score_thr: float, show: str, width: int
+    base_url: str,
+    job_id: int,
+    image_id: int,
+    score_thr: float,
+    show: str,
+    width: int,
+    filters: Filters,
 ) -> bytes:
     png = _client(base_url).overlay(
         job_id,
@@ -225,23 +257,31 @@ def _tile(
         score_thr=score_thr,
         show=show,
         max_width=width,
-        min_width=min(TILE_MIN_WIDTH, width),
+        min_width=width,
         legend=OVERLAY_LEGEND,
+        **dict(filters),
     )
     return shrink(png, width=width)
 
 
 def overlay_tiles(
-    pairs: list[tuple[int, int]], *, score_thr: float, show: str, width: int = 640
+    pairs: list[tuple[int, int]],
+    *,
+    score_thr: float,
+    show: str,
+    width: int = TILE_WIDTH,
+    filters: Filters = (),
 ) -> Iterator[tuple[int, bytes]]:
-    """(position, JPEG tile at most `width` px wide) of (job id, image id) pairs, each as soon
-    as it is ready; the API renders them concurrently."""
+    """(position, JPEG tile `width` px wide) of (job id, image id) pairs, each as soon as it
+    is ready; the API renders them concurrently."""
     base_url = api_url()
     if not pairs:
         return
     with ThreadPoolExecutor(max_workers=min(OVERLAY_FETCHES, len(pairs))) as pool:
         futures = {
-            pool.submit(_tile, base_url, job_id, image_id, score_thr, show, width): position
+            pool.submit(
+                _tile, base_url, job_id, image_id, score_thr, show, width, filters
+            ): position
             for position, (job_id, image_id) in enumerate(pairs)
         }
         for future in as_completed(futures):
@@ -266,6 +306,12 @@ def submit_job(spec: dict[str, Any]) -> dict[str, Any]:
     created = client().submit_job(spec)
     forget_lists()
     return created
+
+
+def import_run(**upload: Any) -> dict[str, Any]:
+    imported = client().import_run(**upload)
+    forget_lists()
+    return imported
 
 
 def cancel_job(job_id: int) -> dict[str, Any]:

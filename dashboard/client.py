@@ -5,6 +5,7 @@ Nothing here knows about Streamlit, so the client can be used from scripts and t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -134,6 +135,18 @@ class ApiClient:
     def submit_job(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self._json("POST", "/jobs", json=spec)
 
+    def import_run(
+        self, *, dataset_id: int, name: str, source: dict[str, Any], filename: str, content: bytes
+    ) -> dict[str, Any]:
+        """Upload a COCO results file made elsewhere as a run (POST /runs/import)."""
+        return self._json(
+            "POST",
+            "/runs/import",
+            data={"dataset_id": str(dataset_id), "name": name, "source": json.dumps(source)},
+            files={"file": (filename, content, "application/json")},
+            timeout=600,  # scoring a big file takes a while
+        )
+
     def cancel_job(self, job_id: int) -> dict[str, Any]:
         return self._json("POST", f"/jobs/{job_id}/cancel")
 
@@ -230,21 +243,48 @@ class ApiClient:
         *,
         error_type: str | None = None,
         category: str | None = None,
+        gt_class: str | None = None,
+        predicted_class: str | None = None,
         sort: str = "worst",
         limit: int = 24,
         offset: int = 0,
     ) -> dict[str, Any]:
+        """A page of the job's val images: with an error type and/or a class (`category`), or
+        a confusion cell (`gt_class`, `predicted_class`), those that have some of it, each
+        with how many (`selected`)."""
         params = {
             "error_type": error_type,
             "class": category,
+            "gt_class": gt_class,
+            "predicted_class": predicted_class,
             "sort": sort,
             "limit": limit,
             "offset": offset,
         }
         return self._json("GET", f"/jobs/{job_id}/images", params=params)
 
-    def detections(self, job_id: int, image_id: int) -> dict[str, Any]:
-        return self._json("GET", f"/jobs/{job_id}/images/{image_id}/detections")
+    def detections(
+        self,
+        job_id: int,
+        image_id: int,
+        *,
+        score_thr: float | None = None,
+        show: str | None = None,
+        error_type: str | None = None,
+        category: str | None = None,
+        gt_class: str | None = None,
+        predicted_class: str | None = None,
+    ) -> dict[str, Any]:
+        """One image's boxes; with an overlay's parameters, the boxes that overlay draws."""
+        params = {
+            "score_thr": score_thr,
+            "show": show,
+            "error_type": error_type,
+            "class": category,
+            "gt_class": gt_class,
+            "predicted_class": predicted_class,
+        }
+        return self._json("GET", f"/jobs/{job_id}/images/{image_id}/detections", params=params)
 
     def overlay(
         self,
@@ -256,25 +296,43 @@ class ApiClient:
         max_width: int | None = None,
         min_width: int | None = None,
         legend: str | None = None,
+        error_type: str | None = None,
+        category: str | None = None,
+        gt_class: str | None = None,
+        predicted_class: str | None = None,
     ) -> bytes:
         """The overlay PNG; a setting left out (None) is the API's default. `max_width` /
         `min_width` ask the API to shrink larger images or enlarge smaller ones before
-        drawing; `legend`: auto, inside, below or none."""
+        drawing; `legend`: auto, inside, below or none; the filters as `images` takes them."""
         params = {
             "score_thr": score_thr,
             "show": show,
             "max_width": max_width,
             "min_width": min_width,
             "legend": legend,
+            "error_type": error_type,
+            "class": category,
+            "gt_class": gt_class,
+            "predicted_class": predicted_class,
         }
         return self._request(
             "GET", f"/jobs/{job_id}/images/{image_id}/overlay.png", params=params
         ).content
 
     def compare_images(
-        self, job_a: int, job_b: int, *, limit: int = 12, offset: int = 0
+        self,
+        job_a: int,
+        job_b: int,
+        *,
+        by: str | None = None,
+        better: str | None = None,
+        limit: int = 12,
+        offset: int = 0,
     ) -> dict[str, Any]:
-        params = {"limit": limit, "offset": offset}
+        """The val images on which the two jobs differ in one per-image figure (`by`: errors,
+        tp or an error type), where `better` (a or b) does better, or both; with the counts
+        each way and the confusion cells that changed."""
+        params = {"by": by, "better": better, "limit": limit, "offset": offset}
         return self._json("GET", f"/jobs/{job_a}/compare/{job_b}/images", params=params)
 
     def weights(self) -> list[dict[str, Any]]:

@@ -14,10 +14,14 @@ from dashboard import cached
 from dashboard.client import ApiError
 
 __all__ = [
+    "EMPTY",
     "ap_points",
     "box_colours",
+    "busiest_dataset",
+    "counting_score_thr",
     "default_score_thr",
     "error_types",
+    "figure_cell",
     "format_ap",
     "format_duration",
     "format_interval",
@@ -34,6 +38,9 @@ __all__ = [
     "show_api_error",
     "weights_names",
 ]
+
+# What every table and figure shows where there is no value.
+EMPTY = "–"
 
 
 def metric_labels() -> dict[str, str]:
@@ -70,6 +77,11 @@ def interval_level() -> str:
 def default_score_thr() -> float:
     """The score from which the API draws predictions unless told otherwise."""
     return float(cached.legend()["defaults"]["draw_score_thr"])
+
+
+def counting_score_thr() -> float:
+    """The score from which the API's analysis counts predictions unless told otherwise."""
+    return float(cached.legend()["defaults"]["count_score_thr"])
 
 
 def show_api_error(err: ApiError, *, doing: str) -> None:
@@ -117,7 +129,7 @@ def job_label(job: dict[str, Any]) -> str:
     spec = job.get("spec") or {}
     parts = [f"#{job['id']}", job.get("name") or spec.get("kind", job.get("kind", ""))]
     if spec.get("backbone"):
-        how = init_label(spec["init"]) if "init" in spec else spec.get("method", "")
+        how = init_label(spec["init"]) if "init" in spec else spec.get("method") or spec["kind"]
         parts.append(f"{spec['backbone']} · {how}")
     if job.get("status"):
         parts.append(job["status"])
@@ -133,7 +145,17 @@ def ap_points(value: float | None) -> float | None:
 
 def format_ap(value: float | None) -> str:
     points = ap_points(value)
-    return "–" if points is None else f"{points:.1f}"
+    return EMPTY if points is None else f"{points:.1f}"
+
+
+def figure_cell(value: float | None, spec: str = ".1f") -> str:
+    """A number as a table cell: formatted text, EMPTY where there is none (None or NaN).
+
+    `st.dataframe` writes a missing number "None" whatever a Styler says, so the tables that
+    may miss a figure show text cells, all with the same mark for "no value"."""
+    if value is None or math.isnan(value):
+        return EMPTY
+    return format(value, spec)
 
 
 def format_interval(low: float | None, high: float | None) -> str:
@@ -171,7 +193,7 @@ def interval_whiskers(
 
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
-        return "–"
+        return EMPTY
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
@@ -182,13 +204,27 @@ def format_duration(seconds: float | None) -> str:
     return f"{secs} s"
 
 
-def pick_dataset(datasets: Sequence[dict[str, Any]], *, key: str) -> dict[str, Any] | None:
-    """A dataset selectbox kept in the `dataset` query parameter; None when there is none."""
+def busiest_dataset(datasets: Sequence[dict[str, Any]]) -> int | None:
+    """The id of the dataset with the most finished fine-tune runs (the first listed of those
+    tied); None when there is no dataset."""
+    if not datasets:
+        return None
+    runs = {d["id"]: cached.finished_runs(d["id"]) for d in datasets}
+    return max(runs, key=lambda i: runs[i])  # max keeps the first of equals
+
+
+def pick_dataset(
+    datasets: Sequence[dict[str, Any]], *, key: str, preferred: int | None = None
+) -> dict[str, Any] | None:
+    """A dataset selectbox kept in the `dataset` query parameter, else on `preferred`; None
+    when there is none."""
     if not datasets:
         st.info("No dataset is registered yet. Register one with `POST /datasets`.")
         return None
     by_id = {d["id"]: d for d in datasets}
     wanted = query_int("dataset")
+    if wanted not in by_id:
+        wanted = preferred
     ids = list(by_id)
     chosen = st.selectbox(
         "Dataset",

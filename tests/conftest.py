@@ -101,6 +101,10 @@ def lab_env(lab_home: Path, data_root: Path) -> Iterator[dict]:
         "DETLAB_ARTIFACT_ROOT": str(lab_home / "artifacts"),
         # a queue of this session's own, so no other worker on the same Redis takes its jobs
         "DETLAB_QUEUE": f"detlab-test-{uuid.uuid4().hex[:8]}",
+        # a dead attempt is taken over after 15 s without a heartbeat, checked every 2 s
+        "DETLAB_HEARTBEAT_INTERVAL_S": "1",
+        "DETLAB_HEARTBEAT_STALE_S": "15",
+        "DETLAB_RECONCILE_INTERVAL_S": "2",
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
@@ -224,10 +228,8 @@ def dataset_id(db: Session, shapes) -> int:
     return factories.dataset(db, shapes=shapes).id
 
 
-@pytest.fixture(scope="session")
-def worker(lab_env, lab_home, pg_url, redis_url):
-    """A Celery worker process, as `celery -A worker.celery_app worker` starts it."""
-    log_path = lab_home / "worker.log"
+def start_worker(env: dict[str, str], log_path: Path, name: str) -> subprocess.Popen:
+    """A Celery worker process, as `celery -A worker.celery_app worker` starts it, once ready."""
     log = log_path.open("w")
     process = subprocess.Popen(
         [
@@ -239,25 +241,36 @@ def worker(lab_env, lab_home, pg_url, redis_url):
             "worker",
             "--loglevel=INFO",
             "--hostname",
-            "e2e@%h",
+            f"{name}@%h",
         ],
         cwd=ROOT,
-        env={**os.environ, **lab_env},
+        env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    log.close()
     deadline = time.monotonic() + 120
     while "ready." not in log_path.read_text():
         assert process.poll() is None, log_path.read_text()[-3000:]
         assert time.monotonic() < deadline, "worker did not start:\n" + log_path.read_text()
         time.sleep(0.5)
-    yield process
+    return process
+
+
+def stop_worker(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
-    log.close()
+
+
+@pytest.fixture(scope="session")
+def worker(lab_env, lab_home, pg_url, redis_url):
+    """The session's Celery worker process, on the session's queue."""
+    process = start_worker(lab_env, lab_home / "worker.log", "e2e")
+    yield process
+    stop_worker(process)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ so a test can build several of a kind.
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ __all__ = [
     "FINETUNE_SPEC",
     "PRETRAIN_SPEC",
     "dataset",
+    "dataset_files",
     "evaluation",
     "finished_job",
     "job",
@@ -76,18 +79,28 @@ def _unique(prefix: str) -> str:
     return f"{prefix}-{next(_serial)}"
 
 
+def dataset_files(shapes: Any) -> dict[str, str]:
+    """The paths of a POST /datasets body for generate_shapes' dataset, with annotation files of
+    its own: copies in a new folder beside the images. The same annotation files register only
+    once (409), so a body from here registers whatever else is registered."""
+    folder = Path(tempfile.mkdtemp(prefix="annotations-", dir=Path(shapes.root)))
+    for split, source in (("train", shapes.train_ann), ("val", shapes.val_ann)):
+        shutil.copyfile(source, folder / f"{split}.json")
+    return {
+        "train_ann": str(folder / "train.json"),
+        "val_ann": str(folder / "val.json"),
+        "train_images": str(shapes.train_images),
+        "val_images": str(shapes.val_images),
+    }
+
+
 def dataset(session: Session, *, shapes: Any, name: str | None = None) -> Dataset:
-    """A dataset registered through the datasets service from generate_shapes' files."""
+    """A dataset registered through the datasets service from generate_shapes' images and
+    copies of its annotation files (dataset_files), so a test can register several."""
     from backend.datasets import service as dataset_service
     from backend.datasets.schemas import DatasetCreate
 
-    dataset_in = DatasetCreate(
-        name=name or _unique("shapes"),
-        train_ann=str(shapes.train_ann),
-        val_ann=str(shapes.val_ann),
-        train_images=str(shapes.train_images),
-        val_images=str(shapes.val_images),
-    )
+    dataset_in = DatasetCreate(name=name or _unique("shapes"), **dataset_files(shapes))
     return dataset_service.register(
         session=session, dataset_in=dataset_in, roots=[Path(shapes.root).resolve()]
     )

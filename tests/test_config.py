@@ -42,6 +42,7 @@ def test_data_roots_from_a_path_list(monkeypatch, tmp_path):
         ("DETLAB_BROKER_URL", "kafka://x", "redis://"),
         ("DETLAB_DATA_ROOTS", "/", "'/' is not accepted"),
         ("DETLAB_VISIBILITY_TIMEOUT_S", "10", "greater than or equal to 3600"),
+        ("DETLAB_HEARTBEAT_STALE_S", "2", "at least three DETLAB_HEARTBEAT_INTERVAL_S"),
     ],
 )
 def test_invalid_settings_name_the_variable(monkeypatch, variable, value, expected):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import socket
+import threading
+import time
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import worker_process_init, worker_ready
 
 from backend.config import get_settings
@@ -38,20 +39,33 @@ def _prepare_child(**_: object) -> None:
 
 
 @worker_ready.connect
-def _requeue_orphans(**_: object) -> None:
-    """Jobs left 'running' by a worker on this host that died are queued again to resume."""
-    from backend.jobs import service as job_service
-
-    with session_factory()() as session:
-        orphans = job_service.orphans(session=session, host=socket.gethostname())
-    for job_id in orphans:
-        log.warning("job %s was running when this host's worker stopped; resuming it", job_id)
-        app.send_task(TASK_NAME, args=[job_id])
+def _start_reconciler(**_: object) -> None:
+    """The queue's reconciler runs once now (jobs left by a dead worker, messages the broker
+    lost) and then every DETLAB_RECONCILE_INTERVAL_S, in a thread of this parent process."""
+    thread = threading.Thread(target=_reconcile_forever, name="reconciler", daemon=True)
+    thread.start()
 
 
-@app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
-def run(job_id: int) -> str:
-    """Run one job by id; its state is read from and written to the database."""
+def _reconcile_forever() -> None:
+    from backend.jobs.reconciler import reconcile
+
+    interval = settings.reconcile_interval_s
+    while True:
+        try:
+            reconcile(sessions=session_factory(), settings=settings)
+        except Exception:  # a blip or a broker hiccup: the next pass tries again
+            log.exception(
+                "the queue's reconciler failed; retrying in %g s", settings.reconcile_interval_s
+            )
+        time.sleep(interval)
+
+
+@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+def run(self: Task, job_id: int) -> str:
+    """Wake for a message: claim and run the oldest queued job (state lives in the database)."""
     from worker.runner import run_job
 
-    return run_job(job_id, settings=settings, sessions=session_factory()).value
+    status = run_job(
+        job_id, settings=settings, sessions=session_factory(), host=self.request.hostname or ""
+    )
+    return status.value if status else "nothing to run"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,9 @@ def check_user_checkpoint(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ValueError(f"checkpoint {path} does not exist") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(
             f"checkpoint {path} cannot be loaded as plain weights "
-            f"(torch.load weights_only=True): {first_line}"
+            f"(torch.load weights_only=True): {_refusal(exc)}"
         ) from None
     if not isinstance(loaded, dict):
         raise ValueError(
@@ -59,3 +59,19 @@ def check_user_checkpoint(path: str | Path) -> dict[str, Any]:
             "of tensors or a dict with a 'state_dict'"
         )
     return loaded
+
+
+def _refusal(exc: BaseException) -> str:
+    """Why torch refused a file, in a line: the type it would not unpickle, when that is it."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch bolds a warning with ANSI
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if refused is None:
+        return text.splitlines()[0] if text else type(exc).__name__
+    name = refused.group(1)
+    reason = f"it holds a {name}, which is not a tensor or plain data"
+    if name.startswith("mmengine."):
+        reason += (
+            " (mmengine's training state); keep only its weights and meta where you trust the "
+            "file: torch.save({'state_dict': c['state_dict'], 'meta': c['meta']}, path)"
+        )
+    return reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -11,12 +12,13 @@ from backend.datasets.models import Dataset
 from backend.errors import DomainError
 from backend.evaluations import analysis_service
 from backend.jobs.models import Job
+from backend.jobs.paths import JobPaths
+from backend.jobs.service import Claim
 from backend.jobs.spec import CheckpointInit, FinetuneSpec
 from backend.weights.models import Weights
 from worker.checkpoints import check_user_checkpoint
 from worker.mmdet_config import build_finetune_config
 from worker.outcomes import JobFailed
-from worker.paths import JobPaths
 from worker.training import require_cuda_for_amp, save_config, train
 
 __all__ = ["run_finetune", "store_evaluation"]
@@ -48,16 +50,22 @@ def _load_inputs(
     return spec, dataset, weights_path
 
 
-def run_finetune(
-    job: Job, *, resuming: bool, settings: Settings, sessions: sessionmaker[Session]
-) -> None:
+def run_finetune(claim: Claim, *, settings: Settings, sessions: sessionmaker[Session]) -> None:
     """Train a fine-tune job, then store its COCO evaluation and error analysis."""
+    job = claim.job
     assert settings.artifact_root is not None
     spec, dataset, weights_path = _load_inputs(job, settings, sessions)
     paths = JobPaths.for_job(settings.artifact_root, job.id)
     paths.work_dir.mkdir(parents=True, exist_ok=True)
     cfg = build_finetune_config(spec, dataset=dataset, paths=paths, weights_path=weights_path)
-    save_config(cfg, paths.config, job_id=job.id, sessions=sessions, db_grace_s=settings.db_grace_s)
+    save_config(
+        cfg,
+        paths.config,
+        job_id=job.id,
+        token=claim.token,
+        sessions=sessions,
+        db_grace_s=settings.db_grace_s,
+    )
 
     from mmdet.utils import register_all_modules
 
@@ -67,7 +75,8 @@ def run_finetune(
     runner, hook = train(
         cfg,
         job_id=job.id,
-        resuming=resuming,
+        token=claim.token,
+        resuming=claim.resuming,
         sessions=sessions,
         db_grace_s=settings.db_grace_s,
     )
@@ -76,13 +85,23 @@ def run_finetune(
     store_evaluation(job_id=job.id, predictions=paths.predictions, sessions=sessions)
 
 
-def store_evaluation(*, job_id: int, predictions: Path, sessions: sessionmaker[Session]) -> None:
+def store_evaluation(
+    *,
+    job_id: int,
+    predictions: Path,
+    sessions: sessionmaker[Session],
+    record_extra: dict[str, Any] | None = None,
+) -> None:
     """Score the saved val predictions once (COCO metrics, error analysis, per-image rows) and
-    store them as the job's evaluation; predictions that cannot be scored fail the job."""
+    store them as the job's evaluation, ``record_extra`` joining its record; predictions that
+    cannot be scored fail the job."""
     with sessions() as session:
         try:
             analysis_service.evaluate_job(
-                session=session, job_id=job_id, predictions_path=predictions
+                session=session,
+                job_id=job_id,
+                predictions_path=predictions,
+                record_extra=record_extra,
             )
         except DomainError as exc:
             raise JobFailed(f"the val predictions could not be scored: {exc.message}") from None

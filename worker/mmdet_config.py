@@ -1,7 +1,8 @@
-"""Turns a validated fine-tune spec into an mmdet 3 config assembled from mmdet's base configs.
+"""Turns a validated fine-tune spec into an mmdet 3 config assembled from mmdet's base configs,
+and the model of an evaluate job (one of ours, or a config mmdet ships) into a test config.
 
-The result is dumped as one self-contained file that mmdet's own `tools/train.py`
-runs as it is; DetLab's progress hook is added to the runner, not to the config.
+The result is dumped as one self-contained file that mmdet's own `tools/train.py` (or
+`tools/test.py`) runs as it is; DetLab's progress hook is added to the runner, not to the config.
 """
 
 from __future__ import annotations
@@ -9,14 +10,21 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backend.jobs.spec import CheckpointInit, FinetuneSpec, WeightsInit
+from backend.jobs.paths import JobPaths
+from backend.jobs.spec import DEFAULT_WARMUP, CheckpointInit, FinetuneSpec, WeightsInit
 from backend.registry import BACKBONES, DETECTORS
-from worker.paths import JobPaths
 
-__all__ = ["build_finetune_config", "mmdet_config_dir", "write_train_subset"]
+__all__ = [
+    "DetLabModel",
+    "build_evaluate_config",
+    "build_finetune_config",
+    "mmdet_config_dir",
+    "write_train_subset",
+]
 
 
 def mmdet_config_dir() -> Path:
@@ -61,9 +69,9 @@ def _init_cfg(spec: FinetuneSpec, weights_path: str | None) -> dict[str, Any] | 
     raise ValueError(f"unknown init {spec.init!r}")
 
 
-def _backbone(spec: FinetuneSpec, weights_path: str | None) -> dict[str, Any]:
-    entry = BACKBONES[spec.backbone]
-    init_cfg = _init_cfg(spec, weights_path)
+def _backbone(name: str, *, norm: str | None, init_cfg: dict[str, Any] | None) -> dict[str, Any]:
+    """The backbone's config; ``norm``: the resolved norm (None for LayerNorm backbones)."""
+    entry = BACKBONES[name]
     if not entry.has_batch_norm:  # Swin: official checkpoints need their keys converted
         return dict(
             type=entry.mmdet_type,
@@ -72,7 +80,6 @@ def _backbone(spec: FinetuneSpec, weights_path: str | None) -> dict[str, Any]:
             convert_weights=init_cfg is not None,
             init_cfg=init_cfg,
         )
-    norm = spec.resolved_norm
     frozen = norm == "frozen_bn"
     return dict(
         type=entry.mmdet_type,
@@ -87,13 +94,13 @@ def _backbone(spec: FinetuneSpec, weights_path: str | None) -> dict[str, Any]:
     )
 
 
-def _neck(spec: FinetuneSpec) -> dict[str, Any]:
+def _neck(*, detector: str, backbone: str, neck: str) -> dict[str, Any]:
     return dict(
-        type="FPN" if spec.neck == "fpn" else "PAFPN",
-        in_channels=list(BACKBONES[spec.backbone].channels),
+        type="FPN" if neck == "fpn" else "PAFPN",
+        in_channels=list(BACKBONES[backbone].channels),
         out_channels=256,
         num_outs=5,
-        **DETECTORS[spec.detector].neck_overrides,
+        **DETECTORS[detector].neck_overrides,
     )
 
 
@@ -112,8 +119,13 @@ def _set_sampling(model: Any, spec: FinetuneSpec) -> None:
     rcnn = model.train_cfg.rcnn
     for stage in rcnn if isinstance(rcnn, list) else [rcnn]:
         stage.sampler.num = spec.roi_samples_per_image
-    model.test_cfg.rpn.nms_pre = spec.test_proposals_per_image
-    model.test_cfg.rpn.max_per_img = spec.test_proposals_per_image
+    _set_test_proposals(model, spec.test_proposals_per_image)
+
+
+def _set_test_proposals(model: Any, proposals: int) -> None:
+    """RPN proposals kept per image at test time (two-stage detectors)."""
+    model.test_cfg.rpn.nms_pre = proposals
+    model.test_cfg.rpn.max_per_img = proposals
 
 
 def write_train_subset(ann_file: Path, out: Path, *, fraction: float, seed: int) -> Path:
@@ -163,8 +175,10 @@ def build_finetune_config(
     cfg = _load_bases(spec.detector)
     classes = tuple(c["name"] for c in dataset.stats["categories"])
 
-    cfg.model.backbone = _backbone(spec, weights_path)
-    cfg.model.neck = _neck(spec)
+    cfg.model.backbone = _backbone(
+        spec.backbone, norm=spec.resolved_norm, init_cfg=_init_cfg(spec, weights_path)
+    )
+    cfg.model.neck = _neck(detector=spec.detector, backbone=spec.backbone, neck=spec.neck)
     _set_num_classes(cfg.model, spec.detector, len(classes))
     _set_sampling(cfg.model, spec)
 
@@ -230,6 +244,125 @@ def build_finetune_config(
     return cfg
 
 
+@dataclass(frozen=True)
+class DetLabModel:
+    """One of DetLab's detector x backbone x neck models, as a checkpoint to score was built.
+
+    ``norm``: the backbone's norm when trained (None: plain BN where it has batch norm; at
+    test time every BN variant computes the same). ``test_proposals_per_image``: None keeps
+    mmdet's base config (1000)."""
+
+    detector: str
+    backbone: str
+    neck: str = "fpn"
+    norm: str | None = None
+    test_proposals_per_image: int | None = None
+
+
+def build_evaluate_config(
+    model: DetLabModel | Path,
+    *,
+    dataset: Any,
+    paths: JobPaths,
+    classes: tuple[str, ...],
+    batch_size: int,
+    image_scale: tuple[int, int] | None,
+    checkpoint: str,
+) -> Any:
+    """The mmengine Config that scores a checkpoint on a registered dataset's val split.
+
+    ``model``: one of ours, or the file of a config the installed mmdet ships (never a user's
+    file). ``classes``: the checkpoint's class names, in its label order; every head predicts
+    that many. ``image_scale`` None keeps the config's own test Resize. ValueError when the
+    config cannot take the dataset or the scale."""
+    from mmengine.config import Config
+
+    if isinstance(model, DetLabModel):
+        cfg = _load_bases(model.detector)
+        entry = BACKBONES[model.backbone]
+        norm = model.norm or ("bn" if entry.has_batch_norm else None)
+        cfg.model.backbone = _backbone(model.backbone, norm=norm, init_cfg=None)
+        cfg.model.neck = _neck(detector=model.detector, backbone=model.backbone, neck=model.neck)
+        _set_num_classes(cfg.model, model.detector, len(classes))
+        if model.test_proposals_per_image is not None and DETECTORS[model.detector].two_stage:
+            _set_test_proposals(cfg.model, model.test_proposals_per_image)
+    else:
+        cfg = Config.fromfile(str(model))
+        if not _set_every_num_classes(cfg.model, len(classes)):
+            raise ValueError(f"the config {model.stem} has no head with num_classes to set")
+    _test_split(
+        cfg, dataset=dataset, classes=classes, batch_size=batch_size, image_scale=image_scale
+    )
+    # an mmdet config may import modules of its own (its projects): they stay
+    imports = list((cfg.get("custom_imports") or {}).get("imports", []))
+    cfg.custom_imports = dict(imports=[*imports, "worker.coco_metric"], allow_failed_imports=False)
+    cfg.test_evaluator = dict(
+        type="EngineCocoMetric",
+        ann_file=dataset.val_ann,
+        metric="bbox",
+        format_only=False,
+        outfile_prefix=str(paths.predictions_prefix),
+    )
+    cfg.val_evaluator = cfg.test_evaluator
+    cfg.load_from = checkpoint
+    cfg.work_dir = str(paths.work_dir)
+    return cfg
+
+
+def _set_every_num_classes(node: Any, num_classes: int) -> bool:
+    """Set num_classes in every head of a model config (the RPN's single 'object' class kept);
+    whether any was found."""
+    found = False
+    if isinstance(node, dict):
+        if "num_classes" in node and "RPN" not in str(node.get("type", "")):
+            node["num_classes"] = num_classes
+            found = True
+        children = list(node.values())
+    elif isinstance(node, list | tuple):
+        children = list(node)
+    else:
+        return False
+    for child in children:
+        found = _set_every_num_classes(child, num_classes) or found
+    return found
+
+
+def _test_split(
+    cfg: Any,
+    *,
+    dataset: Any,
+    classes: tuple[str, ...],
+    batch_size: int,
+    image_scale: tuple[int, int] | None,
+) -> None:
+    """Point the test (and val) loader at the dataset's val split, resized to image_scale."""
+    loader = cfg.get("test_dataloader")
+    split = loader.get("dataset") if loader else None
+    if not split or not split.get("pipeline"):
+        raise ValueError("the config has no test_dataloader.dataset.pipeline")
+    loader.batch_size = batch_size
+    loader.num_workers = 0
+    loader.persistent_workers = False
+    split.data_root = ""
+    split.ann_file = dataset.val_ann
+    split.data_prefix = dict(img=dataset.val_images.rstrip("/") + "/")
+    split.metainfo = dict(classes=classes)
+    if image_scale is not None:
+        resized = [
+            step
+            for step in split.pipeline
+            if str(step.get("type", "")).endswith("Resize") and "scale" in step
+        ]
+        if not resized:
+            raise ValueError(
+                "image_scale: the config's test pipeline has no Resize step with a scale; "
+                "leave image_scale unset to use its own"
+            )
+        for step in resized:
+            step["scale"] = tuple(image_scale)
+    cfg.val_dataloader = loader
+
+
 def _schedule(cfg: Any, spec: FinetuneSpec) -> None:
     interval = spec.checkpoint_interval or spec.eval_interval
     if spec.by_epoch:
@@ -252,14 +385,16 @@ def _schedule(cfg: Any, spec: FinetuneSpec) -> None:
             {m for m in (round(total * 8 / 12), round(total * 11 / 12)) if 0 < m < total}
         )
     schedulers: list[dict[str, Any]] = []
-    if spec.warmup_iters:
+    # an epoch run's warm-up is fitted when the job is created (the dataset's size decides)
+    warmup = DEFAULT_WARMUP if spec.warmup_iters is None else spec.warmup_iters
+    if warmup:
         schedulers.append(
             dict(
                 type="LinearLR",
                 start_factor=spec.warmup_ratio,
                 by_epoch=False,
                 begin=0,
-                end=spec.warmup_iters,
+                end=warmup,
             )
         )
     if milestones:

@@ -7,9 +7,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from backend.jobs.paths import JobPaths
 from backend.jobs.spec import PretrainSpec
 from backend.registry import BACKBONES, PRETRAIN_METHODS
-from worker.paths import JobPaths
 
 __all__ = ["build_pretrain_config", "mmpretrain_config_dir", "register_algorithm"]
 

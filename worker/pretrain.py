@@ -10,12 +10,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from backend.config import Settings
 from backend.datasets.models import Dataset
-from backend.jobs.models import Job
+from backend.jobs.paths import JobPaths
+from backend.jobs.service import Claim
 from backend.jobs.spec import PretrainSpec
 from backend.weights import service as weights_service
 from worker.mmpretrain_config import build_pretrain_config, register_algorithm
 from worker.outcomes import JobFailed
-from worker.paths import JobPaths
 from worker.training import require_cuda_for_amp, save_config, train
 
 __all__ = ["run_pretrain", "export_backbone"]
@@ -58,10 +58,9 @@ def export_backbone(model: Any, out: Path, *, meta: dict[str, Any]) -> str:
     return hashlib.sha256(out.read_bytes()).hexdigest()
 
 
-def run_pretrain(
-    job: Job, *, resuming: bool, settings: Settings, sessions: sessionmaker[Session]
-) -> None:
+def run_pretrain(claim: Claim, *, settings: Settings, sessions: sessionmaker[Session]) -> None:
     """Pretrain a backbone and register it in the weights registry."""
+    job = claim.job
     assert settings.artifact_root is not None
     spec = PretrainSpec.model_validate(job.spec)
     require_cuda_for_amp(spec.amp)
@@ -69,7 +68,14 @@ def run_pretrain(
     paths = JobPaths.for_job(settings.artifact_root, job.id)
     paths.work_dir.mkdir(parents=True, exist_ok=True)
     cfg = build_pretrain_config(spec, image_folder=folder, paths=paths)
-    save_config(cfg, paths.config, job_id=job.id, sessions=sessions, db_grace_s=settings.db_grace_s)
+    save_config(
+        cfg,
+        paths.config,
+        job_id=job.id,
+        token=claim.token,
+        sessions=sessions,
+        db_grace_s=settings.db_grace_s,
+    )
 
     from mmpretrain.utils import register_all_modules
 
@@ -78,7 +84,8 @@ def run_pretrain(
     runner, _ = train(
         cfg,
         job_id=job.id,
-        resuming=resuming,
+        token=claim.token,
+        resuming=claim.resuming,
         sessions=sessions,
         db_grace_s=settings.db_grace_s,
     )

@@ -31,12 +31,14 @@ class JobProgressHook(Hook):
         *,
         job_id: int,
         sessions: sessionmaker[Session],
+        token: str | None = None,
         flush_every_s: float = 1.0,
         max_points_per_key: int = 5000,
         db_grace_s: float = 600.0,
     ) -> None:
         self.job_id = job_id
         self.sessions = sessions
+        self.token = token  # the claim this attempt holds: its writes stop counting once lost
         self.db_grace_s = db_grace_s
         self.flush_every_s = flush_every_s
         self.max_points_per_key = max_points_per_key
@@ -127,10 +129,15 @@ class JobProgressHook(Hook):
         def write() -> bool:
             with self.sessions() as session:
                 return job_service.record_progress(
-                    session=session, job_id=self.job_id, points=self.pending, **progress
+                    session=session,
+                    job_id=self.job_id,
+                    points=self.pending,
+                    token=self.token,
+                    **progress,
                 )
 
-        # a failed write rolls back whole: the points stay pending until one succeeds
+        # a failed write rolls back whole: the points stay pending until one succeeds; a lost
+        # claim (ClaimLost) is not retried and stops the run
         cancel = retrying(write, grace_s=self.db_grace_s, what="recording progress")
         self.pending = []
         return cancel

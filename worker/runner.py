@@ -1,4 +1,5 @@
-"""Runs one job of any kind: claim it, hand it to its kind's runner, record how it ended."""
+"""Runs one job of any kind: claim the next in line, hand it to its kind's runner while its
+heartbeat beats, record how it ended (only while this attempt still holds it)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 import backend.models  # noqa: F401 - every table, so the ORM can resolve foreign keys
 from backend.config import Settings
 from backend.jobs import service as job_service
-from backend.jobs.models import Job, JobKind, JobStatus
+from backend.jobs.models import JobKind, JobStatus
+from backend.jobs.service import Claim, ClaimLost
 from worker.db_writes import DatabaseUnreachable, retrying
+from worker.heartbeat import Heartbeat
 from worker.outcomes import JobCancelled, JobFailed
 
 __all__ = ["run_job"]
@@ -20,67 +23,85 @@ __all__ = ["run_job"]
 log = logging.getLogger(__name__)
 
 
-def _run_kind(job: Job, *, resuming: bool, settings: Settings, sessions: Any) -> None:
-    if job.kind == JobKind.pretrain:
+def _run_kind(claim: Claim, *, settings: Settings, sessions: Any) -> None:
+    if claim.job.kind == JobKind.pretrain:
         from worker.pretrain import run_pretrain
 
-        run_pretrain(job, resuming=resuming, settings=settings, sessions=sessions)
+        run_pretrain(claim, settings=settings, sessions=sessions)
+    elif claim.job.kind == JobKind.evaluate:
+        from worker.evaluate import run_evaluate
+
+        run_evaluate(claim, settings=settings, sessions=sessions)
     else:
         from worker.finetune import run_finetune
 
-        run_finetune(job, resuming=resuming, settings=settings, sessions=sessions)
+        run_finetune(claim, settings=settings, sessions=sessions)
 
 
-def run_job(job_id: int, *, settings: Settings, sessions: sessionmaker[Session]) -> JobStatus:
-    """Run a queued (or redelivered) job to its end and record the outcome; never raises."""
+def run_job(
+    message: int | None, *, settings: Settings, sessions: sessionmaker[Session], host: str = ""
+) -> JobStatus | None:
+    """Claim the oldest queued job of the worker's queue, run it to its end and record the
+    outcome; never raises. `message`: the job the waking message named (it may run later, or
+    have run already: the database decides). None when nothing was waiting or the claim was
+    lost to another attempt."""
+    host = host or socket.gethostname()
+
+    def take() -> job_service.Claim | None:
+        with sessions() as session:
+            return job_service.claim(session=session, queue=settings.queue, host=host)
+
     try:
-        with sessions() as session:
-            claimed = job_service.claim(session=session, job_id=job_id, host=socket.gethostname())
-    except Exception as exc:
-        log.exception("job %s could not be started", job_id)
-        _record_failure(
-            sessions, job_id, f"the worker could not start it: {_describe(exc, spec={})}"
-        )
-        return JobStatus.failed
-    if claimed is None:
-        with sessions() as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                log.warning("job %s does not exist; dropping the task", job_id)
-                return JobStatus.failed
-            log.info("job %s is %s; nothing to run", job_id, job.status.value)
-            return job.status
-    job, resuming = claimed
+        claim = retrying(take, grace_s=settings.db_grace_s, what="claiming a job")
+    except DatabaseUnreachable:
+        log.exception("no job could be claimed (message for job %s)", message)
+        return None  # the job stays queued; the reconciler sends its message again
+    if claim is None:
+        log.info("message for job %s: no queued job waits; nothing to run", message)
+        return None
+    job_id = claim.job.id
+    if message is not None and message != job_id:
+        log.info("message for job %s: running job %s, the oldest in line", message, job_id)
     status, error = JobStatus.succeeded, None
-    try:
-        _run_kind(job, resuming=resuming, settings=settings, sessions=sessions)
-    except JobCancelled as exc:
-        status, error = JobStatus.cancelled, str(exc)
-    except JobFailed as exc:
-        status, error = JobStatus.failed, str(exc)
-    except Exception as exc:  # noqa: BLE001 - every failure must be recorded, never lost
-        status, error = JobStatus.failed, _describe(exc, spec=job.spec)
-        log.exception("job %s failed", job_id)
+    with Heartbeat(
+        job_id=job_id,
+        token=claim.token,
+        sessions=sessions,
+        interval_s=settings.heartbeat_interval_s,
+    ) as beat:
+        try:
+            _run_kind(claim, settings=settings, sessions=sessions)
+        except ClaimLost:
+            log.warning("job %s was taken from this attempt; it stops here", job_id)
+            return None
+        except JobCancelled as exc:
+            status, error = JobStatus.cancelled, str(exc)
+        except JobFailed as exc:
+            status, error = JobStatus.failed, str(exc)
+        except Exception as exc:  # noqa: BLE001 - every failure must be recorded, never lost
+            status, error = JobStatus.failed, _describe(exc, spec=claim.job.spec)
+            log.exception("job %s failed", job_id)
+        if beat.lost:
+            log.warning("job %s was taken from this attempt; its outcome is not recorded", job_id)
+            return None
 
-    def record() -> None:
+    def record() -> bool:
         with sessions() as session:
-            job_service.finish(session=session, job_id=job_id, status=status, error=error)
+            return job_service.finish(
+                session=session, job_id=job_id, status=status, error=error, token=claim.token
+            )
 
     try:
-        retrying(record, grace_s=settings.db_grace_s, what=f"recording that the job {status.value}")
+        recorded = retrying(
+            record, grace_s=settings.db_grace_s, what=f"recording that the job {status.value}"
+        )
     except DatabaseUnreachable:
         log.exception("job %s ended %s but that could not be recorded", job_id, status.value)
         return JobStatus.failed
+    if not recorded:
+        log.warning("job %s was taken from this attempt before it ended", job_id)
+        return None
     return status
-
-
-def _record_failure(sessions: sessionmaker[Session], job_id: int, reason: str) -> None:
-    """Best effort: a job that cannot even be claimed must not stay queued forever."""
-    try:
-        with sessions() as session:
-            job_service.fail(session=session, job_id=job_id, reason=reason)
-    except Exception:
-        log.exception("could not record the failure of job %s", job_id)
 
 
 def _describe(exc: BaseException, *, spec: dict[str, Any]) -> str:

@@ -33,7 +33,13 @@ def require_cuda_for_amp(amp: bool) -> None:
 
 
 def save_config(
-    cfg: Any, path: Path, *, job_id: int, sessions: sessionmaker[Session], db_grace_s: float
+    cfg: Any,
+    path: Path,
+    *,
+    job_id: int,
+    token: str | None,
+    sessions: sessionmaker[Session],
+    db_grace_s: float,
 ) -> None:
     """Write the generated config beside the job's files and into the job's row."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,13 +48,19 @@ def save_config(
 
     def write() -> None:
         with sessions() as session:
-            job_service.save_config(session=session, job_id=job_id, config_text=text)
+            job_service.save_config(session=session, job_id=job_id, config_text=text, token=token)
 
     retrying(write, grace_s=db_grace_s, what="saving the config")
 
 
 def train(
-    cfg: Any, *, job_id: int, resuming: bool, sessions: sessionmaker[Session], db_grace_s: float
+    cfg: Any,
+    *,
+    job_id: int,
+    token: str | None,
+    resuming: bool,
+    sessions: sessionmaker[Session],
+    db_grace_s: float,
 ) -> tuple[Any, JobProgressHook]:
     """Train with mmengine's Runner and DetLab's progress hook, resuming a redelivered job
     from its last checkpoint (ours, so mmengine's pickled types are allowed to load)."""
@@ -58,7 +70,7 @@ def train(
     cfg.resume = resuming and (work_dir / "last_checkpoint").is_file()
     cfg.load_from = None
     runner = Runner.from_cfg(cfg)
-    hook = JobProgressHook(job_id=job_id, sessions=sessions, db_grace_s=db_grace_s)
+    hook = JobProgressHook(job_id=job_id, sessions=sessions, token=token, db_grace_s=db_grace_s)
     runner.register_hook(hook)
     if cfg.resume:
         log.info("job %s: resuming from %s", job_id, work_dir)

@@ -15,6 +15,7 @@ or area <= 0 are dropped. Classes are in ascending category id order.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,57 @@ import numpy as np
 from backend.analysis.geometry import iter_pair_blocks
 from backend.analysis.inputs import Detections, GroundTruth, parse_ground_truth, parse_results
 
-__all__ = ["BACKGROUND_LABEL", "confusion_matrix", "confusion_of"]
+__all__ = [
+    "BACKGROUND_LABEL",
+    "ConfusionCells",
+    "cell_label",
+    "confusion_cells",
+    "confusion_matrix",
+    "confusion_of",
+]
 
 BACKGROUND_LABEL = "background"
+
+
+@dataclass(frozen=True, eq=False)
+class ConfusionCells:
+    """Every count of a confusion matrix as one entry: its cell, its image and the boxes behind
+    it, so that a cell can be traced back to the images and boxes that make it up."""
+
+    labels: list[str]  # category names in ascending id order, then "background"
+    cell: np.ndarray  # (m,) row * len(labels) + column
+    image: np.ndarray  # (m,) position of the image in GroundTruth.image_ids
+    detection: np.ndarray  # (m,) position in the detections given; -1: a GT not found
+    annotation: np.ndarray  # (m,) position in the annotations; -1: a prediction over none
+
+    def index(self, gt_label: str, predicted_label: str) -> int:
+        """The cell of a (ground-truth label, predicted label) pair; ValueError naming the
+        accepted labels when either is unknown."""
+        for name in (gt_label, predicted_label):
+            if name not in self.labels:
+                raise ValueError(
+                    f"{name!r} is not a label of the confusion matrix; labels: "
+                    f"{', '.join(self.labels)}"
+                )
+        return self.labels.index(gt_label) * len(self.labels) + self.labels.index(predicted_label)
+
+    def matrix(self) -> list[list[int]]:
+        """counts[row][col], rows ground truth, columns predictions."""
+        n = len(self.labels)
+        return np.bincount(self.cell, minlength=n * n).reshape(n, n).tolist()
+
+    def per_image(self, cell: int, n_images: int) -> np.ndarray:
+        """(n_images,) how much each image adds to one cell."""
+        return np.bincount(self.image[self.cell == cell], minlength=n_images)
+
+
+def cell_label(gt_label: str, predicted_label: str) -> str:
+    """A cell in words: "circle boxes predicted as ellipse"."""
+    if predicted_label == BACKGROUND_LABEL:
+        return f"{gt_label} boxes with no {gt_label} prediction on them"
+    if gt_label == BACKGROUND_LABEL:
+        return f"{predicted_label} predictions on background"
+    return f"{gt_label} boxes predicted as {predicted_label}"
 
 
 def confusion_matrix(
@@ -45,6 +94,14 @@ def confusion_of(
     ground_truth: GroundTruth, det: Detections, *, iou_thr: float = 0.5
 ) -> tuple[list[str], list[list[int]]]:
     """confusion_matrix of parsed inputs (every detection given counts)."""
+    cells = confusion_cells(ground_truth, det, iou_thr=iou_thr)
+    return cells.labels, cells.matrix()
+
+
+def confusion_cells(
+    ground_truth: GroundTruth, det: Detections, *, iou_thr: float = 0.5
+) -> ConfusionCells:
+    """The entries of confusion_of's matrix (every detection given counts)."""
     cats = ground_truth.category_ids
     n = len(cats) + 1
     bg = n - 1
@@ -55,6 +112,8 @@ def confusion_of(
     pred_label = np.searchsorted(cats, det.category)
 
     cells: list[np.ndarray] = []
+    dets: list[np.ndarray] = []
+    anns: list[np.ndarray] = []
     pred_hit = np.zeros(len(det), dtype=bool)
     gt_found = np.zeros(len(kept), dtype=bool)
     for block in iter_pair_blocks(
@@ -67,10 +126,30 @@ def confusion_of(
         r, c = np.nonzero(block.iou >= iou_thr)
         rows, gts = block.rows[r], block.gt[r, c]
         cells.append(gt_label[gts] * n + pred_label[rows])
+        dets.append(rows)
+        anns.append(kept[gts])
         pred_hit[rows] = True
         gt_found[gts[gt_label[gts] == pred_label[rows]]] = True
-    cells.append(bg * n + pred_label[~pred_hit])
-    cells.append(gt_label[~gt_found] * n + bg)
-    counts = np.bincount(np.concatenate(cells), minlength=n * n).reshape(n, n)
+    unhit = np.flatnonzero(~pred_hit)
+    cells.append(bg * n + pred_label[unhit])
+    dets.append(unhit)
+    anns.append(np.full(len(unhit), -1, dtype=np.int64))
+    lost = np.flatnonzero(~gt_found)
+    cells.append(gt_label[lost] * n + bg)
+    dets.append(np.full(len(lost), -1, dtype=np.int64))
+    anns.append(kept[lost])
+    detection = np.concatenate(dets).astype(np.int64)
+    annotation = np.concatenate(anns).astype(np.int64)
+    image = np.where(
+        detection >= 0,
+        det.image[np.maximum(detection, 0)] if len(det) else 0,
+        ground_truth.image[np.maximum(annotation, 0)] if len(ground_truth.image) else 0,
+    )
     labels = [ground_truth.category_names[int(c)] for c in cats] + [BACKGROUND_LABEL]
-    return labels, counts.tolist()
+    return ConfusionCells(
+        labels=labels,
+        cell=np.concatenate(cells).astype(np.int64),
+        image=np.asarray(image, dtype=np.int64),
+        detection=detection,
+        annotation=annotation,
+    )

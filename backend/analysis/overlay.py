@@ -8,6 +8,7 @@ import threading
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,10 @@ __all__ = [
     "LEGEND_PLACES",
     "SHOW_GROUPS",
     "encode_png",
+    "label_font_px",
     "render_overlay",
     "scaled_boxes",
+    "shown_outcomes",
 ]
 
 # Names accepted in ``show`` besides the outcome names themselves.
@@ -38,9 +41,13 @@ LEGEND_PLACES = ("auto", "inside", "below", "none")
 _POOL: tuple[int, ThreadPoolExecutor, int] | None = None
 _POOL_LOCK = threading.Lock()
 _LINE_WIDTH = 2
-_FONT = ImageFont.load_default_imagefont()  # bitmap font shipped with Pillow
-_TEXT_HEIGHT = 11
 _PAD = 2
+# Label text is sized to the PNG's width: one pixel of type per this many pixels of picture,
+# within these bounds. A PNG shown at about its own width (as the dashboard asks for its tiles)
+# then has labels that read, and small pictures are not buried under their labels.
+_WIDTH_PER_FONT_PX = 32
+_FONT_PX = (12, 28)
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
 def _field(item: Any, name: str, default: Any = None) -> Any:
@@ -50,8 +57,9 @@ def _field(item: Any, name: str, default: Any = None) -> Any:
     return getattr(item, name, default)
 
 
-def _outcomes(show: Collection[str]) -> frozenset[str]:
-    """Outcome names selected by ``show`` (groups and/or outcome names)."""
+def shown_outcomes(show: Collection[str]) -> frozenset[str]:
+    """Outcome names selected by ``show`` (groups and/or outcome names); ValueError naming
+    the accepted ones for anything else."""
     selected: set[str] = set()
     for name in show:
         if name in SHOW_GROUPS:
@@ -90,6 +98,18 @@ def _as_rgb(image: Image.Image | np.ndarray) -> Image.Image:
     return Image.fromarray(array).convert("RGB")
 
 
+@lru_cache(maxsize=32)
+def _font(size: int) -> Font:
+    """Pillow's own scalable font at ``size`` px (its bitmap font where FreeType is missing)."""
+    return ImageFont.load_default(size=size)
+
+
+def label_font_px(width: int) -> int:
+    """The size of the labels on a PNG ``width`` pixels wide."""
+    low, high = _FONT_PX
+    return max(low, min(high, round(width / _WIDTH_PER_FONT_PX)))
+
+
 def _label(name: str, score: float | None, gt_name: str | None) -> str:
     text = name if score is None else f"{name} {score:.2f}"
     return f"{text} (gt: {gt_name})" if gt_name is not None else text
@@ -116,7 +136,7 @@ def render_overlay(
     """
     if legend not in LEGEND_PLACES:
         raise ValueError(f"legend: unknown value {legend!r}; accepted: {', '.join(LEGEND_PLACES)}")
-    wanted = _outcomes(show)
+    wanted = shown_outcomes(show)
     canvas = _as_rgb(image)
     draw = ImageDraw.Draw(canvas)
 
@@ -145,16 +165,19 @@ def render_overlay(
         # Pillow refuses corners out of order, which a GT box narrower than 1 px would give.
         corners = (x, y, max(x, x + w - 1), max(y, y + h - 1))
         draw.rectangle(corners, outline=BOX_COLOURS[outcome], width=_LINE_WIDTH)
-    for outcome, (x, y, _, _), text in items:
-        _draw_label(draw, x, y, text, BOX_COLOURS[outcome], canvas.size)
+    font = _font(label_font_px(canvas.width))
+    # the last drawn (highest scores) choose their place first and are drawn on top
+    tags = _place_labels(draw, items[::-1], canvas.size, font)
+    for (outcome, _, text), tag in zip(items, tags[::-1], strict=True):
+        _draw_label(draw, tag, text, BOX_COLOURS[outcome], font)
     present = [o for o in BOX_COLOURS if any(i[0] == o for i in items)]
     if present and legend != "none":
-        box = _legend_box(draw, present)
+        box = _legend_box(draw, present, font)
         fits = box[0] <= canvas.width / 3 and box[1] <= canvas.height / 2
         if legend == "inside" or (legend == "auto" and fits):
-            _draw_legend(draw, present, canvas.width, box)
+            _draw_legend(draw, present, canvas.width, box, font)
         else:
-            canvas = _with_legend_strip(canvas, present)
+            canvas = _with_legend_strip(canvas, present, font)
 
     return encode_png(np.asarray(canvas))
 
@@ -217,45 +240,96 @@ def encode_png(rgb: np.ndarray) -> bytes:
     )
 
 
-def _draw_label(
+def _text_height(font: Font) -> int:
+    """Height of a line of text in ``font``, ascenders to descenders."""
+    _, top, _, bottom = font.getbbox("Ag(y")
+    return int(bottom - top)
+
+
+def _text_top(font: Font) -> int:
+    """The blank rows above the ascenders that ``draw.text`` leaves: text is drawn that much
+    higher, so that it sits in its tag."""
+    return int(font.getbbox("Ag(y")[1])
+
+
+Tag = tuple[int, int, int, int]  # left, top, right, bottom (inclusive)
+
+
+def _place_labels(
     draw: ImageDraw.ImageDraw,
-    x: float,
-    y: float,
-    text: str,
-    color: tuple[int, int, int],
+    items: Sequence[tuple[str, list[float], str]],
     size: tuple[int, int],
+    font: Font,
+) -> list[Tag]:
+    """A tag for each box's label, in the order given, each where it covers no tag placed
+    before it if it can: above the box's top-left corner, inside it, under it, inside its
+    bottom; the first of these when every one is taken."""
+    height = _text_height(font) + 2 * _PAD
+    placed: list[Tag] = []
+    for _, (x, y, _, h), text in items:
+        width = int(draw.textlength(text, font=font)) + 2 * _PAD
+        left = int(min(max(x, 0), max(size[0] - width, 0)))
+        tops = [y - height, y, y + h, y + h - height]
+        candidates = [
+            (left, top, left + width - 1, top + height - 1)
+            for top in (int(min(max(t, 0), max(size[1] - height, 0))) for t in tops)
+        ]
+        free = [c for c in candidates if not any(_overlap(c, other) for other in placed)]
+        placed.append((free or candidates)[0])
+    return placed
+
+
+def _overlap(a: Tag, b: Tag) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
+def _draw_label(
+    draw: ImageDraw.ImageDraw, tag: Tag, text: str, color: tuple[int, int, int], font: Font
 ) -> None:
-    """Text on a filled tag above the box's top-left corner (inside when no room)."""
-    width = int(draw.textlength(text, font=_FONT)) + 2 * _PAD
-    height = _TEXT_HEIGHT + 2 * _PAD
-    left = int(min(max(x, 0), max(size[0] - width, 0)))
-    top = int(y - height if y - height >= 0 else max(y, 0))
-    draw.rectangle((left, top, left + width - 1, top + height - 1), fill=color)
+    """Text on a tag filled with the box's colour."""
+    draw.rectangle(tag, fill=color)
     dark = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] < 140
     draw.text(
-        (left + _PAD, top + _PAD), text, fill=(255, 255, 255) if dark else (0, 0, 0), font=_FONT
+        (tag[0] + _PAD, tag[1] + _PAD - _text_top(font)),
+        text,
+        fill=(255, 255, 255) if dark else (0, 0, 0),
+        font=font,
     )
 
 
-_SWATCH = 10
-_LEGEND_LINE = _TEXT_HEIGHT + 4
 _LEGEND_FILL = (32, 32, 32)
 
 
-def _legend_box(draw: ImageDraw.ImageDraw, outcomes: list[str]) -> tuple[int, int]:
+def _swatch(font: Font) -> int:
+    return max(8, _text_height(font) - 4)
+
+
+def _line(font: Font) -> int:
+    return _text_height(font) + 4
+
+
+def _legend_box(draw: ImageDraw.ImageDraw, outcomes: list[str], font: Font) -> tuple[int, int]:
     """Width and height of the corner legend, one outcome a line."""
-    text = max(int(draw.textlength(o, font=_FONT)) for o in outcomes)
-    return _SWATCH + 3 * _PAD + text + 4, _LEGEND_LINE * len(outcomes) + 2 * _PAD
+    text = max(int(draw.textlength(o, font=font)) for o in outcomes)
+    return _swatch(font) + 3 * _PAD + text + 4, _line(font) * len(outcomes) + 2 * _PAD
 
 
-def _legend_entry(draw: ImageDraw.ImageDraw, x: int, y: int, outcome: str) -> None:
+def _legend_entry(draw: ImageDraw.ImageDraw, x: int, y: int, outcome: str, font: Font) -> None:
     """A colour swatch and the outcome's name, the swatch's top-left corner at (x, y)."""
-    draw.rectangle((x, y + 1, x + _SWATCH - 1, y + _SWATCH), fill=BOX_COLOURS[outcome])
-    draw.text((x + _SWATCH + _PAD + 2, y), outcome, fill=(255, 255, 255), font=_FONT)
+    swatch = _swatch(font)
+    top = y + (_text_height(font) - swatch) // 2 + 1
+    draw.rectangle((x, top, x + swatch - 1, top + swatch - 1), fill=BOX_COLOURS[outcome])
+    draw.text(
+        (x + swatch + _PAD + 2, y - _text_top(font)), outcome, fill=(255, 255, 255), font=font
+    )
 
 
 def _draw_legend(
-    draw: ImageDraw.ImageDraw, outcomes: list[str], image_width: int, box: tuple[int, int]
+    draw: ImageDraw.ImageDraw,
+    outcomes: list[str],
+    image_width: int,
+    box: tuple[int, int],
+    font: Font,
 ) -> None:
     """The legend box (its size from _legend_box) in the top-right corner."""
     width, height = box
@@ -263,14 +337,16 @@ def _draw_legend(
     top = 4
     draw.rectangle((left, top, left + width - 1, top + height - 1), fill=_LEGEND_FILL)
     for i, outcome in enumerate(outcomes):
-        _legend_entry(draw, left + _PAD, top + _PAD + i * _LEGEND_LINE, outcome)
+        _legend_entry(draw, left + _PAD, top + _PAD + i * _line(font), outcome, font)
 
 
-def _with_legend_strip(canvas: Image.Image, outcomes: list[str]) -> Image.Image:
+def _with_legend_strip(canvas: Image.Image, outcomes: list[str], font: Font) -> Image.Image:
     """The picture above a strip holding the legend, entries side by side, wrapped to the
     picture's width: nothing of the picture is covered."""
     measure = ImageDraw.Draw(canvas)
-    widths = [_SWATCH + 3 * _PAD + int(measure.textlength(o, font=_FONT)) + 8 for o in outcomes]
+    widths = [
+        _swatch(font) + 3 * _PAD + int(measure.textlength(o, font=font)) + 8 for o in outcomes
+    ]
     lines: list[list[int]] = [[]]
     used = _PAD
     for index, width in enumerate(widths):
@@ -279,13 +355,13 @@ def _with_legend_strip(canvas: Image.Image, outcomes: list[str]) -> Image.Image:
             used = _PAD
         lines[-1].append(index)
         used += width
-    strip = _LEGEND_LINE * len(lines) + 2 * _PAD
+    strip = _line(font) * len(lines) + 2 * _PAD
     grown = Image.new("RGB", (canvas.width, canvas.height + strip), _LEGEND_FILL)
     grown.paste(canvas, (0, 0))
     draw = ImageDraw.Draw(grown)
     for row, members in enumerate(lines):
-        x, y = _PAD, canvas.height + _PAD + row * _LEGEND_LINE
+        x, y = _PAD, canvas.height + _PAD + row * _line(font)
         for index in members:
-            _legend_entry(draw, x, y, outcomes[index])
+            _legend_entry(draw, x, y, outcomes[index], font)
             x += widths[index]
     return grown

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -17,10 +17,17 @@ from backend.analysis.matching import (
     PredictionMatch,
     match_table,
 )
-from backend.analysis.tables import DEFAULTS, PREDICTION_OUTCOMES, is_error_code
+from backend.analysis.tables import DEFAULTS, PREDICTION_OUTCOMES, code, is_error_code
 from backend.analysis.tide import ap50, class_error_counts, delta_ap, error_counts
 
-__all__ = ["Analysis", "ImageSummary", "analyze", "analyze_arrays", "image_summaries"]
+__all__ = [
+    "Analysis",
+    "BoxSelection",
+    "ImageSummary",
+    "analyze",
+    "analyze_arrays",
+    "image_summaries",
+]
 
 _MISSED = len(PREDICTION_OUTCOMES)  # code for "missed" next to the prediction outcomes
 
@@ -159,3 +166,51 @@ def analyze_arrays(ground_truth: GroundTruth, detections: Detections, score_thr:
         class_ap50=class_ap,
         dap=delta_ap(table),
     )
+
+
+@dataclass(frozen=True)
+class BoxSelection:
+    """Which boxes of a match table a view counts or draws.
+
+    ``outcomes``: prediction outcome names, "missed" (ground truth no prediction matched) and
+    "gt" (every other ground-truth box). ``category_id``: only the boxes that involve that
+    class, by the rule the per-image (error type, class) index uses: a prediction of the class,
+    a classification error on a ground-truth box of the class, a ground-truth box of the class.
+    ``min_score``: predictions below it are left out.
+    """
+
+    outcomes: frozenset[str]
+    category_id: int | None = None
+    min_score: float = 0.0
+
+    @classmethod
+    def of(
+        cls, outcomes: Collection[str], *, category_id: int | None = None, min_score: float = 0.0
+    ) -> BoxSelection:
+        return cls(frozenset(outcomes), category_id, min_score)
+
+    def masks(self, table: MatchTable) -> tuple[np.ndarray, np.ndarray]:
+        """(predictions, ground truth): boolean masks over the table's detections and
+        annotations."""
+        det, gt = table.detections, table.ground_truth
+        wanted = np.array([name in self.outcomes for name in PREDICTION_OUTCOMES], dtype=bool)
+        predictions = wanted[table.outcome] & (det.score >= self.min_score)
+        missed = table.gt_missed
+        truth = np.where(missed, "missed" in self.outcomes, "gt" in self.outcomes)
+        if self.category_id is not None:
+            relevant = np.append(gt.category, -1)[table.gt]  # -1: no relevant ground truth
+            own = det.category == self.category_id
+            through_truth = (table.outcome == code("classification")) & (
+                relevant == self.category_id
+            )
+            predictions &= own | through_truth
+            truth = truth & (gt.category == self.category_id)
+        return predictions, np.asarray(truth, dtype=bool)
+
+    def per_image(self, table: MatchTable) -> np.ndarray:
+        """(n_images,) how many selected boxes each image has."""
+        predictions, truth = self.masks(table)
+        n_images = table.ground_truth.n_images
+        return np.bincount(table.detections.image[predictions], minlength=n_images) + np.bincount(
+            table.ground_truth.image[truth], minlength=n_images
+        )

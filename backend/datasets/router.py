@@ -10,13 +10,28 @@ from fastapi.responses import FileResponse
 from backend.datasets import service
 from backend.datasets.schemas import DatasetCreate, DatasetPage, DatasetRead
 from backend.deps import ImageId, Offset, RowId, SessionDep, SettingsDep
+from backend.errors import error_responses
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=error_responses(422, 503))
+# what FileResponse sends: the type its extension names
+IMAGE_CONTENT = {
+    media_type: {"schema": {"type": "string", "format": "binary"}}
+    for media_type in ("image/jpeg", "image/png", "image/*")
+}
 
 
-@router.post("", response_model=DatasetRead, status_code=201)
+@router.post(
+    "", response_model=DatasetRead, status_code=201, responses=error_responses(400, 409, 413)
+)
 def register_dataset(dataset_in: DatasetCreate, session: SessionDep, settings: SettingsDep):
-    return service.register(session=session, dataset_in=dataset_in, roots=settings.data_roots)
+    """Register a COCO dataset. A sync route, so the annotation files are parsed in the
+    threadpool, not in the event loop."""
+    return service.register(
+        session=session,
+        dataset_in=dataset_in,
+        roots=settings.data_roots,
+        max_annotation_bytes=settings.max_annotation_bytes,
+    )
 
 
 @router.get("", response_model=DatasetPage)
@@ -29,12 +44,19 @@ def list_datasets(
     return DatasetPage(items=[DatasetRead.model_validate(d) for d in items], total=total)
 
 
-@router.get("/{dataset_id}", response_model=DatasetRead)
+@router.get("/{dataset_id}", response_model=DatasetRead, responses=error_responses(404))
 def get_dataset(dataset_id: RowId, session: SessionDep):
     return service.get(session=session, dataset_id=dataset_id)
 
 
-@router.get("/{dataset_id}/images/{image_id}", response_class=FileResponse)
+@router.get(
+    "/{dataset_id}/images/{image_id}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": IMAGE_CONTENT, "description": "The image file"},
+        **error_responses(404),
+    },
+)
 def get_image(
     dataset_id: RowId,
     image_id: ImageId,

@@ -9,9 +9,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from backend.config import get_settings
 from backend.datasets.models import Dataset
 from backend.datasets.schemas import DatasetCreate
-from backend.datasets.validation import PathOutsideRoots, check_split, confine
+from backend.datasets.validation import PathOutsideRoots, check_splits, confine, oversized_files
 from backend.errors import Conflict, Invalid, NotFound
 
 __all__ = ["register", "list_datasets", "get", "image_file", "SPLITS"]
@@ -19,8 +20,19 @@ __all__ = ["register", "list_datasets", "get", "image_file", "SPLITS"]
 SPLITS = ("train", "val")
 
 
-def register(*, session: Session, dataset_in: DatasetCreate, roots: list[Path]) -> Dataset:
-    """Validate a COCO dataset under the allowed roots and store it with its statistics."""
+def register(
+    *,
+    session: Session,
+    dataset_in: DatasetCreate,
+    roots: list[Path],
+    max_annotation_bytes: int | None = None,
+) -> Dataset:
+    """Validate a COCO dataset under the allowed roots and store it with its statistics.
+
+    Refused before any file is parsed: a name in use (409), a path outside the roots (422),
+    annotation files already registered (409, see `_registered_as`) and an annotation file
+    over max_annotation_bytes (422; DETLAB_MAX_ANNOTATION_BYTES when not given).
+    """
     if session.scalar(select(Dataset.id).where(Dataset.name == dataset_in.name)) is not None:
         raise Conflict(f"a dataset named {dataset_in.name!r} exists; choose another name")
     paths: dict[str, Path] = {}
@@ -32,9 +44,21 @@ def register(*, session: Session, dataset_in: DatasetCreate, roots: list[Path]) 
             outside.append({"where": field, "problem": str(exc)})
     if outside:
         raise Invalid("dataset paths must lie under an allowed data root", problems=outside)
-    reports = [
-        check_split(split, paths[f"{split}_ann"], paths[f"{split}_images"]) for split in SPLITS
-    ]
+    existing = _registered_as(session, train_ann=paths["train_ann"], val_ann=paths["val_ann"])
+    if existing is not None:
+        raise Conflict(
+            f"these annotation files are registered already, as dataset {existing.name!r} "
+            f"(id {existing.id}); use that dataset, or register a copy of the files"
+        )
+    if max_annotation_bytes is None:
+        max_annotation_bytes = get_settings().max_annotation_bytes
+    oversized = oversized_files([paths["train_ann"], paths["val_ann"]], max_annotation_bytes)
+    if oversized:
+        listed = "; ".join(f"{p['where']}: {p['problem']}" for p in oversized)
+        raise Invalid(f"annotation file too large to register: {listed}", problems=oversized)
+    reports = check_splits(
+        [(split, paths[f"{split}_ann"], paths[f"{split}_images"]) for split in SPLITS]
+    )
     problems = [problem for report in reports for problem in report.problems]
     if problems:
         raise Invalid(f"dataset {dataset_in.name!r} is not a valid COCO dataset", problems=problems)
@@ -55,6 +79,22 @@ def register(*, session: Session, dataset_in: DatasetCreate, roots: list[Path]) 
     session.add(dataset)
     session.commit()
     return dataset
+
+
+def _registered_as(session: Session, *, train_ann: Path, val_ann: Path) -> Dataset | None:
+    """The dataset registered from these annotation files, if any.
+
+    A dataset is its pair of annotation files: the same resolved train_ann and the same
+    resolved val_ann (symlinks followed, as stored) as a registered dataset is the same
+    dataset, whatever the name or image folders. Sharing one of the two is allowed, so that
+    several training sets can be scored on one val split. Copies are different files.
+    """
+    return session.scalar(
+        select(Dataset)
+        .where(Dataset.train_ann == str(train_ann), Dataset.val_ann == str(val_ann))
+        .order_by(Dataset.id)
+        .limit(1)
+    )
 
 
 def list_datasets(*, session: Session, limit: int, offset: int) -> tuple[list[Dataset], int]:

@@ -2,18 +2,35 @@
 
 Each check adds a problem naming the file, what is wrong and what is accepted;
 registration is refused when any problem is found.
+
+`python -m backend.datasets.validation SPLIT ANN_FILE IMAGE_DIR` prints a split's report as
+JSON; `check_splits` checks big files that way, in a child process (see IN_PROCESS_BYTES).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SplitReport", "check_split", "confine", "PathOutsideRoots", "SMALL", "MEDIUM"]
+__all__ = [
+    "SplitReport",
+    "check_split",
+    "check_split_in_child",
+    "check_splits",
+    "confine",
+    "oversized_files",
+    "PathOutsideRoots",
+    "SMALL",
+    "MEDIUM",
+]
 
 # COCO's area buckets
 SMALL = 32**2
@@ -21,6 +38,10 @@ MEDIUM = 96**2
 # a box may stick out of its image by this fraction of the image side (rounding, padding)
 OUTSIDE_TOLERANCE = 0.05
 MAX_LISTED = 5
+# Parsing JSON holds the GIL from start to end (seconds for a big file), which would hold up
+# every other request of the API process, its event loop included. Annotation files bigger
+# than this are checked in a child process, which also gives back the memory parsing took.
+IN_PROCESS_BYTES = 8 * 1024**2
 
 
 class PathOutsideRoots(ValueError):
@@ -48,6 +69,27 @@ def confine(path: str | Path, roots: list[Path]) -> Path:
             return resolved
     accepted = ", ".join(str(root) for root in roots)
     raise PathOutsideRoots(f"{path} is outside the allowed data roots (accepted: {accepted})")
+
+
+def oversized_files(ann_files: list[Path], limit: int) -> list[dict[str, str]]:
+    """A problem for each file over limit bytes, found from its size alone (nothing is read).
+
+    A file that cannot be stat'ed is left to check_split, which reports it by name."""
+    problems = []
+    for ann_file in dict.fromkeys(ann_files):  # train and val may be one file
+        try:
+            size = ann_file.stat().st_size
+        except OSError:
+            continue
+        if size > limit:
+            problems.append(
+                {
+                    "where": str(ann_file),
+                    "problem": f"{size} bytes, over the limit of {limit} bytes for an "
+                    "annotation file (DETLAB_MAX_ANNOTATION_BYTES)",
+                }
+            )
+    return problems
 
 
 @dataclass
@@ -242,6 +284,38 @@ def check_split(split: str, ann_file: Path, image_dir: Path) -> SplitReport:
     return report
 
 
+def check_splits(splits: list[tuple[str, Path, Path]]) -> list[SplitReport]:
+    """check_split for each (split, ann_file, image_dir): in this process when the annotation
+    files are small, one child process per split when together they pass IN_PROCESS_BYTES."""
+    sizes = [ann_file.stat().st_size if ann_file.is_file() else 0 for _, ann_file, _ in splits]
+    check = check_split if sum(sizes) <= IN_PROCESS_BYTES else check_split_in_child
+    return [check(*split) for split in splits]
+
+
+def check_split_in_child(split: str, ann_file: Path, image_dir: Path) -> SplitReport:
+    """check_split run by `python -m backend.datasets.validation`; a child that dies is a
+    problem naming the file."""
+    package_root = str(Path(__file__).resolve().parents[2])  # where `backend` is importable
+    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", __name__, split, str(ann_file), str(image_dir)]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path}
+    )
+    if done.returncode == 0:
+        return SplitReport(**json.loads(done.stdout.splitlines()[-1]))
+    report = SplitReport(split=split)
+    if done.returncode < 0:
+        problem = (
+            f"checking it was stopped by {signal.Signals(-done.returncode).name} (out of "
+            "memory?); give the API more memory, or lower DETLAB_MAX_ANNOTATION_BYTES to refuse "
+            "files this big"
+        )
+    else:
+        problem = f"checking it failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
+    report.add(str(ann_file), problem)
+    return report
+
+
 def _check_with_pycocotools(report: SplitReport, ann_file: Path) -> None:
     import contextlib
     import io
@@ -279,3 +353,8 @@ def _stats(images: dict, annotations: dict, categories: dict) -> dict[str, Any]:
         "medium": sizes["medium"],
         "large": sizes["large"],
     }
+
+
+if __name__ == "__main__":  # see check_splits; the last line of stdout is the report
+    report = check_split(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
+    print(json.dumps(asdict(report)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, insert
+from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.orm import Session
 
 from backend.analysis.bootstrap import Intervals, bootstrap_intervals
@@ -43,6 +43,7 @@ def evaluate_job(
     iou_thr: float = DEFAULTS.confusion_iou_thr,
     resamples: int | None = DEFAULTS.resamples,
     seed: int = DEFAULTS.bootstrap_seed,
+    record_extra: dict[str, Any] | None = None,
 ) -> Evaluation:
     """Score a job's val predictions (those at predictions_path, else the stored ones) and
     store metrics, record, analysis and per-image rows in place of any earlier evaluation,
@@ -51,8 +52,11 @@ def evaluate_job(
 
     Nothing stored is replaced until the figures are computed; they are committed before the
     intervals, which take longer, so the evaluation is readable meanwhile. The COCO metrics
-    use every prediction; ``score_thr`` applies to the error analysis only and is stored."""
+    use every prediction; ``score_thr`` applies to the error analysis only and is stored.
+    ``record_extra`` joins the record (an evaluate job's class mapping, for one); scoring
+    again keeps what an earlier ``record_extra`` put there."""
     job = job_service.get(session=session, job_id=job_id)
+    earlier = session.scalar(select(Evaluation.record).where(Evaluation.job_id == job_id)) or {}
     if predictions_path is None:
         path = evaluation_service.predictions_file(session=session, job_id=job_id)
     else:
@@ -61,11 +65,13 @@ def evaluate_job(
     parsed = parse_predictions(job_id=job_id, val_ann=dataset.val_ann, predictions=path)
     gt, ground_truth, detections = parsed.gt, parsed.ground_truth, parsed.detections
     coco = score(ground_truth, detections)
-    record = {
+    computed = {
         **coco.record,
         "predictions_sha256": sha256_of(path),
         "val_sha256": sha256_of(dataset.val_ann),
     }
+    kept = {key: value for key, value in earlier.items() if key not in computed}
+    record = {**kept, **computed, **(record_extra or {})}
     analysis = _analysis(
         ground_truth,
         detections,

@@ -121,7 +121,7 @@ def load_inputs(*, session: Session, job_id: int) -> EvaluationInputs:
     if evaluation is None or not evaluation.predictions_path:
         raise Conflict(
             f"job {job_id} has no predictions yet (status {job.status.value}); "
-            "they are stored when a fine-tune job finishes its evaluation"
+            "they are stored when a fine-tune or evaluate job finishes, or on import"
         )
     dataset = dataset_service.get(session=session, dataset_id=job.dataset_id or 0)
     try:

@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 
 from backend.analysis.tables import DEFAULTS, legend
 from backend.deps import ImageId, Offset, RowId, SessionDep
+from backend.errors import error_responses
 from backend.evaluations import (
     analysis_service,
     compare_service,
@@ -17,13 +18,32 @@ from backend.evaluations import (
     service,
     significance_service,
 )
-from backend.evaluations.schemas import EvaluationRead, ImagePage, ImageResultRead
+from backend.evaluations.images_service import ImageFilter
+from backend.evaluations.schemas import (
+    EvaluationRead,
+    ImageComparisonPage,
+    ImagePage,
+    ImageResultRead,
+)
 
-router = APIRouter(prefix="/jobs", tags=["evaluations"])
-legend_router = APIRouter(prefix="/analysis", tags=["evaluations"])
-groups_router = APIRouter(prefix="/groups", tags=["evaluations"])
+COMMON = error_responses(422, 503)
+router = APIRouter(prefix="/jobs", tags=["evaluations"], responses=COMMON)
+legend_router = APIRouter(prefix="/analysis", tags=["evaluations"], responses=COMMON)
+groups_router = APIRouter(prefix="/groups", tags=["evaluations"], responses=COMMON)
 
 Threshold = Annotated[float, Query(ge=0, le=1)]
+ClassName = Annotated[
+    str | None,
+    Query(alias="class", description="only the boxes involving this class (see README)"),
+]
+GtClass = Annotated[
+    str | None,
+    Query(description="with predicted_class: a confusion-matrix cell (a class or 'background')"),
+]
+PredictedClass = Annotated[
+    str | None,
+    Query(description="with gt_class: a confusion-matrix cell (a class or 'background')"),
+]
 
 
 @legend_router.get("/legend")
@@ -32,19 +52,29 @@ def analysis_legend() -> dict[str, Any]:
     return legend()
 
 
-@router.get("/{job_id}/evaluation", response_model=EvaluationRead)
+@router.get("/{job_id}/evaluation", response_model=EvaluationRead, responses=error_responses(404))
 def get_evaluation(job_id: RowId, session: SessionDep):
     return service.get_for_job(session=session, job_id=job_id)
 
 
-@router.get("/{job_id}/predictions", response_class=FileResponse)
+@router.get(
+    "/{job_id}/predictions",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "content": {"application/json": {"schema": {"type": "array", "items": {}}}},
+            "description": "A COCO results file: a list of detections",
+        },
+        **error_responses(404),
+    },
+)
 def download_predictions(job_id: RowId, session: SessionDep):
     """The val predictions as a COCO results file."""
     path = service.predictions_file(session=session, job_id=job_id)
     return FileResponse(path, media_type="application/json", filename=f"job{job_id}.bbox.json")
 
 
-@router.post("/{job_id}/analysis", response_model=EvaluationRead)
+@router.post("/{job_id}/analysis", response_model=EvaluationRead, responses=error_responses(404))
 def recompute_analysis(
     job_id: RowId,
     session: SessionDep,
@@ -67,44 +97,81 @@ def recompute_analysis(
     )
 
 
-@router.get("/{job_id}/images", response_model=ImagePage)
+@router.get("/{job_id}/images", response_model=ImagePage, responses=error_responses(404, 409))
 def list_images(
     job_id: RowId,
     session: SessionDep,
     error_type: str | None = None,
-    class_name: Annotated[str | None, Query(alias="class")] = None,
+    class_name: ClassName = None,
+    gt_class: GtClass = None,
+    predicted_class: PredictedClass = None,
     sort: str = "worst",
     limit: Annotated[int, Query(ge=1, le=500)] = 24,
     offset: Offset = 0,
 ):
-    items, total = images_service.list_images(
+    """The job's val images that have errors of `error_type` and/or errors involving `class`,
+    or that add to the confusion-matrix cell (`gt_class`, `predicted_class`); `sort=worst`
+    puts those with the most of it first. Each item's `selected` counts them."""
+    found = images_service.list_images(
         session=session,
         job_id=job_id,
         error_type=error_type,
         class_name=class_name,
+        gt_class=gt_class,
+        predicted_class=predicted_class,
         sort=sort,
         limit=limit,
         offset=offset,
     )
-    return ImagePage(items=[ImageResultRead.model_validate(i) for i in items], total=total)
+    return ImagePage(
+        items=[
+            ImageResultRead.model_validate(i).model_copy(
+                update={"selected": found.selected.get(i.image_id)}
+            )
+            for i in found.items
+        ],
+        total=found.total,
+        score_thr=found.score_thr,
+        selected_label=found.selected_label,
+        selected_score_thr=found.selected_score_thr,
+    )
 
 
-@router.get("/{job_id}/images/{image_id}/detections")
+@router.get("/{job_id}/images/{image_id}/detections", responses=error_responses(404, 409))
 def image_detections(
     job_id: RowId,
     image_id: ImageId,
     session: SessionDep,
-    score_thr: Threshold = DEFAULTS.count_score_thr,
+    score_thr: Annotated[
+        float | None, Query(ge=0, le=1, description="default: the analysis' threshold")
+    ] = None,
+    show: Annotated[
+        str | None, Query(description="as overlay.png's; default: every outcome")
+    ] = None,
+    error_type: str | None = None,
+    class_name: ClassName = None,
+    gt_class: GtClass = None,
+    predicted_class: PredictedClass = None,
 ) -> dict[str, Any]:
+    """One image's boxes with outcome, IoU and ground truth; with the parameters of an
+    overlay, exactly the boxes it draws."""
     return images_service.image_detections(
-        session=session, job_id=job_id, image_id=image_id, score_thr=score_thr
+        session=session,
+        job_id=job_id,
+        image_id=image_id,
+        score_thr=score_thr,
+        show=None if show is None else [part.strip() for part in show.split(",") if part],
+        image_filter=ImageFilter(error_type, class_name, gt_class, predicted_class),
     )
 
 
 @router.get(
     "/{job_id}/images/{image_id}/overlay.png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={
+        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        **error_responses(404, 409),
+    },
 )
 def overlay(
     job_id: RowId,
@@ -124,13 +191,20 @@ def overlay(
             "below or none"
         ),
     ] = "auto",
+    error_type: str | None = None,
+    class_name: ClassName = None,
+    gt_class: GtClass = None,
+    predicted_class: PredictedClass = None,
 ):
+    """The image with its boxes drawn in their outcomes' colours: those `show` names, from
+    `score_thr`, narrowed by the same filters as the image listing's."""
     png = images_service.overlay_png(
         session=session,
         job_id=job_id,
         image_id=image_id,
         score_thr=score_thr,
         show=[part.strip() for part in show.split(",") if part],
+        image_filter=ImageFilter(error_type, class_name, gt_class, predicted_class),
         max_width=max_width,
         min_width=min_width,
         legend=legend,
@@ -138,21 +212,39 @@ def overlay(
     return Response(png, media_type="image/png")
 
 
-@router.get("/{job_a}/compare/{job_b}/images")
+@router.get(
+    "/{job_a}/compare/{job_b}/images",
+    response_model=ImageComparisonPage,
+    responses=error_responses(404, 409),
+)
 def compare_images(
     job_a: RowId,
     job_b: RowId,
     session: SessionDep,
+    by: Annotated[
+        str,
+        Query(description="the per-image figure: errors (every type), tp, or one error type"),
+    ] = "errors",
+    better: Annotated[
+        str | None, Query(description="a or b: only the images where that job does better")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 24,
     offset: Offset = 0,
-) -> dict[str, Any]:
-    items, total = compare_service.compare_images(
-        session=session, job_a=job_a, job_b=job_b, limit=limit, offset=offset
+):
+    """The val images on which two jobs differ most in one per-image figure, how many go
+    each way, and the confusion-matrix cells whose counts changed."""
+    return compare_service.compare_images(
+        session=session,
+        job_a=job_a,
+        job_b=job_b,
+        by=by,
+        better=better,
+        limit=limit,
+        offset=offset,
     )
-    return {"items": items, "total": total}
 
 
-@router.get("/{job_a}/compare/{job_b}")
+@router.get("/{job_a}/compare/{job_b}", responses=error_responses(404))
 def compare_jobs(
     job_a: RowId,
     job_b: RowId,
@@ -169,14 +261,14 @@ def compare_jobs(
     )
 
 
-@groups_router.get("/{group_id}")
+@groups_router.get("/{group_id}", responses=error_responses(404))
 def replicate_group(group_id: RowId, session: SessionDep) -> dict[str, Any]:
     """A replicate group's runs and, per metric, mean, std and 95% interval over seeds, with
     how much of a single run's variance comes from the seed and how much from the val images."""
     return replicates_service.summary(session=session, group_id=group_id)
 
 
-@groups_router.get("/{group_a}/compare/{group_b}")
+@groups_router.get("/{group_a}/compare/{group_b}", responses=error_responses(404, 409))
 def compare_groups(
     group_a: RowId,
     group_b: RowId,

@@ -9,7 +9,18 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from backend.analysis.tables import COUNTED, METRICS, OUTCOMES
 
-__all__ = ["METRIC_FIELDS", "AnalysisRead", "EvaluationRead", "ImagePage", "ImageResultRead"]
+__all__ = [
+    "METRIC_FIELDS",
+    "AnalysisRead",
+    "ComparedSide",
+    "ConfusionChange",
+    "ConfusionChanges",
+    "EvaluationRead",
+    "ImageComparison",
+    "ImageComparisonPage",
+    "ImagePage",
+    "ImageResultRead",
+]
 
 # one optional float field per COCO metric of the analysis tables (0..1, None where COCO has
 # no objects of that kind), for every schema that carries the figures
@@ -89,6 +100,11 @@ class _ImageResultBase(BaseModel):
     badness: float = Field(
         description="sum of the scores of its error predictions + 1 per missed box"
     )
+    selected: int | None = Field(
+        default=None,
+        description="boxes of what the page is filtered by (ImagePage.selected_label), counted "
+        "from ImagePage.selected_score_thr; None without a filter",
+    )
 
 
 _DESCRIPTIONS = {o.name: o.description for o in OUTCOMES}
@@ -103,3 +119,67 @@ ImageResultRead = create_model(
 class ImagePage(BaseModel):
     items: list[ImageResultRead]  # type: ignore[valid-type]
     total: int
+    score_thr: float = Field(
+        description="the per-image counts are of predictions with score >= score_thr (the "
+        "analysis' threshold)"
+    )
+    selected_label: str | None = Field(
+        default=None, description="what the filter selects, in words; None without a filter"
+    )
+    selected_score_thr: float | None = Field(
+        default=None,
+        description="the threshold of the `selected` counts: the analysis' for an error type "
+        "or a class, the confusion matrix's for a confusion cell",
+    )
+
+
+# the per-image figures of one job in a comparison: every counted outcome, their errors summed
+ComparedSide = create_model(
+    "ComparedSide",
+    job_id=(int, ...),
+    errors=(int, Field(description="every error, missed objects included")),
+    badness=(float, ...),
+    **{name: (int, Field(description=_DESCRIPTIONS[name])) for name in COUNTED},  # type: ignore[call-overload]
+)
+
+
+class ImageComparison(BaseModel):
+    image_id: int
+    file_name: str
+    better: str = Field(description="a or b: the job with the better figure on this image")
+    difference: int = Field(description="by how much, in the compared figure")
+    a: ComparedSide  # type: ignore[valid-type]
+    b: ComparedSide  # type: ignore[valid-type]
+    changed: dict[str, int] = Field(description="B - A of every count that differs")
+
+
+class ConfusionChange(BaseModel):
+    gt: str
+    predicted: str
+    label: str = Field(description="the cell in words: 'circle predicted as ellipse'")
+    a: int
+    b: int
+
+
+class ConfusionChanges(BaseModel):
+    changes: list[ConfusionChange] | None = Field(
+        description="off-diagonal cells whose counts differ, largest change first; None when "
+        "the matrices cannot be compared (`why`)"
+    )
+    why: str | None = None
+    score_thr: float | None = None
+    iou_thr: float | None = None
+
+
+class ImageComparisonPage(BaseModel):
+    by: str = Field(description="the per-image figure compared")
+    compared: str = Field(description="that figure in words")
+    score_thr: float = Field(description="both jobs' counts are of predictions >= score_thr")
+    images: int = Field(description="val images compared")
+    better_in_a: int
+    better_in_b: int
+    same: int
+    sentence: str = Field(description="what was compared and what came out, in one sentence")
+    total: int = Field(description="images in the direction asked for (`better`)")
+    items: list[ImageComparison]
+    confusion: ConfusionChanges

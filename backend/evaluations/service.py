@@ -23,7 +23,7 @@ def get_for_job(*, session: Session, job_id: int) -> Evaluation:
     if evaluation is None:
         raise NotFound(
             f"job {job_id} has no evaluation (status {job.status.value}); one is "
-            "stored when a fine-tune job succeeds"
+            "stored when a fine-tune or evaluate job succeeds, or predictions are imported"
         )
     return evaluation
 

@@ -27,6 +27,10 @@ __all__ = ["Job", "JobKind", "JobStatus", "MetricPoint", "FINISHED_STATUSES"]
 class JobKind(str, enum.Enum):
     pretrain = "pretrain"
     finetune = "finetune"
+    # a checkpoint scored on a val split: inference only
+    evaluate = "evaluate"
+    # predictions made elsewhere, uploaded and scored: succeeded from the start, no training
+    imported = "import"
 
 
 class JobStatus(str, enum.Enum):
@@ -53,6 +57,7 @@ def _enum(cls: type[enum.Enum], name: str) -> Enum:
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_queue_order", "status", "queue", "queued_at", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[JobKind] = mapped_column(_enum(JobKind, "job_kind"), index=True)
@@ -81,6 +86,13 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     worker_host: Mapped[str | None] = mapped_column(String(255))
+    # The database is the queue: workers of `queue` claim its oldest queued job (by queued_at)
+    # with a compare-and-set that writes a fresh claim_token; the attempt holding the token is
+    # the only one whose writes count. sent_at: when a broker message was last sent for it.
+    queue: Mapped[str] = mapped_column(String(100), default="detlab", server_default="detlab")
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

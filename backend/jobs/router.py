@@ -2,39 +2,72 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import PlainTextResponse
 
 from backend import queue
 from backend.deps import MAX_ID, Offset, RowId, SessionDep, SettingsDep
-from backend.errors import NotFound
+from backend.errors import NotFound, error_responses
 from backend.jobs import service
-from backend.jobs.models import JobKind, JobStatus
+from backend.jobs.models import Job, JobKind, JobStatus
 from backend.jobs.schemas import JobPage, JobRead, MetricsRead
 from backend.jobs.spec import JobSpec, accepted_values
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=error_responses(422, 503))
+log = logging.getLogger(__name__)
 
 
-@router.post("", response_model=JobRead, status_code=201)
+@router.post("", response_model=JobRead, status_code=201, responses=error_responses(400, 413))
 def submit_job(spec: JobSpec, session: SessionDep, settings: SettingsDep):
     """Queue a job; with "repeats": n, n replicates (seeds seed..seed+n-1) in one group: the
-    first is returned with every member's id in group_job_ids (also GET /jobs?group=)."""
-    jobs = service.create(session=session, spec=spec, roots=settings.data_roots)
-    for job in jobs:
-        try:
-            queue.enqueue(job.id)
-        except Exception as exc:
-            for unsent in jobs[jobs.index(job) :]:
-                service.fail(
-                    session=session, job_id=unsent.id, reason=f"could not be queued: {exc}"
-                )
-            raise
-    return JobRead.model_validate(jobs[0]).model_copy(
-        update={"group_job_ids": [job.id for job in jobs]}
+    first is returned with every member's id in group_job_ids (also GET /jobs?group=).
+
+    The job is stored first: if the broker cannot take its message now, it stays queued and
+    the workers' reconciler sends the message later."""
+    jobs = service.create(
+        session=session,
+        spec=spec,
+        roots=settings.data_roots,
+        queue=settings.queue,
+        artifact_root=settings.artifact_root,
     )
+    _send(session, [job.id for job in jobs])
+    return _read(session, jobs[0]).model_copy(update={"group_job_ids": [job.id for job in jobs]})
+
+
+def _send(session: SessionDep, job_ids: list[int]) -> None:
+    for position, job_id in enumerate(job_ids):
+        try:
+            queue.enqueue(job_id)
+        except Exception:
+            log.exception("the broker refused the messages of jobs %s", job_ids[position:])
+            service.mark_unsent(session=session, job_ids=job_ids[position:])
+            return
+
+
+def _read(session: SessionDep, job: Job) -> JobRead:
+    return _read_all(session, [job])[0]
+
+
+def _read_all(session: SessionDep, jobs: list[Job]) -> list[JobRead]:
+    positions = service.queue_positions(session=session, jobs=jobs)
+    return [
+        JobRead.model_validate(job).model_copy(update={"queue_position": positions.get(job.id)})
+        for job in jobs
+    ]
+
+
+@router.post("/{job_id}/requeue", response_model=JobRead, responses=error_responses(404, 409))
+def requeue_job(job_id: RowId, session: SessionDep, settings: SettingsDep):
+    """Put a job back at the end of its queue: a queued job whose message was lost, a failed or
+    cancelled one (it resumes from its last checkpoint), or a running one whose worker stopped
+    beating more than DETLAB_HEARTBEAT_STALE_S ago. 409 for a live or a succeeded job."""
+    job = service.requeue(session=session, job_id=job_id, stale_s=settings.heartbeat_stale_s)
+    _send(session, [job.id])
+    return _read(session, job)
 
 
 @router.get("/options")
@@ -62,20 +95,20 @@ def list_jobs(
         limit=limit,
         offset=offset,
     )
-    return JobPage(items=[JobRead.model_validate(j) for j in items], total=total)
+    return JobPage(items=_read_all(session, items), total=total)
 
 
-@router.get("/{job_id}", response_model=JobRead)
+@router.get("/{job_id}", response_model=JobRead, responses=error_responses(404))
 def get_job(job_id: RowId, session: SessionDep):
-    return service.get(session=session, job_id=job_id)
+    return _read(session, service.get(session=session, job_id=job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead)
+@router.post("/{job_id}/cancel", response_model=JobRead, responses=error_responses(404, 409))
 def cancel_job(job_id: RowId, session: SessionDep):
     return service.cancel(session=session, job_id=job_id)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsRead)
+@router.get("/{job_id}/metrics", response_model=MetricsRead, responses=error_responses(404))
 def get_metrics(
     job_id: RowId,
     session: SessionDep,
@@ -86,7 +119,17 @@ def get_metrics(
     return MetricsRead(job_id=job_id, series=series)
 
 
-@router.get("/{job_id}/config", response_class=PlainTextResponse)
+@router.get(
+    "/{job_id}/config",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/x-python": {"schema": {"type": "string"}}},
+            "description": "The mmdet config the worker generated, a Python file",
+        },
+        **error_responses(404),
+    },
+)
 def get_config(job_id: RowId, session: SessionDep):
     job = service.get(session=session, job_id=job_id)
     if not job.config_text:

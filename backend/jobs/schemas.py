@@ -33,7 +33,13 @@ class JobRead(BaseModel):
     attempts: int
     error: str | None
     worker_host: str | None
+    queue: str = Field(description="the broker queue whose workers run it")
+    queue_position: int | None = Field(
+        default=None, description="queued jobs only: 1 for the next job its workers claim"
+    )
     created_at: datetime
+    queued_at: datetime | None = Field(description="when it last joined its queue")
+    heartbeat_at: datetime | None = Field(description="when its worker last said it was alive")
     started_at: datetime | None
     finished_at: datetime | None
     group_job_ids: list[int] | None = Field(

@@ -1,48 +1,95 @@
 """Jobs: submission, listing, metrics, and the lifecycle of a job's state.
 
 This module is the only code that writes a job's status, progress, heartbeat or config: the
-API's routes and the worker call it. Lifecycle: `create` (queued) -> `claim` (running) ->
-`record_progress` (heartbeat, metric points; tells the worker whether to stop) -> `finish`
-(succeeded, failed or cancelled). `cancel` asks; `orphans` finds jobs a dead worker left.
+API's routes, the workers and the reconciler call it. Lifecycle: `create` (queued) -> `claim`
+(running, under a fresh claim token) -> `heartbeat` / `record_progress` (metric points; tells
+the worker whether to stop) -> `finish` (succeeded, failed or cancelled). `cancel` asks;
+`requeue` puts a job back in line; `requeue_stale` and `resend` are the reconciler's.
+
+The database is the queue. A broker message only wakes a worker; the worker then claims the
+oldest queued job of its queue with a compare-and-set, so jobs run in submission order on every
+broker, a lost or duplicated message neither loses nor doubles a job, and two workers never hold
+one job: every write of an attempt names its claim token, and an attempt whose token is gone
+(the job was requeued or taken over) gets ClaimLost and stops.
 """
 
 from __future__ import annotations
 
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from backend import registry
 from backend.datasets import service as dataset_service
+from backend.datasets.models import Dataset
 from backend.datasets.validation import PathOutsideRoots, confine
 from backend.db import utcnow
 from backend.errors import Conflict, Invalid, NotFound
 from backend.jobs.models import FINISHED_STATUSES, Job, JobKind, JobStatus, MetricPoint
 from backend.jobs.schemas import MetricSeries
-from backend.jobs.spec import CheckpointInit, FinetuneSpec, PretrainSpec, WeightsInit
+from backend.jobs.spec import (
+    CheckpointInit,
+    EvaluateSpec,
+    FinetuneSpec,
+    PretrainSpec,
+    WeightsInit,
+)
 from backend.weights.models import Weights
 
 __all__ = [
+    "Claim",
+    "ClaimLost",
     "cancel",
     "claim",
     "create",
+    "create_import",
+    "discard",
     "fail",
     "finish",
     "get",
+    "heartbeat",
     "list_jobs",
+    "mark_unsent",
     "metric_series",
-    "orphans",
+    "queue_positions",
     "record_progress",
+    "requeue",
+    "requeue_stale",
+    "resend",
     "save_config",
 ]
 
 
-def _check_dataset(session: Session, dataset_id: int) -> None:
+class ClaimLost(Exception):
+    """This attempt no longer holds its job: it was requeued or taken over by another worker."""
+
+
+@dataclass
+class Claim:
+    """A job a worker holds: its writes name `token`; `resuming` when an earlier attempt ran."""
+
+    job: Job
+    token: str
+    resuming: bool
+
+
+def _changed(session: Session, statement: Any) -> int:
+    """Run an UPDATE or DELETE; the number of rows it changed (a compare-and-set's verdict)."""
+    result = cast(CursorResult[Any], session.execute(statement))
+    return result.rowcount
+
+
+def _check_dataset(session: Session, dataset_id: int) -> Dataset:
     try:
-        dataset_service.get(session=session, dataset_id=dataset_id)
+        return dataset_service.get(session=session, dataset_id=dataset_id)
     except NotFound:
         raise Invalid(
             f"dataset_id: dataset {dataset_id} not found; see GET /datasets for the registered ones"
@@ -65,9 +112,35 @@ def _check_pretrain(session: Session, spec: PretrainSpec, roots: list[Path]) -> 
     return spec.model_copy(update={"image_folder": str(folder)})
 
 
-def create(*, session: Session, spec: FinetuneSpec | PretrainSpec, roots: list[Path]) -> list[Job]:
-    """Check a spec against what is stored and queue it as new jobs (not yet sent): one job,
-    or one per replicate seed in a replicate group when a fine-tune asks for repeats."""
+def create(
+    *,
+    session: Session,
+    spec: FinetuneSpec | PretrainSpec | EvaluateSpec,
+    roots: list[Path],
+    queue: str = "detlab",
+    artifact_root: Path | None = None,
+) -> list[Job]:
+    """Check a spec against what is stored and queue it as new jobs of `queue` (their messages
+    are the caller's to send): one job, or one per replicate seed in a replicate group when a
+    fine-tune asks for repeats."""
+    now = utcnow()
+    if isinstance(spec, EvaluateSpec):
+        # a DetLab job's own checkpoint lies under the artifact root
+        spec = _check_evaluate(session, spec, [*roots, *filter(None, [artifact_root])])
+        job = Job(
+            kind=JobKind.evaluate,
+            status=JobStatus.queued,
+            name=spec.name,
+            dataset_id=spec.dataset_id,
+            parent_id=spec.source_job_id,
+            spec=spec.model_dump(mode="json"),
+            queue=queue,
+            queued_at=now,
+            sent_at=now,
+        )
+        session.add(job)
+        session.commit()
+        return [job]
     if isinstance(spec, PretrainSpec):
         spec = _check_pretrain(session, spec, roots)
         job = Job(
@@ -76,12 +149,21 @@ def create(*, session: Session, spec: FinetuneSpec | PretrainSpec, roots: list[P
             name=spec.name,
             dataset_id=spec.dataset_id,
             spec=spec.model_dump(mode="json"),
+            queue=queue,
+            queued_at=now,
+            sent_at=now,
         )
         session.add(job)
         session.commit()
         return [job]
-    _check_dataset(session, spec.dataset_id)
+    dataset = _check_dataset(session, spec.dataset_id)
     spec, weights_id = _check_init(session, spec, roots)
+    images = int((dataset.stats or {}).get("train", {}).get("images") or 0)
+    per_epoch = max(1, math.ceil(images * spec.data_fraction / spec.batch_size))
+    try:
+        spec = spec.fit_warmup(per_epoch)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
     jobs = [
         Job(
             kind=JobKind(spec.kind),
@@ -90,6 +172,9 @@ def create(*, session: Session, spec: FinetuneSpec | PretrainSpec, roots: list[P
             dataset_id=replicate.dataset_id,
             weights_id=weights_id,
             spec=replicate.model_dump(mode="json"),
+            queue=queue,
+            queued_at=now,
+            sent_at=now,
         )
         for replicate in spec.replicates()
     ]
@@ -100,6 +185,70 @@ def create(*, session: Session, spec: FinetuneSpec | PretrainSpec, roots: list[P
             job.group_id = jobs[0].id
     session.commit()
     return jobs
+
+
+def _check_evaluate(session: Session, spec: EvaluateSpec, roots: list[Path]) -> EvaluateSpec:
+    """The spec with its checkpoint confined to the roots (data roots and the artifact root),
+    its source job a finished fine-tune, its mmdet config one the installed mmdet ships."""
+    _check_dataset(session, spec.dataset_id)
+    if spec.source_job_id is not None:
+        source = session.get(Job, spec.source_job_id)
+        if source is None or source.kind != JobKind.finetune:
+            raise Invalid(
+                f"source_job_id: {spec.source_job_id} is not a fine-tune job; see "
+                "GET /jobs?kind=finetune"
+            )
+        if source.status != JobStatus.succeeded:
+            raise Invalid(
+                f"source_job_id: job {spec.source_job_id} is {source.status.value}; only a "
+                "succeeded fine-tune has a final checkpoint to score"
+            )
+    if spec.mmdet_config is not None and registry.mmdet_config_file(spec.mmdet_config) is None:
+        close = registry.similar_mmdet_configs(spec.mmdet_config)
+        raise Invalid(
+            f"mmdet_config: {spec.mmdet_config!r} is not a config of the installed mmdet"
+            + (f"; did you mean {', '.join(close)}?" if close else "")
+        )
+    if spec.checkpoint is None:
+        return spec
+    try:
+        path = confine(spec.checkpoint, roots)
+    except PathOutsideRoots as exc:
+        raise Invalid(f"checkpoint: {exc}") from None
+    if not path.is_file():
+        raise Invalid(
+            f"checkpoint: {spec.checkpoint} is not a file; give the path of a checkpoint "
+            "under a data root or the artifact root"
+        )
+    return spec.model_copy(update={"checkpoint": str(path)})
+
+
+def create_import(*, session: Session, dataset_id: int, name: str, source: dict[str, Any]) -> Job:
+    """A run whose predictions were made elsewhere: succeeded at once, nothing to train. Its
+    spec says so (kind import) and keeps what the uploader told of the model in `source`."""
+    _check_dataset(session, dataset_id)
+    now = utcnow()
+    job = Job(
+        kind=JobKind.imported,
+        status=JobStatus.succeeded,
+        name=name,
+        dataset_id=dataset_id,
+        spec={"kind": JobKind.imported.value, "dataset_id": dataset_id, "source": source},
+        created_at=now,
+        started_at=now,
+        finished_at=now,
+        queue="",
+    )
+    session.add(job)
+    session.commit()
+    return job
+
+
+def discard(*, session: Session, job_id: int) -> None:
+    """Remove a job that never became usable (an import whose file could not be scored)."""
+    session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id))
+    session.execute(delete(Job).where(Job.id == job_id))
+    session.commit()
 
 
 def _check_init(
@@ -190,36 +339,66 @@ def cancel(*, session: Session, job_id: int) -> Job:
     return job
 
 
-def claim(*, session: Session, job_id: int, host: str) -> tuple[Job, bool] | None:
-    """Mark a job running on host; (job, resuming) or None when it must not run.
+def claim(*, session: Session, queue: str, host: str) -> Claim | None:
+    """Claim the oldest queued job of `queue` for a worker on host, or None when none waits.
 
-    `resuming` is True for a job already marked running: its task was redelivered because
-    a worker died, so the run continues from its last checkpoint."""
-    job = session.get(Job, job_id)
-    if job is None or job.status in FINISHED_STATUSES:
-        return None
-    if job.cancel_requested:
-        finish(
-            session=session,
-            job_id=job_id,
-            status=JobStatus.cancelled,
-            error="cancelled before it started",
+    The claim is a compare-and-set (status still queued) that writes a fresh token, so of two
+    workers racing for a job exactly one gets it; the loser tries the next job in line."""
+    skipped: list[int] = []
+    while True:
+        query = select(Job.id).where(Job.status == JobStatus.queued, Job.queue == queue)
+        if skipped:
+            query = query.where(Job.id.not_in(skipped))
+        job_id = session.scalar(query.order_by(Job.queued_at, Job.id).limit(1))
+        if job_id is None:
+            return None
+        token = uuid.uuid4().hex
+        now = utcnow()
+        won = _changed(
+            session,
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.queued)
+            .values(
+                status=JobStatus.running,
+                claim_token=token,
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, now),
+                heartbeat_at=now,
+                worker_host=host,
+            ),
         )
-        return None
-    resuming = job.status == JobStatus.running
-    job.status = JobStatus.running
-    job.attempts += 1
-    job.started_at = job.started_at or utcnow()
-    job.heartbeat_at = utcnow()
-    job.worker_host = host
+        session.commit()
+        if won == 1:
+            job = get(session=session, job_id=job_id)
+            session.refresh(job)
+            return Claim(job=job, token=token, resuming=job.attempts > 1)
+        skipped.append(job_id)
+
+
+def _held(job_id: int, token: str | None) -> list[Any]:
+    """The WHERE clause of an attempt's write: the job, still running under that token."""
+    if token is None:  # the caller does not hold a claim (tests, tools): the job alone
+        return [Job.id == job_id]
+    return [Job.id == job_id, Job.status == JobStatus.running, Job.claim_token == token]
+
+
+def heartbeat(*, session: Session, job_id: int, token: str) -> bool:
+    """Say the attempt holding token is alive; False when it no longer holds the job."""
+    held = _changed(session, update(Job).where(*_held(job_id, token)).values(heartbeat_at=utcnow()))
     session.commit()
-    return job, resuming
+    return held == 1
 
 
-def save_config(*, session: Session, job_id: int, config_text: str) -> None:
+def save_config(
+    *, session: Session, job_id: int, config_text: str, token: str | None = None
+) -> None:
     """Keep the generated mmdet/mmpretrain config with the job."""
-    session.execute(update(Job).where(Job.id == job_id).values(config_text=config_text))
+    held = _changed(
+        session, update(Job).where(*_held(job_id, token)).values(config_text=config_text)
+    )
     session.commit()
+    if held != 1:
+        raise ClaimLost(f"job {job_id} is no longer held by this attempt")
 
 
 def record_progress(
@@ -231,23 +410,28 @@ def record_progress(
     progress_total: int | None = None,
     eta_seconds: float | None = None,
     resumed_at: int | None = None,
+    token: str | None = None,
 ) -> bool:
     """Store metric points (dicts of key, step, epoch, value) and progress, beat the heart;
     returns whether a cancel was asked. ``resumed_at``: a run restarting from its checkpoint
     at that step drops the points an earlier attempt wrote after it, so each step is written
-    once."""
+    once. With ``token``, nothing is written unless that attempt still holds the job
+    (ClaimLost)."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress_iter is not None:
+        values.update(progress_iter=progress_iter, eta_seconds=eta_seconds)
+    if progress_total is not None:
+        values["progress_total"] = progress_total
+    # the job's row first: it locks the row, so a takeover waits for this transaction or wins
+    if _changed(session, update(Job).where(*_held(job_id, token)).values(**values)) != 1:
+        session.rollback()
+        raise ClaimLost(f"job {job_id} is no longer held by this attempt")
     if resumed_at is not None:
         session.execute(
             delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > resumed_at)
         )
     if points:
         _upsert_points(session, job_id, points)
-    values: dict[str, Any] = {"heartbeat_at": utcnow()}
-    if progress_iter is not None:
-        values.update(progress_iter=progress_iter, eta_seconds=eta_seconds)
-    if progress_total is not None:
-        values["progress_total"] = progress_total
-    session.execute(update(Job).where(Job.id == job_id).values(**values))
     cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
     session.commit()
     return bool(cancel)
@@ -265,22 +449,32 @@ def _upsert_points(session: Session, job_id: int, points: list[dict[str, Any]]) 
     session.execute(statement, list(latest.values()))
 
 
-def finish(*, session: Session, job_id: int, status: JobStatus, error: str | None = None) -> None:
-    """Record how a job ended (succeeded, failed or cancelled) and why."""
+def finish(
+    *,
+    session: Session,
+    job_id: int,
+    status: JobStatus,
+    error: str | None = None,
+    token: str | None = None,
+) -> bool:
+    """Record how a job ended (succeeded, failed or cancelled) and why; with ``token``, only
+    while that attempt holds the job. Returns whether it was recorded."""
     if status not in FINISHED_STATUSES:
         raise ValueError(f"finish takes a final status ({FINISHED_STATUSES}); got {status}")
     now = utcnow()
-    session.execute(
+    recorded = _changed(
+        session,
         update(Job)
-        .where(Job.id == job_id)
+        .where(*_held(job_id, token))
         .values(
             status=status,
             error=error[:2000] if error else error,
             finished_at=now,
             heartbeat_at=now,
-        )
+        ),
     )
     session.commit()
+    return recorded == 1
 
 
 def fail(*, session: Session, job_id: int, reason: str) -> None:
@@ -288,13 +482,129 @@ def fail(*, session: Session, job_id: int, reason: str) -> None:
     finish(session=session, job_id=job_id, status=JobStatus.failed, error=reason)
 
 
-def orphans(*, session: Session, host: str) -> list[int]:
-    """Jobs marked running by a worker on host: after that worker's restart, none is alive."""
-    return list(
-        session.scalars(
-            select(Job.id).where(Job.status == JobStatus.running, Job.worker_host == host)
+def requeue(*, session: Session, job_id: int, stale_s: float) -> Job:
+    """Put a job back at the end of its queue (its message is the caller's to send).
+
+    Queued, failed and cancelled jobs go back in line; a failed or cancelled one resumes from
+    its last checkpoint. A running job only when its heartbeat is older than stale_s (its
+    worker is gone); a live one must be cancelled first. Succeeded jobs are not rerun."""
+    job = get(session=session, job_id=job_id)
+    if job.status == JobStatus.succeeded:
+        raise Conflict(
+            f"job {job_id} succeeded; it is not run again. Submit a new job to train again"
         )
+    cutoff = utcnow() - timedelta(seconds=stale_s)
+    if job.status == JobStatus.running and job.heartbeat_at and job.heartbeat_at >= cutoff:
+        raise Conflict(
+            f"job {job_id} is running on {job.worker_host} (heartbeat "
+            f"{(utcnow() - job.heartbeat_at).total_seconds():.0f} s ago); cancel it first, or "
+            f"requeue it once its heartbeat is older than {stale_s:g} s "
+            "(DETLAB_HEARTBEAT_STALE_S)"
+        )
+    now = utcnow()
+    condition = [Job.id == job_id, Job.status == job.status]
+    if job.status == JobStatus.running:  # still the same stale attempt (compare-and-set)
+        condition += [Job.claim_token == job.claim_token, Job.heartbeat_at < cutoff]
+    moved = _changed(
+        session,
+        update(Job)
+        .where(*condition)
+        .values(
+            status=JobStatus.queued,
+            claim_token=None,
+            cancel_requested=False,
+            error=None,
+            finished_at=None,
+            queued_at=now,
+            sent_at=now,
+        ),
     )
+    session.commit()
+    if moved != 1:
+        raise Conflict(f"job {job_id} changed while it was being requeued; try again")
+    session.refresh(job)
+    return job
+
+
+def mark_unsent(*, session: Session, job_ids: list[int]) -> None:
+    """These jobs' messages could not be sent: the reconciler sends them."""
+    session.execute(update(Job).where(Job.id.in_(job_ids)).values(sent_at=None))
+    session.commit()
+
+
+def requeue_stale(*, session: Session, queue: str, stale_s: float) -> list[int]:
+    """Jobs of `queue` whose running attempt stopped beating more than stale_s ago (on any host)
+    go back to queued, keeping their place in line, to resume from their last checkpoint.
+    One compare-and-set statement: of two reconcilers, one moves each job."""
+    cutoff = utcnow() - timedelta(seconds=stale_s)
+    moved = session.scalars(
+        update(Job)
+        .where(
+            Job.status == JobStatus.running,
+            Job.queue == queue,
+            or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None)),
+        )
+        .values(status=JobStatus.queued, claim_token=None, sent_at=None)
+        .returning(Job.id)
+    ).all()
+    session.commit()
+    return list(moved)
+
+
+def resend(*, session: Session, queue: str, waiting: int | None, min_age_s: float) -> list[int]:
+    """The queued jobs of `queue` whose messages are missing, marked as sent again.
+
+    `waiting`: messages the broker holds for the queue (None when it cannot tell: then only
+    jobs never sent, such as those requeue_stale moved, count as missing). A worker claims the
+    oldest queued job whatever its message names, so the count matters, not which ids: with Q
+    jobs queued for longer than min_age_s (younger ones may have their message on its way) and
+    `waiting` messages, max(0, Q - waiting) jobs are sent again, never-sent ones first. Each is
+    marked by a compare-and-set on sent_at, so two reconcilers do not both send it."""
+    cutoff = utcnow() - timedelta(seconds=min_age_s)
+    due = session.execute(
+        select(Job.id, Job.sent_at)
+        .where(
+            Job.status == JobStatus.queued,
+            Job.queue == queue,
+            or_(Job.sent_at < cutoff, Job.sent_at.is_(None)),
+        )
+        .order_by(Job.sent_at.is_not(None), Job.queued_at, Job.id)
+    ).all()
+    if waiting is None:
+        due = [row for row in due if row.sent_at is None]
+    else:
+        queued = session.scalar(
+            select(func.count()).where(Job.status == JobStatus.queued, Job.queue == queue)
+        )
+        due = due[: max(0, (queued or 0) - waiting)]
+    sent = []
+    now = utcnow()
+    for job_id, sent_at in due:
+        seen = Job.sent_at.is_(None) if sent_at is None else Job.sent_at == sent_at
+        if _changed(
+            session,
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.queued, seen)
+            .values(sent_at=now),
+        ):
+            sent.append(job_id)
+    session.commit()
+    return sent
+
+
+def queue_positions(*, session: Session, jobs: list[Job]) -> dict[int, int]:
+    """Place in line of each queued job among `jobs`: 1 for the next one its queue's workers
+    claim (oldest queued_at first)."""
+    queues = {job.queue for job in jobs if job.status == JobStatus.queued}
+    positions: dict[int, int] = {}
+    for name in queues:
+        line = session.scalars(
+            select(Job.id)
+            .where(Job.status == JobStatus.queued, Job.queue == name)
+            .order_by(Job.queued_at, Job.id)
+        )
+        positions.update({job_id: place for place, job_id in enumerate(line, start=1)})
+    return {job.id: positions[job.id] for job in jobs if job.id in positions}
 
 
 def metric_series(

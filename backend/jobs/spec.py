@@ -11,6 +11,7 @@ from backend.jobs.models import JobStatus
 
 __all__ = [
     "CheckpointInit",
+    "EvaluateSpec",
     "FinetuneSpec",
     "InitSpec",
     "JobSpec",
@@ -20,6 +21,17 @@ __all__ = [
 ]
 
 MAX_REPEATS = 20
+DEFAULT_WARMUP = 500
+
+
+def default_interval(length: int, *, by_epoch: bool) -> int:
+    """Validate (and checkpoint) about 10 times per run; an epoch run of up to 12 epochs after
+    every epoch, as mmdet's own 1x schedule does."""
+    if by_epoch and length <= 12:
+        return 1
+    return max(1, -(-length // 10))
+
+
 Neck = Literal["fpn", "pafpn"]
 Norm = Literal["frozen_bn", "bn", "syncbn"]
 Optimizer = Literal["sgd", "adamw"]
@@ -97,7 +109,11 @@ class FinetuneSpec(_Strict):
     lr: float = Field(default=0.02, gt=0, le=10)
     weight_decay: float = Field(default=1e-4, ge=0, le=1)
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    warmup_iters: int = Field(default=500, ge=0)
+    warmup_iters: int | None = Field(
+        default=None,
+        ge=0,
+        description="linear lr warm-up; default 500 iterations, at most a tenth of the run",
+    )
     warmup_ratio: float = Field(default=0.001, gt=0, le=1)
     amp: bool = Field(default=False, description="fp16 mixed precision (needs a CUDA GPU)")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
@@ -111,7 +127,12 @@ class FinetuneSpec(_Strict):
     data_fraction: float = Field(
         default=1.0, ge=0.01, le=1.0, description="share of the train split used (0.01 to 1)"
     )
-    eval_interval: int = Field(default=1, ge=1, description="epochs (or iterations) per val")
+    eval_interval: int | None = Field(
+        default=None,
+        ge=1,
+        description="epochs (or iterations) per val; default: about 10 validations per run "
+        "(every epoch up to 12 epochs)",
+    )
     checkpoint_interval: int | None = Field(
         default=None, ge=1, description="epochs (or iterations) per checkpoint; default eval's"
     )
@@ -151,6 +172,51 @@ class FinetuneSpec(_Strict):
             raise ValueError(
                 "frozen_bn cannot train from scratch (its statistics would never be "
                 "learned); use bn or syncbn"
+            )
+        if (
+            self.iterations is not None
+            and self.warmup_iters is not None
+            and self.warmup_iters > self.iterations
+        ):
+            raise ValueError(
+                f"warmup_iters {self.warmup_iters} is longer than the run "
+                f"({self.iterations} iterations); give at most {self.iterations}, or "
+                f"leave it unset for min({DEFAULT_WARMUP}, a tenth of the run)"
+            )
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fit_schedule(cls, data: Any) -> Any:
+        """Intervals and warm-up that fit the run's length, unless given: a short run does not
+        validate and checkpoint every step, nor warm up longer than it lasts. (An epoch run's
+        warm-up waits for the dataset's size: `fit_warmup`.)"""
+        if not isinstance(data, dict):
+            return data
+        epochs, iterations = data.get("epochs"), data.get("iterations")
+        length = epochs if epochs is not None else iterations
+        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+            return data  # the fields' own validation reports it
+        filled = dict(data)
+        if filled.get("eval_interval") is None:
+            filled["eval_interval"] = default_interval(length, by_epoch=epochs is not None)
+        if epochs is None and filled.get("warmup_iters") is None:
+            filled["warmup_iters"] = min(DEFAULT_WARMUP, length // 10)
+        return filled
+
+    def fit_warmup(self, iterations_per_epoch: int) -> FinetuneSpec:
+        """An epoch run's warm-up against its length in iterations, once the dataset's size is
+        known: unset, min(500, a tenth of the run); longer than the run, refused."""
+        if self.epochs is None:
+            return self
+        total = self.epochs * iterations_per_epoch
+        if self.warmup_iters is None:
+            return self.model_copy(update={"warmup_iters": min(DEFAULT_WARMUP, total // 10)})
+        if self.warmup_iters > total:
+            raise ValueError(
+                f"warmup_iters {self.warmup_iters} is longer than the run ({self.epochs} "
+                f"epochs of {iterations_per_epoch} iterations = {total}); give at most {total}, "
+                f"or leave it unset for min({DEFAULT_WARMUP}, a tenth of the run)"
             )
         return self
 
@@ -233,22 +299,87 @@ class PretrainSpec(_Strict):
         return self.epochs if self.epochs is not None else self.iterations or 0
 
 
+class EvaluateSpec(_Strict):
+    """Score a checkpoint trained elsewhere (or by DetLab) on a registered dataset's val split.
+
+    The model is one of three: a DetLab job's own (`source_job_id`: its architecture, image
+    scale and last checkpoint), one of DetLab's detector x backbone choices (`detector`,
+    `backbone`, `neck`), or a config shipped in the installed mmdet package
+    (`mmdet_config`, e.g. faster-rcnn_r50_fpn_1x_coco); the last two need `checkpoint`.
+    Classes are matched by name between the checkpoint and the dataset."""
+
+    kind: Literal["evaluate"]
+    name: str | None = Field(default=None, max_length=200)
+    dataset_id: int = Field(ge=1, le=2**31 - 1)
+    source_job_id: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="a fine-tune job whose model to score"
+    )
+    checkpoint: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a checkpoint file under a data root or the artifact root",
+    )
+    detector: DetectorName | None = None
+    backbone: BackboneName | None = None
+    neck: Neck = "fpn"
+    mmdet_config: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.\-]{1,200}$",
+        description="the name of a config in the installed mmdet package, without .py",
+    )
+    image_scale: Annotated[tuple[int, int] | None, Field(description="(width, height)")] = None
+    batch_size: int = Field(default=1, ge=1, le=64, description="images per inference batch")
+    amp: bool = Field(default=False, description="fp16 inference (needs a CUDA GPU)")
+
+    @model_validator(mode="after")
+    def _one_model(self) -> EvaluateSpec:
+        ours = self.detector is not None or self.backbone is not None
+        given = [
+            name
+            for name, used in (
+                ("source_job_id", self.source_job_id is not None),
+                ("detector and backbone", ours),
+                ("mmdet_config", self.mmdet_config is not None),
+            )
+            if used
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "name the model exactly one way: source_job_id, detector and backbone (with "
+                f"checkpoint), or mmdet_config (with checkpoint); got {given or 'none'}"
+            )
+        if ours and (self.detector is None or self.backbone is None):
+            raise ValueError("give both detector and backbone")
+        if self.source_job_id is None and self.checkpoint is None:
+            raise ValueError(f"{given[0]} needs a checkpoint file")
+        if self.image_scale is not None:
+            width, height = self.image_scale
+            if not (32 <= width <= 4096 and 32 <= height <= 4096):
+                raise ValueError(
+                    f"image_scale {self.image_scale} is not accepted; "
+                    "width and height must be between 32 and 4096"
+                )
+        return self
+
+
 def _kind(value: Any) -> str:
     if isinstance(value, dict):
         kind = value.get("kind", "finetune")
     else:  # a validated spec, or a body that is not a JSON object (null, a list, text)
         kind = getattr(value, "kind", None)
-    return kind if kind in ("finetune", "pretrain") else "unknown"
+    return kind if kind in ("finetune", "pretrain", "evaluate") else "unknown"
 
 
 # "kind" may be left out for fine-tune jobs, the common case
 JobSpec = Annotated[
-    Annotated[FinetuneSpec, Tag("finetune")] | Annotated[PretrainSpec, Tag("pretrain")],
+    Annotated[FinetuneSpec, Tag("finetune")]
+    | Annotated[PretrainSpec, Tag("pretrain")]
+    | Annotated[EvaluateSpec, Tag("evaluate")],
     Discriminator(
         _kind,
         custom_error_type="invalid_kind",
         custom_error_message="a job spec is a JSON object whose kind is 'finetune' (the "
-        "default) or 'pretrain'",
+        "default), 'pretrain' or 'evaluate'",
     ),
 ]
 
@@ -256,7 +387,7 @@ JobSpec = Annotated[
 def accepted_values() -> dict[str, Any]:
     """The choices a client may offer, derived from the spec itself."""
     return {
-        "kind": ["finetune", "pretrain"],
+        "kind": ["finetune", "pretrain", "evaluate"],
         "status": [status.value for status in JobStatus],
         "method": list(registry.PRETRAIN_METHODS),
         "pretrain_backbone": list(registry.pretrainable_backbones()),
@@ -277,5 +408,8 @@ def accepted_values() -> dict[str, Any]:
         ),
         "pretrain_defaults": PretrainSpec.model_construct().model_dump(
             exclude={"kind", "dataset_id", "image_folder", "epochs", "iterations", "name"}
+        ),
+        "evaluate_defaults": EvaluateSpec.model_construct(kind="evaluate").model_dump(
+            exclude={"kind", "dataset_id", "name"}
         ),
     }

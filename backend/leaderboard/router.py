@@ -7,14 +7,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from backend.deps import Offset, OptionalId, SessionDep
-from backend.errors import Invalid
+from backend.errors import Invalid, error_responses
 from backend.leaderboard import service
 from backend.leaderboard.schemas import Leaderboard
 
-router = APIRouter(tags=["leaderboard"])
+router = APIRouter(tags=["leaderboard"], responses=error_responses(422, 503))
 
 
-@router.get("/leaderboard", response_model=Leaderboard)
+@router.get("/leaderboard", response_model=Leaderboard, responses=error_responses(404))
 def leaderboard(
     session: SessionDep,
     dataset: OptionalId = None,

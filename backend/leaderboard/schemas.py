@@ -16,19 +16,27 @@ class _RowBase(BaseModel):
     job_id: int
     name: str | None
     dataset_id: int
-    detector: str
-    backbone: str
-    neck: str
+    kind: str = Field(
+        default="finetune",
+        description="finetune: trained here; import: predictions uploaded from elsewhere (the "
+        "training fields are then unknown, null)",
+    )
+    source: dict[str, Any] | None = Field(
+        default=None, description="import: what the uploader said made the predictions"
+    )
+    detector: str | None
+    backbone: str | None
+    neck: str | None
     init: str
     norm: str | None
-    image_scale: list[int]
+    image_scale: list[int] | None
     epochs: int | None
     iterations: int | None
-    batch_size: int
-    lr: float
-    seed: int
-    data_fraction: float
-    amp: bool
+    batch_size: int | None
+    lr: float | None
+    seed: int | None
+    data_fraction: float | None
+    amp: bool | None
     finished_at: datetime | None
     group_id: int | None = Field(default=None, description="replicate group, if any")
     replicates: dict[str, Any] | None = Field(

@@ -73,7 +73,7 @@ def rows(
         )
         .join(Evaluation, Evaluation.job_id == Job.id)
         .outerjoin(Weights, Weights.id == Job.weights_id)
-        .where(Job.kind == JobKind.finetune, Job.status == JobStatus.succeeded)
+        .where(Job.kind.in_(RANKED_KINDS), Job.status == JobStatus.succeeded)
     )
     if dataset_id is not None:
         query = query.where(Job.dataset_id == dataset_id)
@@ -98,13 +98,40 @@ def rows(
     return [_row(r, metric) for r in found], total
 
 
+def _init(row: Row[Any]) -> str:
+    """How the model began: an init for runs trained here; imported or evaluated otherwise."""
+    if row.spec.get("kind") == JobKind.imported.value:
+        return "imported"
+    if row.spec.get("kind") == JobKind.evaluate.value:
+        return "evaluated"
+    return init_label(row.spec["init"], row.weights_name, row.weights_method)
+
+
 def _matches_init(row: Row[Any], wanted: str) -> bool:
-    label = init_label(row.spec["init"], row.weights_name, row.weights_method)
+    label = _init(row)
     return (
         label == wanted
         or label.startswith(wanted + ":")
         or wanted in (row.weights_name, row.weights_method)
     )
+
+
+# the kinds that are scored on a val split and ranked: trained here, a checkpoint scored, or
+# predictions imported
+RANKED_KINDS = (JobKind.finetune, JobKind.evaluate, JobKind.imported)
+SPEC_COLUMNS = (
+    "detector",
+    "backbone",
+    "neck",
+    "norm",
+    "epochs",
+    "iterations",
+    "batch_size",
+    "lr",
+    "seed",
+    "data_fraction",
+    "amp",
+)
 
 
 def _row(row: Row[Any], metric: str) -> dict[str, Any]:
@@ -115,23 +142,17 @@ def _row(row: Row[Any], metric: str) -> dict[str, Any]:
         if entry and entry.get("low") is not None and entry.get("high") is not None
     }
     chosen = intervals.get(metric)
+    scale = spec.get("image_scale")
     return {
         "job_id": row.id,
         "name": row.name,
         "dataset_id": row.dataset_id or 0,
-        "detector": spec["detector"],
-        "backbone": spec["backbone"],
-        "neck": spec["neck"],
-        "init": init_label(spec["init"], row.weights_name, row.weights_method),
-        "norm": spec.get("norm"),
-        "image_scale": list(spec["image_scale"]),
-        "epochs": spec.get("epochs"),
-        "iterations": spec.get("iterations"),
-        "batch_size": spec["batch_size"],
-        "lr": spec["lr"],
-        "seed": spec["seed"],
-        "data_fraction": spec["data_fraction"],
-        "amp": spec["amp"],
+        "kind": spec.get("kind", JobKind.finetune.value),
+        "source": spec.get("source"),
+        # an imported run's training is unknown: these are null for it
+        **{field: spec.get(field) for field in SPEC_COLUMNS},
+        "init": _init(row),
+        "image_scale": list(scale) if scale else None,
         "finished_at": row.finished_at,
         "group_id": row.group_id,
         **{key: getattr(row, key) for key in METRIC_KEYS},

@@ -7,13 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from backend.deps import Offset, RowId, SessionDep, SettingsDep
+from backend.errors import error_responses
 from backend.weights import service
 from backend.weights.schemas import WeightsDetail, WeightsImport, WeightsPage, WeightsRead
 
-router = APIRouter(prefix="/weights", tags=["weights"])
+router = APIRouter(prefix="/weights", tags=["weights"], responses=error_responses(422, 503))
 
 
-@router.post("", response_model=WeightsRead, status_code=201)
+@router.post(
+    "", response_model=WeightsRead, status_code=201, responses=error_responses(400, 409, 413)
+)
 def import_weights(weights_in: WeightsImport, session: SessionDep, settings: SettingsDep):
     assert settings.artifact_root is not None  # Settings fills it in
     return service.import_weights(
@@ -34,6 +37,6 @@ def list_weights(
     return WeightsPage(items=[WeightsRead.model_validate(w) for w in items], total=total)
 
 
-@router.get("/{weights_id}", response_model=WeightsDetail)
+@router.get("/{weights_id}", response_model=WeightsDetail, responses=error_responses(404))
 def get_weights(weights_id: RowId, session: SessionDep):
     return service.detail(session=session, weights_id=weights_id)

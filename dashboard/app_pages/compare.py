@@ -2,7 +2,8 @@
 whether each run really differs from the first (the baseline) in one sentence and forest plots
 of the differences with their intervals (and, when the first two runs belong to two replicate
 groups, the same question asked of the groups over their seeds), the per-class AP difference to
-the baseline, and the images where one run is right and the other wrong as paired overlays.
+the baseline, and, image by image, where a run does better than the baseline and where worse
+(paired overlays, by a per-image count the user picks), with the confusions that changed.
 
 The runs come from the `jobs` query parameter (`compare?jobs=3,5`).
 """
@@ -19,7 +20,10 @@ from dashboard import cached, views
 from dashboard.client import ApiError, describe_detail
 
 MAX_RUNS = 6
-PAIRS_PAGE = 8
+PAIRS_PAGE = 6
+# each overlay of a pair is asked for at about the width it is shown at (half the page)
+PAIR_WIDTH = 512
+CONFUSION_ROWS = 8
 AXES = (
     "detector",
     "backbone",
@@ -70,23 +74,31 @@ def pick_runs(rows: dict[int, dict[str, Any]]) -> list[int]:
 def metrics_table(runs: list[dict[str, Any]]) -> None:
     """One column per run: AP figures, then the spec axes on which the runs differ."""
     labels = views.metric_labels()
-    frame = pd.DataFrame(
+    points = pd.DataFrame(
         {short_label(r): [views.ap_points(r[m]) for m in labels] for r in runs},
         index=list(labels.values()),
     )
-    baseline = frame.iloc[:, 0]
-    for run in frame.columns[1:]:
-        frame[f"Δ {run}"] = (frame[run] - baseline).round(1)
-    st.dataframe(frame.style.format("{:.1f}", na_rep="–"), width="stretch")
+    frame = points.map(views.figure_cell)
+    baseline = points.iloc[:, 0]
+    for run in points.columns[1:]:
+        frame[f"Δ {run}"] = (points[run] - baseline).map(lambda d: views.figure_cell(d, "+.1f"))
+    st.dataframe(frame, width="stretch", column_config=narrow(frame.columns))
     differing = [axis for axis in AXES if len({str(r[axis]) for r in runs}) > 1]
     if differing:
         st.caption("Where the specs differ")
-        st.dataframe(
-            pd.DataFrame(
-                {short_label(r): [str(r[a]) for a in differing] for r in runs}, index=differing
-            ),
-            width="stretch",
+        specs = pd.DataFrame(
+            {
+                short_label(r): [views.EMPTY if r[a] is None else str(r[a]) for a in differing]
+                for r in runs
+            },
+            index=differing,
         )
+        st.dataframe(specs, width="stretch", column_config=narrow(specs.columns))
+
+
+def narrow(columns: Any) -> dict[str, Any]:
+    """Column settings that fit MAX_RUNS runs and their differences on the page."""
+    return {name: st.column_config.TextColumn(name, width="small") for name in columns}
 
 
 def forest_plot(
@@ -135,9 +147,10 @@ def forest_plot(
         title=title,
         xaxis_title="difference (AP points)",
         yaxis={"categoryorder": "array", "categoryarray": list(defined), "autorange": "reversed"},
-        height=max(260, 90 + 32 * len(defined)),
-        margin={"t": 50, "b": 40},
-        legend={"orientation": "h", "y": -0.2},
+        height=max(290, 120 + 32 * len(defined)),
+        # the legend between the title and the plot: under it, it would sit on the axis title
+        margin={"t": 80, "b": 40},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
         showlegend=True,  # the colours' meaning, also when every row has the same
     )
     return figure
@@ -277,68 +290,174 @@ def per_class_difference(runs: list[dict[str, Any]]) -> None:
     )
     left, right = st.columns([3, 2])
     left.plotly_chart(figure, width="stretch")
-    right.dataframe(frame.style.format("{:.1f}", na_rep="–"), width="stretch")
+    shown = frame.map(views.figure_cell)
+    right.dataframe(shown, width="stretch", column_config=narrow(shown.columns))
+
+
+def rank_label(by: str) -> str:
+    return {"errors": "errors (every type)", "tp": "true positives"}.get(by, f"{by} errors")
 
 
 def paired_images(runs: list[dict[str, Any]]) -> None:
-    """Images where the baseline and another run disagree, their overlays side by side."""
+    """The images on which the baseline and another run differ most, in both directions, as
+    paired overlays, and the confusions that changed between them."""
     baseline, others = runs[0], {r["job_id"]: r for r in runs[1:]}
-    pair_col, thr_col = st.columns([3, 2])
+    pair_col, by_col, thr_col = st.columns([3, 2, 2])
     other_id = pair_col.selectbox(
         "Images of the baseline against",
         list(others),
         format_func=lambda i: short_label(others[i]),
         key="compare-other",
     )
-    score_thr = thr_col.slider(
-        "Score threshold", 0.0, 1.0, views.default_score_thr(), 0.05, key="compare-thr"
+    by = by_col.selectbox(
+        "Compare per image",
+        ["errors", "tp", *views.error_types()],
+        format_func=rank_label,
+        key="compare-by",
     )
     other = others[other_id]
-    page = st.session_state.get("compare-page", 1)
+    names = {"a": short_label(baseline), "b": short_label(other)}
     try:
-        listing = cached.compare_images(
-            baseline["job_id"], other_id, limit=PAIRS_PAGE, offset=(page - 1) * PAIRS_PAGE
-        )
+        found = cached.compare_images(baseline["job_id"], other_id, by=by, limit=1)
     except ApiError as err:
-        if err.status != 422:
+        if err.status not in (409, 422):
             raise
         st.warning(describe_detail(err.detail))
         return
-    if not listing["items"]:
-        st.info("The two runs agree on every image.")
-        return
-    names = {"a": short_label(baseline), "b": short_label(other)}
+    counted_from = found["score_thr"]
+    # drawn from the score the counts start at by default, so every box counted is drawn
+    score_thr = thr_col.slider(
+        "Draw boxes from score",
+        0.0,
+        1.0,
+        counted_from,
+        0.05,
+        key=f"compare-thr-{counted_from}",
+        format="%.2f",
+    )
+    st.info(as_sentence(found["sentence"]), icon=":material/difference:")
+    drawn = ",".join(["gt", "tp", "errors"] if by in ("errors", "tp") else ["gt", "tp", by])
+    caption = f"Each pair: {names['a']} left, {names['b']} right; {rank_label(by)} counted "
+    caption += f"from score {counted_from:.2f}, boxes drawn from {score_thr:.2f}"
+    if score_thr > counted_from:
+        caption += f" (boxes scored {counted_from:.2f} to {score_thr:.2f} are counted, not drawn)"
+    st.caption(caption + ".")
     views.outcome_legend()
+    better_a, better_b = st.tabs(
+        [
+            f"Better in {names['a']} ({images(found['better_in_a'])})",
+            f"Better in {names['b']} ({images(found['better_in_b'])})",
+        ]
+    )
+    for tab, side in ((better_a, "a"), (better_b, "b")):
+        with tab:
+            pairs_page(baseline, other, by=by, side=side, score_thr=score_thr, show=drawn)
+    confusion_changes(baseline, other, found["confusion"])
+
+
+def pairs_page(
+    baseline: dict[str, Any],
+    other: dict[str, Any],
+    *,
+    by: str,
+    side: str,
+    score_thr: float,
+    show: str,
+) -> None:
+    """One page of the images on which `side` (a: the baseline, b: the other run) does better,
+    the largest differences first, each pair of overlays side by side."""
+    names = {"a": short_label(baseline), "b": short_label(other)}
+    page_key = f"compare-page-{side}"
+    page = st.session_state.get(page_key, 1)
+    listing = cached.compare_images(
+        baseline["job_id"],
+        other["job_id"],
+        by=by,
+        better=side,
+        limit=PAIRS_PAGE,
+        offset=(page - 1) * PAIRS_PAGE,
+    )
+    if not listing["items"]:
+        st.caption(f"No image on which {names[side]} has the better {rank_label(by)} count.")
+        return
     slots = []
     for item in listing["items"]:
-        st.markdown(f"**{item['file_name']}** · better: {names[item['better']]}")
-        for column, side in zip(st.columns(2), "ab", strict=True):
-            counts = item[side]
+        st.markdown(
+            f"**{item['file_name']}** · {names[side]} better by {item['difference']} "
+            f"({names['b']} against {names['a']}: {changes_text(item['changed'])})"
+        )
+        for column, which in zip(st.columns(2), "ab", strict=True):
+            counts = item[which]
             caption = (
-                f"{names[side]}: {counts['tp']} TP · {counts['errors']} errors · "
+                f"{names[which]}: {counts['tp']} TP · {counts['errors']} errors · "
                 f"{counts['missed']} missed"
             )
-            slots.append((column.skeleton(height=240), caption))
+            slots.append((column.skeleton(height=PAIR_WIDTH), caption))
     pairs = [
         (job_id, item["image_id"])
         for item in listing["items"]
-        for job_id in (baseline["job_id"], other_id)
+        for job_id in (baseline["job_id"], other["job_id"])
     ]
     for position, tile in cached.overlay_tiles(
-        pairs, score_thr=score_thr, show="gt,tp,errors", width=960
+        pairs, score_thr=score_thr, show=show, width=PAIR_WIDTH
     ):
         slot, caption = slots[position]
         slot.image(tile, caption=caption, width="stretch")
     pages = -(-listing["total"] // PAIRS_PAGE)
     if pages > 1:
-        st.pagination(pages, key="compare-page")
+        st.pagination(pages, key=page_key)
+
+
+def images(count: int) -> str:
+    return f"{count:,} image{'' if count == 1 else 's'}"
+
+
+def changes_text(changed: dict[str, int]) -> str:
+    """B − A of the counts that differ: "tp −1, classification +1"."""
+    return ", ".join(f"{name} {delta:+d}".replace("-", "−") for name, delta in changed.items())
+
+
+def confusion_changes(
+    baseline: dict[str, Any], other: dict[str, Any], confusion: dict[str, Any]
+) -> None:
+    """The confusion-matrix cells whose counts changed, each a link to its images in either
+    run's explorer."""
+    st.markdown("**Confusions that changed**")
+    if confusion["changes"] is None:
+        st.caption(f"Not compared: {confusion['why']}.")
+        return
+    thresholds = f"score ≥ {confusion['score_thr']}, IoU ≥ {confusion['iou_thr']}"
+    if not confusion["changes"]:
+        st.caption(f"No off-diagonal cell of the confusion matrix changed ({thresholds}).")
+        return
+    a, b = short_label(baseline), short_label(other)
+    st.caption(f"Cells off the confusion matrix's diagonal ({thresholds}): {a} → {b}.")
+    for change in confusion["changes"][:CONFUSION_ROWS]:
+        text, left, right = st.columns([4, 2, 2], vertical_alignment="center")
+        text.markdown(f"{change['label']}: **{change['a']} → {change['b']}**")
+        for column, run in ((left, baseline), (right, other)):
+            column.page_link(
+                "app_pages/explorer.py",
+                label=f"images in {short_label(run)}",
+                icon=":material/image_search:",
+                query_params={
+                    "job": str(run["job_id"]),
+                    "gt_class": change["gt"],
+                    "predicted_class": change["predicted"],
+                },
+            )
+    if len(confusion["changes"]) > CONFUSION_ROWS:
+        st.caption(f"{len(confusion['changes']) - CONFUSION_ROWS} smaller changes not shown.")
 
 
 st.title("Compare runs")
 named = st.query_params.get("jobs", "").split(",")[0]
 if "dataset" not in st.query_params and named.isdigit():  # e.g. a link from a run's page
     st.query_params["dataset"] = str(cached.job(int(named))["dataset_id"])
-dataset = views.pick_dataset(cached.datasets(), key="compare-dataset")
+datasets = cached.datasets()
+dataset = views.pick_dataset(
+    datasets, key="compare-dataset", preferred=views.busiest_dataset(datasets)
+)
 if dataset is None:
     st.stop()
 board = cached.leaderboard(dataset=dataset["id"], limit=1000)
@@ -364,5 +483,5 @@ for position, other in enumerate(runs[1:]):
     )
 st.subheader("AP per class")
 per_class_difference(runs)
-st.subheader("Where they disagree")
+st.subheader("Where they differ, image by image")
 paired_images(runs)

@@ -19,6 +19,19 @@ from dashboard import cached, views
 from dashboard.client import ApiError, describe_detail
 
 HISTORY_PAGE = 50
+HISTORY_COLUMNS = [
+    "run",
+    "name",
+    "kind",
+    "status",
+    "progress",
+    "dataset",
+    "group",
+    "spec",
+    "created",
+    "took",
+    "error",
+]
 INIT_CHOICES = {
     "checkpoint": "checkpoint file",
     "weights_id": "registered weights",
@@ -45,8 +58,9 @@ def active_jobs() -> None:
         st.caption("No job is running or queued.")
     for job in running:
         job_row(job, bar=True)
-    for position, job in enumerate(sorted(queued, key=lambda j: j["id"]), start=1):
-        job_row(job, bar=False, position=position)
+    # the API's place in line (the order workers claim jobs in), not the order of ids
+    for job in sorted(queued, key=lambda j: (j["queue"], j["queue_position"] or 0)):
+        job_row(job, bar=False, position=job["queue_position"])
 
 
 def job_row(job: dict[str, Any], *, bar: bool, position: int | None = None) -> None:
@@ -55,7 +69,7 @@ def job_row(job: dict[str, Any], *, bar: bool, position: int | None = None) -> N
     if bar:
         progress.progress(job["progress"] or 0.0, text=progress_text(job))
     else:
-        progress.caption(f"queued, position {position}")
+        progress.caption(f"queued, position {position} in queue {job['queue']}")
     if job["cancel_requested"]:
         cancel.caption("stopping…")
     elif cancel.button("Cancel", key=f"cancel-{job['id']}"):
@@ -103,14 +117,26 @@ def history_table(options: dict[str, Any], datasets: dict[int, str]) -> None:
     if not listing["items"]:
         st.info("No job matches these filters." if listing["total"] else "No job submitted yet.")
         return
+    small = {"width": "small"}
     st.dataframe(
         history_frame(listing["items"], datasets),
         hide_index=True,
         width="stretch",
+        # every column fits a 1440 px wide window: the spec's axes in one column, long
+        # texts (the spec, an error) cut to their column, whole on hover
+        column_order=HISTORY_COLUMNS,
         column_config={
-            "run": st.column_config.LinkColumn("Run", display_text=r"job=(\d+)", width="small"),
-            "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
-            "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
+            "run": st.column_config.LinkColumn("Run", display_text=r"job=(\d+)", **small),
+            "kind": st.column_config.TextColumn("kind", **small),
+            "status": st.column_config.TextColumn("status", **small),
+            "progress": st.column_config.ProgressColumn(
+                "progress", min_value=0, max_value=1, **small
+            ),
+            "group": st.column_config.TextColumn("group", **small),
+            "spec": st.column_config.TextColumn("spec", width="medium"),
+            "created": st.column_config.DatetimeColumn("created", format="MM-DD HH:mm", **small),
+            "took": st.column_config.TextColumn("took", **small),
+            "error": st.column_config.TextColumn("error", width="medium"),
         },
     )
     pages = -(-listing["total"] // HISTORY_PAGE)
@@ -148,11 +174,21 @@ def history_frame(items: list[dict[str, Any]], datasets: dict[int, str]) -> pd.D
                 else job["spec"].get("method", "")
                 for job in items
             ],
+            "spec": [spec_text(job["spec"]) for job in items],
             "created": pd.to_datetime([job["created_at"] for job in items], utc=True),
             "took": [took(job) for job in items],
             "error": [job["error"] or "" for job in items],
         }
     )
+
+
+def spec_text(spec: dict[str, Any]) -> str:
+    """A job's spec in one cell: detector · backbone · init, or method · backbone."""
+    if "init" in spec:
+        parts = [spec.get("detector", ""), spec.get("backbone", ""), views.init_label(spec["init"])]
+    else:
+        parts = [spec.get("method", ""), spec.get("backbone", "")]
+    return " · ".join(str(part) for part in parts if part)
 
 
 def finetune_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str, Any] | None:
@@ -239,7 +275,13 @@ def finetune_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str
                 left, "Weight decay", "weight_decay", format="%.6f", step=1e-5
             )
             values["momentum"] = number(middle, "Momentum", "momentum")
-            values["warmup_iters"] = number(right, "Warm-up iterations", "warmup_iters", step=1)
+            values["warmup_iters"] = number(
+                right,
+                "Warm-up iterations",
+                "warmup_iters",
+                step=1,
+                placeholder="fits the run: min(500, a tenth)",
+            )
             values["warmup_ratio"] = number(
                 left, "Warm-up ratio", "warmup_ratio", format="%.4f", step=1e-4
             )
@@ -247,7 +289,11 @@ def finetune_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str
                 middle, "Share of the train split", "data_fraction", step=0.1
             )
             values["eval_interval"] = number(
-                right, "Evaluate every (epochs or iterations)", "eval_interval", step=1
+                right,
+                "Evaluate every (epochs or iterations)",
+                "eval_interval",
+                step=1,
+                placeholder="fits the run: about 10 times",
             )
             values["checkpoint_interval"] = (
                 left.number_input(
@@ -373,11 +419,115 @@ def weights_choice(place: DeltaGenerator) -> int | None:
     )
 
 
+def evaluate_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str, Any] | None:
+    """Score a checkpoint on a dataset's val split: a DetLab run's own model, one of DetLab's
+    detector x backbone choices, or a config of the installed mmdet, with a checkpoint file."""
+    defaults = options["evaluate_defaults"]
+    with st.form("submit-evaluate"):
+        dataset_id = st.selectbox(
+            "Dataset (its val split is scored)",
+            list(datasets),
+            format_func=datasets.get,
+            key="evaluate-dataset_id",
+        )
+        name = st.text_input("Name (optional)", key="evaluate-name")
+        model = st.radio(
+            "Model",
+            ["a DetLab run", "detector and backbone", "mmdet config"],
+            horizontal=True,
+            key="evaluate-model",
+        )
+        left, middle, right = st.columns(3)
+        source_job = left.number_input(
+            "Run id (a succeeded fine-tune)", value=None, step=1, key="evaluate-source_job_id"
+        )
+        detector = middle.selectbox("Detector", options["detector"], key="evaluate-detector")
+        backbone = right.selectbox("Backbone", options["backbone"], key="evaluate-backbone")
+        config = left.text_input(
+            "mmdet config name", placeholder="faster-rcnn_r50_fpn_1x_coco", key="evaluate-config"
+        )
+        checkpoint = middle.text_input(
+            "Checkpoint path (under a data root or the artifact root)",
+            placeholder="/data/checkpoints/faster_rcnn_r50_fpn_1x_coco.pth",
+            key="evaluate-checkpoint",
+        )
+        batch_size = right.number_input(
+            "Images per batch",
+            value=defaults["batch_size"],
+            min_value=1,
+            step=1,
+            key="evaluate-batch_size",
+        )
+        if not st.form_submit_button("Submit evaluate job", type="primary"):
+            return None
+    spec: dict[str, Any] = {
+        "kind": "evaluate",
+        "dataset_id": dataset_id,
+        "batch_size": int(batch_size),
+    }
+    if model == "a DetLab run":
+        spec["source_job_id"] = int(source_job) if source_job is not None else None
+    else:
+        spec["checkpoint"] = checkpoint.strip() or None
+        if model == "detector and backbone":
+            spec.update(detector=detector, backbone=backbone)
+        else:
+            spec["mmdet_config"] = config.strip() or None
+    if name.strip():
+        spec["name"] = name.strip()
+    return spec
+
+
+def import_form(datasets: dict[int, str]) -> None:
+    """Upload a COCO results file made elsewhere: it is scored at once and joins the board."""
+    with st.form("import-predictions"):
+        dataset_id = st.selectbox(
+            "Dataset (the file's image and category ids are its val split's)",
+            list(datasets),
+            format_func=datasets.get,
+            key="import-dataset_id",
+        )
+        left, right = st.columns(2)
+        name = left.text_input("Name", placeholder="r50 from detectron2", key="import-name")
+        model = right.text_input(
+            "What made it (optional)", placeholder="detectron2 R50-FPN 3x", key="import-model"
+        )
+        upload = st.file_uploader(
+            "COCO results JSON: a list of {image_id, category_id, bbox, score}",
+            type=["json"],
+            key="import-file",
+        )
+        if not st.form_submit_button("Import and score", type="primary"):
+            return
+    if upload is None or not name.strip():
+        st.error("Choose a results file and give the run a name.")
+        return
+    try:
+        with st.spinner("Scoring the predictions…"):
+            run = cached.import_run(
+                dataset_id=dataset_id,
+                name=name.strip(),
+                source={"model": model.strip()} if model.strip() else {},
+                filename=upload.name,
+                content=upload.getvalue(),
+            )
+    except ApiError as err:
+        if err.status in (413, 422):
+            st.error(f"The API refused this file:\n\n{describe_detail(err.detail)}")
+        else:
+            views.show_api_error(err, doing="import the predictions")
+        return
+    job, evaluation = run["job"], run["evaluation"]
+    st.success(f"Run #{job['id']} imported: bbox mAP {views.format_ap(evaluation['bbox_mAP'])}")
+    st.page_link("app_pages/run.py", label="Open the run", query_params={"job": job["id"]})
+
+
 def json_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str, Any] | None:
     """Any kind of job the API accepts, written as its JSON spec."""
     kind = st.selectbox("Kind", options["kind"], key="json-kind")
     defaults = options["defaults" if kind == "finetune" else f"{kind}_defaults"]
-    example = {"kind": kind, "dataset_id": next(iter(datasets), 1), "epochs": 12, **defaults}
+    length = {} if kind == "evaluate" else {"epochs": 12}
+    example = {"kind": kind, "dataset_id": next(iter(datasets), 1), **length, **defaults}
     with st.form("submit-json"):
         text = st.text_area(
             "Spec (JSON)", value=json.dumps(example, indent=2), height=360, key=f"json-spec-{kind}"
@@ -429,13 +579,23 @@ st.subheader("Submit a job")
 if not datasets:
     st.info("Register a dataset (`POST /datasets`) before submitting jobs.")
 else:
-    finetune_tab, pretrain_tab, json_tab = st.tabs(
-        ["Fine-tune", "Pretrain", "Spec as JSON (any kind)"]
+    finetune_tab, pretrain_tab, evaluate_tab, import_tab, json_tab = st.tabs(
+        [
+            "Fine-tune",
+            "Pretrain",
+            "Evaluate a checkpoint",
+            "Import predictions",
+            "Spec as JSON (any kind)",
+        ]
     )
     with finetune_tab:
         spec = finetune_form(options, datasets)
     with pretrain_tab:
         spec = pretrain_form(options, datasets) or spec
+    with evaluate_tab:
+        spec = evaluate_form(options, datasets) or spec
+    with import_tab:
+        import_form(datasets)
     with json_tab:
         spec = json_form(options, datasets) or spec
     if spec is not None:

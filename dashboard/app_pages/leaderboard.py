@@ -32,6 +32,24 @@ FILTERS = {
     "seed": "Seed",
 }
 GROUPINGS = {"backbone": "Backbone", "init": "Init"}
+# The metrics shown as columns unless every one is asked for (the API's first ones: mAP, mAP50,
+# mAP75), and how many differing spec axes get a column each before they share one: with
+# every figure's interval, more would not fit a 1440 px wide window.
+SHOWN_METRICS = 3
+SPEC_COLUMNS = 3
+# The spec's axes the table can show, in its order.
+AXES = (
+    "detector",
+    "backbone",
+    "init",
+    "neck",
+    "image scale",
+    "schedule",
+    "lr",
+    "seed",
+    "batch_size",
+    "data_fraction",
+)
 # The API tests at most this many rows against the leader per request (each test resamples both
 # runs' val images: about a second a row on 5,000 images).
 TESTED_ROWS = 50
@@ -59,11 +77,11 @@ def std_column(label: str) -> str:
     return f"{label} std"
 
 
-def with_interval(estimate: Any, interval: dict[str, Any] | None) -> str | None:
-    """ "37.6 [36.9, 38.3]" (points), padded to sort as numbers; None without a value."""
+def with_interval(estimate: Any, interval: dict[str, Any] | None) -> str:
+    """ "37.6 [36.9, 38.3]" (points), padded to sort as numbers; EMPTY without a value."""
     points = views.ap_points(estimate)
     if points is None:
-        return None
+        return views.EMPTY
     bounds = views.format_interval((interval or {}).get("low"), (interval or {}).get("high"))
     return f"{points:.1f}".rjust(5, FIGURE_SPACE) + (f" {bounds}" if bounds else "")
 
@@ -125,26 +143,52 @@ def leaderboard_frame(
         tested = [ties.get(job_id) for job_id in rows["job_id"]]
         frame["verdict"] = [verdict(found) for found in tested]
         frame["vs leader"] = [verdict_text(found) for found in tested]
+    # an imported run's training is unknown (null): its cells read as every empty cell
     for axis in ("detector", "backbone", "init", "neck"):
-        frame[axis] = rows[axis]
-    frame["image scale"] = rows["image_scale"].map(lambda s: f"{s[0]}×{s[1]}")
+        frame[axis] = rows[axis].fillna(views.EMPTY)
+    frame["image scale"] = rows["image_scale"].map(
+        lambda s: f"{s[0]}×{s[1]}" if isinstance(s, list | tuple) else views.EMPTY
+    )
     frame["epochs"] = rows["epochs"].astype("Int64")
     frame["iterations"] = rows["iterations"].astype("Int64")
     frame["schedule"] = [
-        f"{e} epochs" if pd.notna(e) else f"{i} iterations"
+        f"{e} epochs" if pd.notna(e) else f"{i} iterations" if pd.notna(i) else views.EMPTY
         for e, i in zip(rows["epochs"], rows["iterations"], strict=True)
     ]
     for axis in ("lr", "seed", "batch_size", "data_fraction"):
-        frame[axis] = rows[axis]
-    frame["finished"] = pd.to_datetime(rows["finished_at"], utc=True)
+        values = rows[axis]
+        missing = values.isna()
+        frame[axis] = (
+            [views.EMPTY if gone else f"{v:g}" for v, gone in zip(values, missing, strict=True)]
+            if missing.any()
+            else values
+        )
+    # as text (ISO order sorts as time does), so that a missing time reads as every empty cell
+    finished = pd.to_datetime(rows["finished_at"], utc=True)
+    frame["finished"] = [
+        views.EMPTY if pd.isna(when) else when.strftime("%Y-%m-%d %H:%M") for when in finished
+    ]
     if grouped:
         replicates = list(rows["replicates"])
         frame["n"] = [found["n"] for found in replicates]
         frame[std_column(labels[metric])] = [
-            None if found["std"] is None else round(100 * found["std"], 1) for found in replicates
+            views.EMPTY if found["std"] is None else f"{100 * found['std']:.1f}"
+            for found in replicates
         ]
         frame["seed"] = [", ".join(str(seed) for seed in found["seeds"]) for found in replicates]
     return frame
+
+
+def spec_axes(frame: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
+    """The spec's axes (AXES) that differ between the rows, and the value of each other one."""
+    varying, same = [], {}
+    for axis in AXES:
+        values = frame[axis].astype(str).unique()
+        if len(values) > 1:
+            varying.append(axis)
+        elif len(values) == 1:
+            same[axis] = values[0]
+    return varying, same
 
 
 def filter_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -220,12 +264,13 @@ def metric_by_group(
     )
     best = scored.loc[scored.groupby(group)[metric].idxmax(), [group, ranked]]
     stats["best"] = best.set_index(group)[ranked].str.strip()
+    # the number of rows of each bar goes under it, in its axis label: printed on the bar it
+    # would sit under the error bar's cap
     figure = go.Figure(
         go.Bar(
-            x=stats.index.astype(str),
+            x=[f"{name}<br>n={n}" for name, n in zip(stats.index, stats["count"], strict=True)],
             y=stats["mean"].round(2),
             error_y={"type": "data", "array": stats["std"].fillna(0).round(2)},
-            text=[f"n={n}" for n in stats["count"]],
             customdata=stats[["best", "count"]].to_numpy(),
             hovertemplate=f"%{{x}}<br>mean {metric} %{{y:.1f}}<br>best %{{customdata[0]}}"
             f"<br>%{{customdata[1]}} {noun}<extra></extra>",
@@ -242,14 +287,24 @@ def metric_by_group(
 
 
 st.title("Leaderboard")
-dataset = views.pick_dataset(cached.datasets(), key="leaderboard-dataset")
+datasets = cached.datasets()
+dataset = views.pick_dataset(
+    datasets, key="leaderboard-dataset", preferred=views.busiest_dataset(datasets)
+)
 if dataset is None:
     st.stop()
 
 labels = views.metric_labels()
-metric_col, grouped_col = st.columns([3, 1], vertical_alignment="bottom")
+metric_col, every_col, grouped_col = st.columns([5, 2, 3], vertical_alignment="bottom")
 metric = metric_col.selectbox(
     "Rank by", list(labels), format_func=labels.get, key="leaderboard-metric"
+)
+every_metric = every_col.toggle(
+    "Every metric",
+    value=False,
+    help=f"Besides {', '.join(list(labels.values())[:SHOWN_METRICS])} and the ranked one, the "
+    "other COCO figures as columns (AP by object size).",
+    key="leaderboard-every-metric",
 )
 grouped = grouped_col.toggle(
     "One row per replicate group",
@@ -307,8 +362,21 @@ st.caption(
 )
 
 ranked = interval_column(label, grouped=grouped)
-# every metric in its interval's column (a group's ranked one followed by its std)
-metric_columns = [interval_column(name, grouped=grouped) for name in labels.values()]
+# The spec's axes on which the rows shown differ get a column (one column for them all when
+# many differ); the others are said once under the table, so that every column fits the page.
+varying, same = spec_axes(runs)
+if len(varying) > SPEC_COLUMNS:
+    runs = runs.assign(spec=[" · ".join(str(v) for v in row) for row in runs[varying].values])
+    axes_columns = ["spec"]
+else:
+    axes_columns = varying
+# the leading metrics (every one if asked) and the ranked one, each in its interval's column
+# (a group's ranked one followed by its std)
+metric_columns = [
+    interval_column(name, grouped=grouped)
+    for position, (key, name) in enumerate(labels.items())
+    if every_metric or position < SHOWN_METRICS or key == metric
+]
 if grouped:
     metric_columns.insert(metric_columns.index(ranked) + 1, std_column(label))
 selection = st.dataframe(
@@ -322,17 +390,7 @@ selection = st.dataframe(
         *(["n"] if grouped else []),
         *metric_columns,
         *(["vs leader"] if ties is not None else []),
-        "detector",
-        "backbone",
-        "init",
-        "neck",
-        "image scale",
-        "epochs",
-        "iterations",
-        "lr",
-        "seed",
-        "batch_size",
-        "data_fraction",
+        *axes_columns,
         "finished",
     ],
     column_config={
@@ -349,9 +407,13 @@ selection = st.dataframe(
             std_column(label), format="%.1f", help="standard deviation between the seeds' runs"
         ),
         "n": st.column_config.NumberColumn("n", help="runs (seeds) in the group", width="small"),
+        "init": st.column_config.TextColumn("init", width="medium"),
+        "spec": st.column_config.TextColumn(
+            "spec", width="large", help=f"the axes that differ: {' · '.join(varying)}"
+        ),
         "seed": st.column_config.TextColumn("seeds") if grouped else "seed",
         "lr": st.column_config.NumberColumn("lr", format="%g"),
-        "finished": st.column_config.DatetimeColumn("finished", format="YYYY-MM-DD HH:mm"),
+        "finished": st.column_config.TextColumn("finished", help="UTC"),
     },
     on_select="rerun",
     selection_mode="single-row",
@@ -378,6 +440,12 @@ else:
     explained = (
         f"{ranked}: {label} with its {level} interval [low, high], a bootstrap over the val "
         "images; every other metric column carries its own interval the same way."
+    )
+if same:
+    st.caption(
+        f"The same for every {noun[:-1]} shown: "
+        + " · ".join(f"{axis} {value}" for axis, value in same.items())
+        + "."
     )
 st.caption(
     explained

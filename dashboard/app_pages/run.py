@@ -21,6 +21,8 @@ from dashboard import cached, views
 from dashboard.client import ApiError, describe_detail
 
 ACTIVE = ("queued", "running")
+# The largest confusions linked straight under the matrix (any cell can be picked below them).
+CELL_LINKS = 4
 # The API's interval of a group's mean over its seeds is a 95% t-interval (its `method` says so).
 GROUP_LEVEL = "95%"
 
@@ -50,9 +52,10 @@ def line_figure(
         title=title,
         xaxis_title=x_title,
         yaxis_title=y_title,
-        height=340,
-        margin={"t": 50, "b": 40},
-        legend={"orientation": "h", "y": -0.25},
+        height=360,
+        # the legend between the title and the plot: under it, it would sit on the axis title
+        margin={"t": 80, "b": 40},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
     )
     return figure
 
@@ -259,12 +262,15 @@ def group_figures(metrics: dict[str, dict[str, Any]], labels: dict[str, str]) ->
         share = found["seed_share"]
         rows[label] = {
             "n": found["n"],
-            "mean": points(found["mean"]),
-            "std": points(found["std"]),
-            f"{GROUP_LEVEL} CI": views.format_interval(found["low"], found["high"])
-            if defined
-            else "",
-            "from the seed": None if share is None or not defined else round(100 * share),
+            "mean": views.figure_cell(points(found["mean"])),
+            "std": views.figure_cell(points(found["std"])),
+            f"{GROUP_LEVEL} CI": (
+                views.format_interval(found["low"], found["high"]) if defined else ""
+            )
+            or views.EMPTY,
+            "from the seed": views.EMPTY
+            if share is None or not defined
+            else f"{round(100 * share)}%",
         }
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -284,7 +290,7 @@ def replicates(job: dict[str, Any]) -> None:
                 "seed": [run["seed"] for run in runs],
                 "status": [run["status"] for run in runs],
                 **{
-                    label: [views.ap_points(run[key]) for run in runs]
+                    label: [views.format_ap(run[key]) for run in runs]
                     for key, label in labels.items()
                 },
             }
@@ -293,20 +299,14 @@ def replicates(job: dict[str, Any]) -> None:
         width="stretch",
         column_config={
             "run": st.column_config.LinkColumn("Run", display_text=r"job=(\d+)", width="small"),
-            **{
-                label: st.column_config.NumberColumn(label, format="%.1f")
-                for label in labels.values()
-            },
         },
     )
     st.dataframe(
         group_figures(group["metrics"], labels),
         width="stretch",
         column_config={
-            "mean": st.column_config.NumberColumn("mean", format="%.1f"),
-            "std": st.column_config.NumberColumn("std", format="%.1f"),
-            "from the seed": st.column_config.NumberColumn(
-                "from the seed", format="%d%%", help="share of one run's variance due to the seed"
+            "from the seed": st.column_config.TextColumn(
+                "from the seed", help="share of one run's variance due to the seed"
             ),
         },
     )
@@ -320,8 +320,9 @@ def replicates(job: dict[str, Any]) -> None:
     )
 
 
-def error_breakdown(analysis: dict[str, Any]) -> None:
-    """dAP per error type (AP50 gained by fixing it) and how many of each there are."""
+def error_breakdown(job_id: int, analysis: dict[str, Any]) -> None:
+    """dAP per error type (AP50 gained by fixing it) and how many of each there are, each
+    type a link to its images in the explorer."""
     dap = sorted(analysis.get("dAP", {}).items(), key=lambda item: -item[1])
     counts = analysis.get("counts", {})
     colours = views.box_colours()
@@ -347,13 +348,41 @@ def error_breakdown(analysis: dict[str, Any]) -> None:
         width="stretch",
     )
     right.caption(f"Predictions with score ≥ {analysis.get('score_thr', '?')}.")
+    kinds = [kind for kind in views.error_types() if counts.get(kind)]
+    if kinds:
+        st.caption("Open the images of an error type, most of it first:")
+        for column, kind in zip(st.columns(len(kinds)), kinds, strict=True):
+            column.page_link(
+                "app_pages/explorer.py",
+                label=f"{kind} ({counts[kind]:,})",
+                icon=":material/image_search:",
+                query_params={"job": str(job_id), "error_type": kind},
+            )
     per_class = analysis.get("per_class")
     if per_class:
         with st.expander("Errors per class"):
             st.dataframe(pd.DataFrame(per_class).T.fillna(0).astype(int), width="stretch")
 
 
-def confusion_heatmap(confusion: dict[str, Any]) -> None:
+def confusion_cells(confusion: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """The non-empty cells (ground truth, predicted, count): the confusions first (off the
+    diagonal), each part by falling count."""
+    labels, matrix = confusion["labels"], confusion["matrix"]
+    cells = [
+        (gt, predicted, matrix[row][col])
+        for row, gt in enumerate(labels)
+        for col, predicted in enumerate(labels)
+        if matrix[row][col]
+    ]
+    return sorted(cells, key=lambda c: (c[0] == c[1], -c[2], c[0], c[1]))
+
+
+def cell_text(gt: str, predicted: str, count: int) -> str:
+    return f"{gt} → {predicted} ({count:,})"
+
+
+def confusion_heatmap(job_id: int, confusion: dict[str, Any]) -> None:
+    """The matrix as a heatmap, then links that open the images behind its cells."""
     labels, matrix = confusion["labels"], confusion["matrix"]
     figure = go.Figure(
         go.Heatmap(
@@ -375,6 +404,31 @@ def confusion_heatmap(confusion: dict[str, Any]) -> None:
         margin={"t": 50, "b": 40},
     )
     st.plotly_chart(figure, width="stretch")
+    cells = confusion_cells(confusion)
+    if not cells:
+        return
+    st.caption(
+        "Open the images behind a cell (ground truth → predicted), the images with the most "
+        "of it first:"
+    )
+    confusions = [c for c in cells if c[0] != c[1]][:CELL_LINKS]
+    for column, (gt, predicted, count) in zip(st.columns(CELL_LINKS), confusions, strict=False):
+        column.page_link(
+            "app_pages/explorer.py",
+            label=cell_text(gt, predicted, count),
+            icon=":material/grid_on:",
+            query_params={"job": str(job_id), "gt_class": gt, "predicted_class": predicted},
+        )
+    pick, link = st.columns([3, 2], vertical_alignment="bottom")
+    gt, predicted, count = pick.selectbox(
+        "Any cell", cells, format_func=lambda c: cell_text(*c), key="run-cell"
+    )
+    link.page_link(
+        "app_pages/explorer.py",
+        label=f"Open {gt} → {predicted} in the explorer",
+        icon=":material/image_search:",
+        query_params={"job": str(job_id), "gt_class": gt, "predicted_class": predicted},
+    )
 
 
 def downloads(job: dict[str, Any], evaluation: dict[str, Any] | None) -> None:
@@ -475,8 +529,8 @@ if evaluation is not None:
     if not analysis:
         st.info("The error analysis is not available yet for this run.")
     else:
-        error_breakdown(analysis)
+        error_breakdown(job["id"], analysis)
         if analysis.get("confusion"):
-            confusion_heatmap(analysis["confusion"])
+            confusion_heatmap(job["id"], analysis["confusion"])
 st.subheader("Downloads")
 downloads(job, evaluation)

@@ -7,11 +7,11 @@ import io
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from backend.analysis import BOX_COLOURS, PredictionMatch, render_overlay
 from backend.analysis.matching import GtMatch
-from backend.analysis.overlay import encode_png
+from backend.analysis.overlay import _font, _place_labels, encode_png, label_font_px
 
 CATEGORIES = {1: "circle", 2: "ellipse"}
 GREY = (90, 90, 90)
@@ -56,10 +56,11 @@ def test_each_outcome_colours_its_box_edge_and_appears_in_the_legend() -> None:
         assert tuple(pixels[box[1] + 25, box[0] + 25]) == GREY  # inside stays untouched
     assert left_edge(pixels, (20, 240, 40, 40)) == BOX_COLOURS["gt"]
     assert left_edge(pixels, (100, 240, 40, 40)) == BOX_COLOURS["missed"]
-    # Label tags sit just above each box, filled with its colour.
-    assert tuple(pixels[40 - 2, 100 + 1]) == BOX_COLOURS["classification"]
+    # Label tags sit just above each box, or inside its top when the room above is taken by
+    # another label, filled with its colour.
+    assert BOX_COLOURS["classification"] in {tuple(pixels[40 - 3, 103]), tuple(pixels[41, 103])}
     # The legend (top right) shows a swatch of every colour drawn, and nothing else.
-    legend = pixels[:150, 300:].reshape(-1, 3)
+    legend = pixels[:200, 280:].reshape(-1, 3)
     legend_colours = {tuple(c) for c in np.unique(legend, axis=0)}
     assert set(BOX_COLOURS.values()) <= legend_colours
 
@@ -156,12 +157,28 @@ def test_large_images_keep_the_legend_in_the_corner_and_none_leaves_it_out() -> 
     matches = [pred("tp", (100, 100, 200, 200)), pred("background", (500, 300, 100, 100))]
     auto = decode(render_overlay(image, [], matches, categories=CATEGORIES))
     assert auto.shape == (800, 1333, 3)
-    corner = {tuple(c) for c in auto[:60, 1200:].reshape(-1, 3)}
+    corner = {tuple(c) for c in auto[:100, 1000:].reshape(-1, 3)}
     assert {BOX_COLOURS["tp"], BOX_COLOURS["background"]} <= corner
     plain = decode(render_overlay(image, [], matches, categories=CATEGORIES, legend="none"))
-    assert {tuple(c) for c in plain[:60, 1200:].reshape(-1, 3)} == {GREY}
+    assert {tuple(c) for c in plain[:100, 1000:].reshape(-1, 3)} == {GREY}
 
 
 def test_unknown_legend_place_names_the_accepted_ones() -> None:
     with pytest.raises(ValueError, match="legend: unknown value 'left'; accepted: auto, inside"):
         render_overlay(np.zeros((4, 4, 3), np.uint8), [], [], categories={}, legend="left")
+
+
+def test_labels_take_a_free_place_and_grow_with_the_picture() -> None:
+    draw = ImageDraw.Draw(Image.new("RGB", (200, 200)))
+    font = _font(label_font_px(200))
+    # three boxes side by side whose long labels cannot all sit above them
+    items = [
+        ("classification", [10.0 + 25 * i, 80.0, 20.0, 40.0], f"rectangle 0.9{i} (gt: circle)")
+        for i in range(3)
+    ]
+    tags = _place_labels(draw, items, (200, 200), font)
+    for i, a in enumerate(tags):
+        for b in tags[i + 1 :]:
+            assert not (a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3])
+    assert tags[0][3] < 80  # the first keeps the place above its box
+    assert label_font_px(128) == 12 and label_font_px(640) == 20 and label_font_px(4000) == 28

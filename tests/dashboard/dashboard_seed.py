@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import factories
 import httpx
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -40,13 +42,14 @@ class Seeded:
     job_b: dict  # "dash-b", seed 1
 
 
-def seed_runs(api: httpx.Client, wait_job: Callable[..., dict], shapes_payload: dict) -> Seeded:
-    """The shapes dataset and two finished tiny runs on it (seeds 0 and 1), through the API;
-    `wait_job` is the session's fixture of that name."""
+def seed_runs(api: httpx.Client, wait_job: Callable[..., dict], shapes: Any) -> Seeded:
+    """The shapes dataset (`shapes`, as generate_shapes returns it) and two finished tiny runs on
+    it (seeds 0 and 1), through the API; `wait_job` is the session's fixture of that name."""
     datasets = api.get("/datasets").json()["items"]
     dataset = next((d for d in datasets if d["name"] == DATASET_NAME), None)
     if dataset is None:
-        response = api.post("/datasets", json=dict(shapes_payload, name=DATASET_NAME))
+        body = {"name": DATASET_NAME, **factories.dataset_files(shapes)}
+        response = api.post("/datasets", json=body)
         assert response.status_code == 201, response.text
         dataset = response.json()
     jobs = api.get("/jobs", params={"dataset": dataset["id"], "limit": 500}).json()["items"]

@@ -34,8 +34,8 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def seeded(api, worker, wait_job, shapes_payload):
-    return seed_runs(api, wait_job, shapes_payload)
+def seeded(api, worker, wait_job, shapes):
+    return seed_runs(api, wait_job, shapes)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,8 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1500, "height": 2200})
+    # the width the pages are laid out for: every table column and label fits it
+    context = browser.new_context(viewport={"width": 1440, "height": 2200})
     page = context.new_page()
     page.set_default_timeout(60_000)
     yield page
@@ -161,7 +162,7 @@ def test_predictions_explorer_in_a_browser(page, dashboard_url, seeded, api):
     dialog = page.get_by_role("dialog")
     dialog.get_by_text(f"{items[0]['file_name']}").first.wait_for()
     drawn_from = api.get("/analysis/legend").json()["defaults"]["draw_score_thr"]
-    dialog.get_by_text(f"Predictions with score ≥ {drawn_from:.2f}").wait_for()
+    dialog.get_by_text(f"Predictions drawn, score ≥ {drawn_from:.2f}").wait_for()
     dialog.get_by_role("columnheader", name="outcome").wait_for()  # the box list
     page.wait_for_function(
         "() => [...document.querySelectorAll('[role=dialog] img')]"
@@ -169,3 +170,115 @@ def test_predictions_explorer_in_a_browser(page, dashboard_url, seeded, api):
     )
     assert f"image={items[0]['image_id']}" in page.url
     screenshot(page, "explorer-enlarged")
+
+
+def loaded_images(page, where: str, count: int) -> None:
+    """Wait until `count` images under the CSS selector `where` have loaded."""
+    page.wait_for_function(
+        "([where, n]) => [...document.querySelectorAll(where + ' [data-testid=stImage] img')]"
+        ".filter(img => img.complete && img.naturalWidth > 0).length >= n",
+        arg=[where, count],
+    )
+
+
+def test_walk_from_the_leaderboard_to_a_confusion_and_a_comparison(
+    page, dashboard_url, seeded, api
+):
+    """Leaderboard -> its best run -> the images behind its largest confusion -> the two runs
+    compared image by image, as a user clicks through them."""
+    board = api.get("/leaderboard", params={"dataset": seeded.dataset_id}).json()["items"]
+    best = board[0]["job_id"]
+    page.goto(f"{dashboard_url}/?dataset={seeded.dataset_id}")
+    main = page.get_by_test_id("stMain")
+    table = main.get_by_test_id("stDataFrame")
+    table.wait_for()
+    page.wait_for_timeout(1000)  # the grid paints its rows on a canvas
+    table.click(position={"x": 18, "y": 35 + 17})  # the first row's selection box
+    page.wait_for_url(f"**/run?job={best}")
+
+    confusion = api.get(f"/jobs/{best}/evaluation").json()["analysis"]["confusion"]
+    labels, matrix = confusion["labels"], confusion["matrix"]
+    # the first of the largest confusions, as the run page lists them
+    count, gt, predicted = min(
+        (
+            (matrix[r][c], labels[r], labels[c])
+            for r in range(len(labels))
+            for c in range(len(labels))
+            if r != c
+        ),
+        key=lambda cell: (-cell[0], cell[1], cell[2]),
+    )
+    assert count > 0  # a 30-iteration model misses objects, at least
+    main.get_by_role("link").filter(has_text=f"{gt} → {predicted} ({count})").click()
+    page.wait_for_url("**/explorer?*")
+    assert f"gt_class={gt}" in page.url and f"predicted_class={predicted}" in page.url
+    main.get_by_text(f"Confusion-matrix cell: ground truth {gt}, predicted {predicted}").wait_for()
+    cell = {"gt_class": gt, "predicted_class": predicted}
+    listing = api.get(f"/jobs/{best}/images", params={**cell, "limit": 24}).json()
+    assert sum(item["selected"] for item in listing["items"]) <= count
+    loaded_images(page, "[data-testid=stMain]", len(listing["items"]))
+    assert main.get_by_test_id("stImage").count() == len(listing["items"])
+    first = listing["items"][0]
+    caption = f"{first['file_name']} · {listing['selected_label']}: {first['selected']}"
+    main.get_by_text(caption).first.wait_for()
+    screenshot(page, "explorer-confusion")
+
+    # what the first tile draws: the cell's boxes and nothing else
+    main.get_by_role("button", name="Enlarge").first.click()
+    dialog = page.get_by_role("dialog")
+    drawn = api.get(
+        f"/jobs/{best}/images/{first['image_id']}/detections",
+        params={**cell, "score_thr": confusion["score_thr"], "show": "gt,tp,errors"},
+    ).json()
+    assert drawn["detections"] or drawn["ground_truth"]
+    assert {g["category"] for g in drawn["ground_truth"]} <= {gt}
+    assert {d["category"] for d in drawn["detections"]} <= {predicted}
+    dialog.get_by_text(
+        f"Predictions drawn, score ≥ {confusion['score_thr']:.2f} ({len(drawn['detections'])})"
+    ).wait_for()
+    dialog.get_by_text(f"{len(drawn['ground_truth'])} ground-truth boxes drawn").wait_for()
+    rows = dialog.locator("table tbody tr")
+    if drawn["detections"]:
+        rows.first.wait_for()
+    assert rows.count() == len(drawn["detections"])
+    for row in range(rows.count()):  # the box list: each row a prediction of the cell's class
+        assert rows.nth(row).locator("td, th").all_inner_texts()[0] == predicted
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[role=dialog] img')]"
+        ".some(img => img.complete && img.naturalWidth > 0)"
+    )
+    screenshot(page, "explorer-confusion-enlarged")
+
+    # the two runs, image by image
+    a, b = seeded.job_a["id"], seeded.job_b["id"]
+    compared = api.get(f"/jobs/{a}/compare/{b}/images", params={"limit": 6}).json()
+    assert compared["better_in_a"] + compared["better_in_b"] > 0  # two seeds differ somewhere
+    page.goto(f"{dashboard_url}/compare?jobs={a},{b}&dataset={seeded.dataset_id}")
+    main.get_by_text(compared["sentence"][:40]).wait_for()
+    tab = f"Better in #{a} dash-a ("
+    main.get_by_role("tab", name=tab).wait_for()
+    main.get_by_role("tab", name=f"Better in #{b} dash-b (").wait_for()
+    side = "a" if compared["better_in_a"] else "b"
+    if side == "b":
+        main.get_by_role("tab", name=f"Better in #{b} dash-b (").click()
+    pairs = api.get(f"/jobs/{a}/compare/{b}/images", params={"better": side, "limit": 6}).json()[
+        "items"
+    ]
+    panel = main.get_by_role("tabpanel").filter(visible=True)
+    panel.get_by_text(pairs[0]["file_name"]).first.wait_for()
+    page.wait_for_function(
+        "n => [...document.querySelectorAll('[role=tabpanel] [data-testid=stImage] img')]"
+        ".filter(img => img.complete && img.naturalWidth > 0 && img.offsetParent).length >= n",
+        arg=2 * len(pairs),
+    )
+    counts = pairs[0]["a"]
+    panel.get_by_text(
+        f"#{a} dash-a: {counts['tp']} TP · {counts['errors']} errors · {counts['missed']} missed"
+    ).first.wait_for()
+    main.get_by_text("Confusions that changed").wait_for()
+    # the picture shows the pairs: the part of the page from the sentence on
+    main.get_by_text("Where they differ, image by image").evaluate(
+        "heading => heading.scrollIntoView({block: 'start'})"
+    )
+    page.wait_for_timeout(500)
+    screenshot(page, "compare")

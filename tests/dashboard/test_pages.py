@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import html
 import json
+import uuid
 
+import factories
 import numpy as np
 import pytest
 from dashboard_seed import TINY, open_page, seed_runs, texts
@@ -23,8 +25,8 @@ UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
 
 @pytest.fixture(scope="module")
-def seeded(api, worker, wait_job, shapes_payload):
-    return seed_runs(api, wait_job, shapes_payload)
+def seeded(api, worker, wait_job, shapes):
+    return seed_runs(api, wait_job, shapes)
 
 
 @pytest.fixture(autouse=True)
@@ -170,6 +172,50 @@ def test_leaderboard_marks_the_runs_tied_with_the_leader(api, seeded):
     assert "Holm-corrected" not in texts(at.caption)
 
 
+def test_leaderboard_opens_on_the_dataset_with_the_most_finished_runs(api, seeded, shapes):
+    name = f"empty-{uuid.uuid4().hex[:6]}"
+    created = api.post("/datasets", json={"name": name, **factories.dataset_files(shapes)})
+    assert created.status_code == 201, created.text
+    at = open_page("leaderboard")
+    assert not at.exception and not at.error
+    finished = {
+        d["id"]: api.get("/leaderboard", params={"dataset": d["id"], "limit": 1}).json()["total"]
+        for d in api.get("/datasets").json()["items"]
+    }
+    busiest = max(finished.values())
+    chosen = at.selectbox(key="leaderboard-dataset").value
+    assert chosen != created.json()["id"]  # the newest, with no run
+    assert finished[chosen] == busiest >= 2
+    at = open_page("leaderboard", dataset=created.json()["id"])  # a link still wins
+    assert f"No fine-tune job on {name} has finished yet" in texts(at.info)
+
+
+def test_leaderboard_chart_and_cells_read_without_overlaps_or_none(api, seeded):
+    at = open_page("leaderboard", dataset=seeded.dataset_id)
+    assert not at.exception and not at.error
+    # the group chart's counts are under its bars, not printed on them under the error bars
+    bars = json.loads(at.get("plotly_chart")[1].proto.spec)["data"][0]
+    assert "text" not in bars
+    assert plotly_values(bars["x"]) == ["resnet18<br>n=2"]
+    # every cell shown has a value or the one empty mark, and no column is left out of view
+    shown = at.dataframe[0]
+    table = shown.value
+    order = list(shown.proto.column_order)
+    assert not table[order].isna().any().any()
+    board = api.get("/leaderboard", params={"dataset": seeded.dataset_id}).json()["items"]
+    labels = {m["key"]: m["label"] for m in legend(api)["metrics"]}
+    for row in board:
+        cells = table.set_index("job_id").loc[row["job_id"]]
+        for key, label in labels.items():
+            if views.ap_points(row[key]) is None:
+                assert cells[f"{label} [95% CI]"] == "–"
+    # the axes the two runs share are said once, not repeated in columns
+    assert "seed" in order and "backbone" not in order and "init" not in order
+    assert "The same for every run shown: detector faster_rcnn · backbone resnet18" in texts(
+        at.caption
+    )
+
+
 def test_leaderboard_row_selection_opens_the_run(seeded):
     at = open_page("leaderboard", dataset=seeded.dataset_id)
     position = list(at.dataframe[0].value["job_id"]).index(seeded.job_b["id"])
@@ -299,6 +345,30 @@ def test_run_page_shows_curves_metrics_breakdown_and_downloads(api, seeded):
         dap = next(c for c in at.get("plotly_chart") if "dAP50" in c.proto.spec)
         bars = json.loads(dap.proto.spec)["data"][0]
         assert bars["marker"]["color"] == [f"rgb{tuple(colours[kind])}" for kind in bars["x"]]
+        # each error type and each confusion opens its images in the explorer
+        links = {
+            link.proto.label: f"{link.proto.page}?{link.proto.query_string}"
+            for link in at.get("page_link")
+        }
+        for kind, count in evaluation["analysis"]["counts"].items():
+            if kind in colours and colours[kind] and count and kind != "tp":
+                assert "error_type=" + kind in links[f"{kind} ({count:,})"]
+        confusion = evaluation["analysis"]["confusion"]
+        labels, matrix = confusion["labels"], confusion["matrix"]
+        # the first of the largest confusions, as the run page lists them
+        largest = min(
+            (
+                (matrix[r][c], labels[r], labels[c])
+                for r in range(len(labels))
+                for c in range(len(labels))
+                if r != c
+            ),
+            key=lambda cell: (-cell[0], cell[1], cell[2]),
+        )
+        if largest[0]:
+            count, gt, predicted = largest
+            page = links[f"{gt} → {predicted} ({count:,})"]
+            assert f"gt_class={gt}" in page and f"predicted_class={predicted}" in page
 
     downloads = [button.label for button in at.get("download_button")]
     assert {"mmdet config", "evaluation (JSON)"} <= set(downloads)
@@ -339,14 +409,21 @@ def test_explorer_shows_worst_overlays_and_enlarges_one(api, seeded):
     assert [caption.split(" · ")[0] for caption in captions] == expected  # worst first
     first = listing["items"][0]
     assert captions[0].startswith(f"{first['file_name']} · {first['tp']} TP")
-    assert f"of {listing['total']}" in texts(at.caption)
+    # both thresholds, each said for what it is used
+    drawn_from = legend(api)["defaults"]["draw_score_thr"]
+    caption = texts(at.caption)
+    assert f"of {listing['total']}" in caption
+    assert f"Counted from score {listing['score_thr']:.2f}. Drawn: every box" in caption
+    assert f"Drawn: every box, from score {drawn_from:.2f} (boxes scored " in caption
 
     at.button(key=f"enlarge-{first['image_id']}").click().run()
     assert at.query_params["image"] == str(first["image_id"])
-    found = api.get(f"/jobs/{job_id}/images/{first['image_id']}/detections").json()
-    drawn_from = legend(api)["defaults"]["draw_score_thr"]
-    kept = [d for d in found["detections"] if d["score"] >= drawn_from]
-    assert f"**Predictions with score ≥ {drawn_from:.2f}** ({len(kept)})" in texts(at.markdown)
+    found = api.get(
+        f"/jobs/{job_id}/images/{first['image_id']}/detections",
+        params={"score_thr": drawn_from, "show": "gt,tp,errors"},
+    ).json()
+    kept = found["detections"]
+    assert f"**Predictions drawn, score ≥ {drawn_from:.2f}** ({len(kept)})" in texts(at.markdown)
     if kept:
         boxes = at.table[0].value
         assert list(boxes["outcome"]) == [d["error_type"] for d in kept]
@@ -358,16 +435,80 @@ def test_explorer_shows_worst_overlays_and_enlarges_one(api, seeded):
 
     at.selectbox(key="explorer-error").select("missed").run()
     missed = api.get(f"/jobs/{job_id}/images", params={"error_type": "missed"}).json()
-    grid = [image.captions[0].split(" · ")[0] for image in at.image if image.captions[0]]
-    assert grid == [item["file_name"] for item in missed["items"][:24]]
-    # the chosen error type is drawn alone, from the score its counts start at
-    counted_from = api.get(f"/jobs/{job_id}/evaluation").json()["analysis"]["score_thr"]
-    assert at.slider(key="explorer-thr").value == pytest.approx(counted_from)
-    assert f"drawn: only missed errors among the error boxes, from score {counted_from:.2f}" in (
+    grid = [image.captions[0] for image in at.image if image.captions[0]]
+    assert [c.split(" · ")[0] for c in grid] == [i["file_name"] for i in missed["items"][:24]]
+    # each tile says how many of the chosen type it has, the most first
+    assert grid[0].split(" · ")[1] == f"missed ground-truth boxes: {missed['items'][0]['missed']}"
+    assert [i["selected"] for i in missed["items"]] == sorted(
+        (i["missed"] for i in missed["items"]), reverse=True
+    )
+    # the chosen error type is drawn from the score its counts start at
+    assert at.slider(key="explorer-thr").value == pytest.approx(missed["score_thr"])
+    assert at.query_params["error_type"] == "missed"
+    assert f"Drawn: of the errors only missed, from score {missed['score_thr']:.2f}." in (
         texts(at.caption)
     )
     at.selectbox(key="explorer-error").select(None).run()
     assert at.slider(key="explorer-thr").value == pytest.approx(drawn_from)
+    assert "error_type" not in at.query_params
+
+
+def test_explorer_class_filter_decides_what_is_listed_and_drawn(api, seeded):
+    job_id = seeded.job_a["id"]
+    at = open_page("explorer", job=job_id, **{"class": "circle"})
+    assert not at.exception and not at.error
+    assert at.selectbox(key="explorer-class").value == "circle"  # from the link
+    page = api.get(f"/jobs/{job_id}/images", params={"class": "circle"}).json()
+    if not page["items"]:
+        assert "No image has errors involving circle." in texts(at.info)
+        return
+    grid = [image.captions[0] for image in at.image if image.captions[0]]
+    top = page["items"][0]
+    assert grid[0].startswith(
+        f"{top['file_name']} · errors involving circle: {top['selected']} · {top['tp']} TP"
+    )
+    first = page["items"][0]["image_id"]
+    at.button(key=f"enlarge-{first}").click().run()
+    boxes = at.table[0].value if at.table else None
+    if boxes is not None:  # the enlarged image's box list holds circles and circles' errors
+        for category, gt_category in zip(boxes["class"], boxes["GT class"], strict=True):
+            assert "circle" in (category, gt_category)
+
+
+def test_explorer_opens_the_images_behind_a_confusion_cell(api, seeded):
+    job_id = seeded.job_a["id"]
+    confusion = api.get(f"/jobs/{job_id}/evaluation").json()["analysis"]["confusion"]
+    labels, matrix = confusion["labels"], confusion["matrix"]
+    gt, predicted, count = max(
+        (
+            (labels[r], labels[c], matrix[r][c])
+            for r in range(len(labels))
+            for c in range(len(labels))
+            if r != c
+        ),
+        key=lambda cell: cell[2],
+    )
+    at = open_page("explorer", job=job_id, gt_class=gt, predicted_class=predicted)
+    assert not at.exception and not at.error
+    page = api.get(
+        f"/jobs/{job_id}/images",
+        params={"gt_class": gt, "predicted_class": predicted, "limit": 500},
+    ).json()
+    assert sum(item["selected"] for item in page["items"]) == count
+    assert f"Confusion-matrix cell: ground truth **{gt}**, predicted **{predicted}**" in (
+        texts(at.info)
+    )
+    assert at.selectbox(key="explorer-class").disabled
+    if count:
+        grid = [image.captions[0] for image in at.image if image.captions[0]]
+        top = page["items"][0]
+        assert grid[0].split(" · ")[1] == f"{page['selected_label']}: {top['selected']}"
+        assert at.slider(key="explorer-thr").value == pytest.approx(confusion["score_thr"])
+        assert "Drawn: only the boxes that make up this cell" in texts(at.caption)
+
+    next(button for button in at.button if button.label == "Clear").click().run()
+    assert "gt_class" not in at.query_params
+    assert not at.selectbox(key="explorer-class").disabled
 
 
 def test_compare_shows_both_runs_metrics_and_class_differences(api, seeded):
@@ -377,9 +518,9 @@ def test_compare_shows_both_runs_metrics_and_class_differences(api, seeded):
     metrics = at.dataframe[0].value
     assert list(metrics.columns) == [f"#{a} dash-a", f"#{b} dash-b", f"Δ #{b} dash-b"]
     evaluation_a = api.get(f"/jobs/{a}/evaluation").json()
-    assert metrics.loc["mAP", f"#{a} dash-a"] == pytest.approx(
-        views.ap_points(evaluation_a["bbox_mAP"])
-    )
+    assert metrics.loc["mAP", f"#{a} dash-a"] == views.format_ap(evaluation_a["bbox_mAP"])
+    # an AP the val split cannot have reads as every empty cell does, never "None"
+    assert not metrics.isna().any().any()
     differing = at.dataframe[1].value
     assert list(differing.index) == ["seed"]
     assert f"AP per class, difference to #{a} dash-a" in plotly_titles(at)
@@ -408,13 +549,37 @@ def test_compare_shows_both_runs_metrics_and_class_differences(api, seeded):
         shapes = json.loads(spec.proto.spec)["layout"]["shapes"]
         assert [shape["x0"] for shape in shapes] == [0]  # the line of no difference
 
-    pairs = api.get(f"/jobs/{a}/compare/{b}/images", params={"limit": 8}).json()["items"]
-    if not pairs:
-        assert "agree on every image" in texts(at.info)
-    else:
-        shown = [image.captions[0] for image in at.image]
-        assert len(shown) == 2 * len(pairs)
-        assert shown[0].startswith(f"#{a} dash-a: {pairs[0]['a']['tp']} TP")
+    # image by image: the API's sentence, where each run does better, the pairs drawn
+    found = api.get(f"/jobs/{a}/compare/{b}/images", params={"limit": 1}).json()
+    assert f"{found['sentence'][:1].upper()}{found['sentence'][1:]}." in texts(at.info)
+    tabs = [tab.label for tab in at.tabs]
+    for side, name in (("a", f"#{a} dash-a"), ("b", f"#{b} dash-b")):
+        count = found[f"better_in_{side}"]
+        assert f"Better in {name} ({count:,} image{'' if count == 1 else 's'})" in tabs
+    shown = [image.captions[0] for image in at.image]
+    pairs = {
+        side: api.get(f"/jobs/{a}/compare/{b}/images", params={"better": side, "limit": 6}).json()[
+            "items"
+        ]
+        for side in "ab"
+    }
+    assert len(shown) == 2 * (len(pairs["a"]) + len(pairs["b"]))
+    if pairs["a"]:
+        first = pairs["a"][0]
+        assert first["better"] == "a" and first["a"]["errors"] < first["b"]["errors"]
+        assert shown[0] == (
+            f"#{a} dash-a: {first['a']['tp']} TP · {first['a']['errors']} errors · "
+            f"{first['a']['missed']} missed"
+        )
+    changes = found["confusion"]["changes"]
+    if changes:
+        change = changes[0]
+        assert f"{change['label']}: **{change['a']} → {change['b']}**" in texts(at.markdown)
+
+    # ranked by true positives instead
+    at.selectbox(key="compare-by").select("tp").run()
+    by_tp = api.get(f"/jobs/{a}/compare/{b}/images", params={"by": "tp", "limit": 1}).json()
+    assert f"{by_tp['sentence'][:1].upper()}{by_tp['sentence'][1:]}." in texts(at.info)
 
 
 @pytest.mark.parametrize(
@@ -472,3 +637,36 @@ def test_the_outcome_legend_shows_the_apis_colours_and_meanings(api):
             assert f"rgb{tuple(outcome['colour'])};" in swatches
             assert f">{outcome['name']}<" in swatches
             assert html.escape(outcome["description"], quote=True) in swatches
+
+
+# Last in the file: it adds an evaluated and an imported run to the seeded dataset's board.
+def test_runs_scored_elsewhere_or_again_join_the_board_marked(api, wait_job, seeded):
+    source = seeded.job_a
+    at = open_page("jobs")
+    at.selectbox(key="evaluate-dataset_id").select(seeded.dataset_id)
+    at.number_input(key="evaluate-source_job_id").set_value(source["id"])
+    at.text_input(key="evaluate-name").input("dash-evaluated")
+    at.button(key="FormSubmitter:submit-evaluate-Submit evaluate job").click().run()
+    assert not at.error, texts(at.error)
+    evaluated_id = int(texts(at.success).split("#")[1].split(" ")[0])
+    assert wait_job(evaluated_id)["status"] == "succeeded"
+
+    # the import form uploads through the dashboard's client; AppTest cannot pick a file
+    predictions = api.get(f"/jobs/{source['id']}/predictions").content
+    run = ApiClient(str(api.base_url)).import_run(
+        dataset_id=seeded.dataset_id,
+        name="dash-imported",
+        source={"model": "dash-a, exported"},
+        filename="dash-a.bbox.json",
+        content=predictions,
+    )
+    assert run["job"]["kind"] == "import"
+
+    mAP = api.get(f"/jobs/{source['id']}/evaluation").json()["bbox_mAP"]
+    for job_id in (evaluated_id, run["job"]["id"]):
+        assert api.get(f"/jobs/{job_id}/evaluation").json()["bbox_mAP"] == mAP
+    at = open_page("leaderboard", dataset=seeded.dataset_id)
+    assert not at.exception and not at.error, texts(at.error)
+    shown = " ".join(str(v) for frame in at.dataframe for v in frame.value.to_numpy().ravel())
+    assert "dash-evaluated" in shown and "dash-imported" in shown
+    assert "evaluated" in shown and "imported" in shown

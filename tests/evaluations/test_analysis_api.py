@@ -206,3 +206,145 @@ def test_bad_inputs_are_clear_4xx(client, db, dataset_id, val, tmp_path, shapes)
     response = client.get(f"/jobs/{mine}/compare/{theirs}/images")
     assert response.status_code == 422 and "different datasets" in response.text
     assert client.get(f"/jobs/{mine}/images", params={"error_type": "nope"}).status_code == 422
+
+
+def _by_name(val) -> dict[str, int]:
+    return {c["name"]: c["id"] for c in val["categories"]}
+
+
+def _gt_box(val, image_id: int, category: int) -> list[float]:
+    return next(
+        a["bbox"]
+        for a in val["annotations"]
+        if a["image_id"] == image_id and a["category_id"] == category
+    )
+
+
+def _scored(image_id: int, category: int, bbox, score: float) -> dict:
+    return {"image_id": image_id, "category_id": category, "bbox": list(bbox), "score": score}
+
+
+def _analysed_job(client, db, dataset_id, tmp_path, results, name: str) -> int:
+    path = tmp_path / f"{name}.bbox.json"
+    path.write_text(json.dumps(results))
+    job_id = _finished_job(db, dataset_id, path, name)
+    assert client.post(f"/jobs/{job_id}/analysis").status_code == 200
+    return job_id
+
+
+def _pixel(png: bytes, x: float, y: float) -> tuple[int, ...]:
+    return tuple(np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))[int(y), int(x)])
+
+
+def test_class_filter_decides_what_is_listed_counted_and_drawn(
+    client, db, dataset_id, val, tmp_path
+):
+    # image 12 of the shapes val split: an ellipse, a square and a rectangle. A circle is
+    # predicted on the square (a classification error that does not involve ellipses) and an
+    # ellipse on empty background; everything else is predicted right.
+    ids = _by_name(val)
+    results = [r for r in _perfect(val) if not (r["image_id"] == 12 and r["category_id"] == 1)]
+    square = _gt_box(val, 12, ids["square"])
+    results.append(_scored(12, ids["circle"], square, 0.9))
+    results.append(_scored(12, ids["ellipse"], [100, 100, 20, 20], 0.8))
+    job_id = _analysed_job(client, db, dataset_id, tmp_path, results, "class-filter")
+
+    page = client.get(f"/jobs/{job_id}/images", params={"class": "ellipse"}).json()
+    assert [(i["image_id"], i["selected"]) for i in page["items"]] == [(12, 1)]
+    assert page["selected_label"] == "errors involving ellipse"
+    assert page["selected_score_thr"] == page["score_thr"] == 0.05
+    # the classification error involves the square through its ground truth: counted there
+    page = client.get(f"/jobs/{job_id}/images", params={"class": "square"}).json()
+    assert [(i["image_id"], i["selected"]) for i in page["items"]] == [(12, 2)]  # + missed
+
+    everything = client.get(f"/jobs/{job_id}/images/12/detections").json()
+    assert ("circle", "square") in {
+        (d["category"], d["gt_category"]) for d in everything["detections"]
+    }
+    drawn = {"show": "gt,tp,errors", "score_thr": 0.05, "class": "ellipse"}
+    listed = client.get(f"/jobs/{job_id}/images/12/detections", params=drawn).json()
+    assert sorted((d["category"], d["error_type"]) for d in listed["detections"]) == [
+        ("ellipse", "background"),
+        ("ellipse", "tp"),
+    ]
+    assert {g["category"] for g in listed["ground_truth"]} == {"ellipse"}
+    for box in listed["detections"]:  # no other class's error
+        assert "ellipse" in (box["category"], box["gt_category"])
+
+    # the overlay draws that list: the circle on the square is there without the filter only
+    unfiltered = {k: v for k, v in drawn.items() if k != "class"}
+    plain = client.get(
+        f"/jobs/{job_id}/images/12/overlay.png", params={**unfiltered, "legend": "none"}
+    ).content
+    filtered = client.get(
+        f"/jobs/{job_id}/images/12/overlay.png", params={**drawn, "legend": "none"}
+    ).content
+    x, y, _, h = square
+    assert _pixel(plain, x, y + h / 2) == BOX_COLOURS["classification"]
+    assert _pixel(filtered, x, y + h / 2) not in set(BOX_COLOURS.values())
+    assert _pixel(filtered, 100, 110) == BOX_COLOURS["background"]
+
+    # a confusion cell: the images behind it add up to the matrix's count, and its box list
+    # holds the cell's predictions only
+    evaluation = client.get(f"/jobs/{job_id}/evaluation").json()
+    labels = evaluation["analysis"]["confusion"]["labels"]
+    matrix = evaluation["analysis"]["confusion"]["matrix"]
+    cell = {"gt_class": "square", "predicted_class": "circle"}
+    page = client.get(f"/jobs/{job_id}/images", params={**cell, "limit": 500}).json()
+    assert page["selected_label"] == "square boxes predicted as circle"
+    assert page["selected_score_thr"] == evaluation["analysis"]["confusion"]["score_thr"]
+    assert 12 in [i["image_id"] for i in page["items"]]
+    assert (
+        sum(i["selected"] for i in page["items"])
+        == (matrix[labels.index("square")][labels.index("circle")])
+    )
+    listed = client.get(
+        f"/jobs/{job_id}/images/12/detections", params={**cell, "show": "gt,tp,errors"}
+    ).json()
+    assert [d["category"] for d in listed["detections"]] == ["circle"]
+    assert {g["category"] for g in listed["ground_truth"]} == {"square"}
+    missed = client.get(
+        f"/jobs/{job_id}/images", params={"gt_class": "square", "predicted_class": "background"}
+    ).json()
+    assert missed["selected_label"] == "square boxes with no square prediction on them"
+    assert 12 in [i["image_id"] for i in missed["items"]]
+
+    for params in (
+        {"gt_class": "square"},
+        {"gt_class": "square", "predicted_class": "hexagon"},
+        {**cell, "error_type": "classification"},
+        {"class": "hexagon"},
+    ):
+        refused = client.get(f"/jobs/{job_id}/images", params=params)
+        assert refused.status_code == 422, params
+
+
+def test_worst_first_sorts_by_the_chosen_error_type(client, db, dataset_id, val, tmp_path):
+    ids = _by_name(val)
+    results = _perfect(val)
+    # image 6: one duplicate and four confident false positives (the worst image overall)
+    ellipse6 = _gt_box(val, 6, ids["ellipse"])
+    results.append(_scored(6, ids["ellipse"], ellipse6, 0.5))
+    for box in ([105, 105, 10, 10], [105, 60, 10, 10], [0, 60, 10, 10], [60, 110, 10, 10]):
+        results.append(_scored(6, ids["circle"], box, 0.9))
+    # image 8: four duplicates, one of them of a square
+    results.append(_scored(8, ids["square"], [4, 79, 32, 32], 0.6))
+    ellipse8 = _gt_box(val, 8, ids["ellipse"])
+    results += [_scored(8, ids["ellipse"], ellipse8, 0.6)] * 3
+    # image 10: two duplicates of a square, barely scored
+    results += [_scored(10, ids["square"], [52, 106, 18, 18], 0.1)] * 2
+    job_id = _analysed_job(client, db, dataset_id, tmp_path, results, "duplicates")
+
+    def order(**params):
+        page = client.get(f"/jobs/{job_id}/images", params=params).json()
+        return [(i["image_id"], i["selected"]) for i in page["items"]]
+
+    assert order(sort="worst")[0] == (6, None)  # no filter: by badness
+    assert order(error_type="duplicate") == [(8, 4), (10, 2), (6, 1)]
+    assert order(error_type="duplicate", sort="best") == [(6, 1), (10, 2), (8, 4)]
+    # with a class, by that class's duplicates: image 10 has more square ones than image 8
+    assert order(error_type="duplicate", **{"class": "square"}) == [(10, 2), (8, 1)]
+    page = client.get(
+        f"/jobs/{job_id}/images", params={"error_type": "duplicate", "class": "square"}
+    ).json()
+    assert page["selected_label"] == "duplicate errors involving square"

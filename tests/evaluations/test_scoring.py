@@ -171,3 +171,18 @@ def test_an_older_evaluation_gets_seeded_intervals_from_post_analysis(
     assert again["intervals"] == intervals
     assert other["intervals"]["seed"] == 7
     assert other["intervals"]["metrics"]["bbox_mAP"] != mean_ap
+
+
+def test_scoring_again_keeps_what_the_job_added_to_the_record(
+    client, db, dataset_id, val, tmp_path
+):
+    from backend.evaluations import analysis_service
+
+    job, _ = _job_with_file(db, dataset_id, tmp_path, json.dumps(_predictions(val)))
+    mapping = {"matched": ["circle"], "model_only": ["person"], "dataset_only": []}
+    analysis_service.evaluate_job(
+        session=db, job_id=job.id, resamples=None, record_extra={"class_mapping": mapping}
+    )
+    again = client.post(f"/jobs/{job.id}/analysis").json()
+    assert again["record"]["class_mapping"] == mapping
+    assert again["record"]["predictions"] == len(_predictions(val))

@@ -16,11 +16,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from backend.jobs.paths import JobPaths
 from backend.jobs.spec import FinetuneSpec, PretrainSpec, accepted_values
 from backend.registry import BACKBONES, DETECTORS, PRETRAIN_METHODS, pretrainable_backbones
 from worker.mmdet_config import build_finetune_config
 from worker.mmpretrain_config import build_pretrain_config, register_algorithm
-from worker.paths import JobPaths
 
 CLASSES = ("circle", "square", "triangle")
 

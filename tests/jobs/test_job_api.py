@@ -91,3 +91,81 @@ def test_submit_queues_the_job_id_on_redis(client, dataset_id, redis_url, inspec
 def test_options_list_the_choices(client):
     options = client.get("/jobs/options").json()
     assert "faster_rcnn" in options["detector"] and "swin_l" in options["backbone"]
+
+
+def test_jobs_show_their_place_in_line_and_can_be_requeued(
+    client, db, dataset_id, redis_url, inspect_queue
+):
+    from backend.jobs import service as job_service
+
+    broker = redis.Redis.from_url(redis_url)
+    spec = {"dataset_id": dataset_id, "iterations": 10, "backbone": "resnet18"}
+    first, second = (client.post("/jobs", json=spec).json() for _ in range(2))
+    assert (first["queue"], first["queue_position"]) == (inspect_queue, 1)
+    assert second["queue_position"] == 2
+    assert client.post(f"/jobs/{first['id']}/cancel").json()["queue_position"] is None
+    assert client.get(f"/jobs/{second['id']}").json()["queue_position"] == 1
+
+    sent = broker.llen(inspect_queue)
+    back = client.post(f"/jobs/{first['id']}/requeue")
+    assert back.status_code == 200, back.text
+    assert back.json()["status"] == "queued" and back.json()["queue_position"] == 2
+    assert broker.llen(inspect_queue) == sent + 1  # its message went out again
+    listed = client.get("/jobs", params={"status": "queued"}).json()["items"]
+    assert {job["id"]: job["queue_position"] for job in listed} == {
+        first["id"]: 2,
+        second["id"]: 1,
+    }
+
+    claim = job_service.claim(session=db, queue=inspect_queue, host="gpu-7")
+    assert claim.job.id == second["id"]  # the oldest in line, whatever the messages say
+    live = client.post(f"/jobs/{second['id']}/requeue")
+    assert live.status_code == 409 and "running on gpu-7" in live.json()["detail"]["message"]
+    assert client.post("/jobs/999999/requeue").status_code == 404
+    broker.delete(inspect_queue)  # no worker must run these
+
+
+def test_a_job_submitted_while_the_broker_is_down_stays_queued(client, db, dataset_id, monkeypatch):
+    from backend.config import get_settings
+    from backend.queue import get_client
+
+    monkeypatch.setenv("DETLAB_BROKER_URL", "redis://127.0.0.1:9/0")  # nothing listens there
+    get_settings.cache_clear()
+    get_client.cache_clear()
+    try:
+        response = client.post(
+            "/jobs", json={"dataset_id": dataset_id, "iterations": 10, "backbone": "resnet18"}
+        )
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        get_client.cache_clear()
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["status"] == "queued" and job["error"] is None
+    from backend.jobs.models import Job
+
+    # marked unsent: the reconciler sends it whatever the broker says it holds
+    assert db.get(Job, job["id"]).sent_at is None
+
+
+def test_intervals_and_warm_up_fit_the_run_unless_given(client, dataset_id):
+    def submit(**change):
+        spec = {"dataset_id": dataset_id, "backbone": "resnet18", **change}
+        return client.post("/jobs", json=spec)
+
+    short = submit(iterations=200).json()["spec"]
+    assert short["eval_interval"] == 20 and short["warmup_iters"] == 20
+    long = submit(iterations=90_000).json()["spec"]
+    assert long["eval_interval"] == 9000 and long["warmup_iters"] == 500
+    assert submit(epochs=12).json()["spec"]["eval_interval"] == 1
+    assert submit(epochs=100).json()["spec"]["eval_interval"] == 10
+    # 48 train images at batch 2: 24 iterations an epoch
+    assert submit(epochs=2, batch_size=2).json()["spec"]["warmup_iters"] == 4
+    given = submit(iterations=200, eval_interval=7, warmup_iters=0).json()["spec"]
+    assert given["eval_interval"] == 7 and given["warmup_iters"] == 0
+
+    too_long = _detail(submit(iterations=200, warmup_iters=500))
+    assert "warmup_iters 500 is longer than the run (200 iterations)" in too_long
+    too_long = _detail(submit(epochs=2, batch_size=2, warmup_iters=100))
+    assert "(2 epochs of 24 iterations = 48); give at most 48" in too_long

@@ -25,8 +25,9 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def dataset_id(api, shapes_payload):
-    response = api.post("/datasets", json=dict(shapes_payload, name="shapes-pretrain"))
+def dataset_id(api, shapes):
+    body = {"name": "shapes-pretrain", **factories.dataset_files(shapes)}
+    response = api.post("/datasets", json=body)
     assert response.status_code == 201, response.text
     return response.json()["id"]
 

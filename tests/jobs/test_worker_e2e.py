@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import factories
 import pytest
 
 TINY = {
@@ -24,8 +25,8 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def dataset_id(api, shapes_payload):
-    response = api.post("/datasets", json=dict(shapes_payload, name="shapes-e2e"))
+def dataset_id(api, shapes):
+    response = api.post("/datasets", json={"name": "shapes-e2e", **factories.dataset_files(shapes)})
     assert response.status_code == 201, response.text
     return response.json()["id"]
 
@@ -164,3 +165,51 @@ def test_killed_worker_child_resumes_from_checkpoint(api, worker, wait_job, data
     # resumed at iteration 10: steps 1..10 were written once, never by a restart from zero,
     # and the steps the killed attempt wrote after its checkpoint were replaced, not doubled
     assert steps == list(range(1, 41))
+
+
+def test_jobs_whose_messages_were_lost_all_run_once_when_a_worker_starts(
+    api, wait_job, dataset_id, lab_env, lab_home, redis_url
+):
+    """Jobs queued, the broker's data deleted before any worker took them, then a worker is
+    started: its reconciler sends their messages again and each job runs exactly once."""
+    import uuid
+
+    import redis
+    from celery import Celery
+    from conftest import start_worker, stop_worker
+
+    from backend.config import Settings
+    from backend.db import session_factory
+    from backend.jobs import service as job_service
+    from backend.jobs.spec import FinetuneSpec
+    from backend.queue import TASK_NAME, celery_config
+
+    queue = f"lost-{uuid.uuid4().hex[:8]}"
+    env = {**lab_env, "DETLAB_QUEUE": queue}
+    spec = FinetuneSpec.model_validate({**TINY, "dataset_id": dataset_id, "iterations": 2})
+    with session_factory()() as session:
+        ids = [
+            job.id
+            for _ in range(3)
+            for job in job_service.create(session=session, spec=spec, roots=[], queue=queue)
+        ]
+    producer = Celery("lost-test")
+    producer.conf.update(celery_config(Settings(queue=queue)))
+    for job_id in ids:
+        producer.send_task(TASK_NAME, args=[job_id])
+    broker = redis.Redis.from_url(redis_url)
+    assert broker.llen(queue) == 3
+    broker.delete(queue)  # the broker loses its data
+    time.sleep(2.5)  # older than the reconciler's grace for messages on their way
+
+    process = start_worker(env, lab_home / "worker-lost.log", "lost")
+    try:
+        jobs = [wait_job(job_id, until=_finished, timeout=300) for job_id in ids]
+    finally:
+        stop_worker(process)
+    assert [job["status"] for job in jobs] == ["succeeded"] * 3, [j["error"] for j in jobs]
+    assert [job["attempts"] for job in jobs] == [1, 1, 1]  # each ran once
+    started = [job["started_at"] for job in jobs]
+    assert started == sorted(started)  # in submission order
+    log = (lab_home / "worker-lost.log").read_text()
+    assert "sent 3 message(s) the broker lacked" in log

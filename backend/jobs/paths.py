@@ -1,4 +1,5 @@
-"""Where one job keeps its files under the artifact root."""
+"""Where one job keeps its files under the artifact root (the worker writes them; the API
+writes an imported run's predictions there too)."""
 
 from __future__ import annotations
 
