@@ -78,7 +78,9 @@ SUBMITTED_SPEC = {
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", default="50,200,1000", help="concurrent clients, per run")
+    parser.add_argument(
+        "--levels", default="50,200,1000", help="numbers of concurrent clients, comma-separated"
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per level")
     parser.add_argument("--jobs", type=int, default=200, help="finished jobs on the leaderboard")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
