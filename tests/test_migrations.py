@@ -77,3 +77,40 @@ def test_duplicate_metric_points_are_removed_keeping_the_latest(tmp_path):
         rows = connection.execute(text("SELECT step, value FROM metric_points ORDER BY step")).all()
     engine.dispose()
     assert [tuple(row) for row in rows] == [(10, 1.0), (11, 2.5), (12, 3.0)]
+
+
+def test_processes_starting_together_migrate_one_after_the_other(pg_url):
+    """uvicorn's workers, API replicas and workers all migrate at start-up: on a fresh database
+    they must not race to create the same tables."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    import psycopg
+
+    name = f"detlab_race_{uuid.uuid4().hex[:8]}"
+    admin_url = pg_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
+    with psycopg.connect(f"{admin_url}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"{admin_url}/{name}"
+    try:
+        env = {**os.environ, "DETLAB_DATABASE_URL": url}
+        started = [
+            subprocess.Popen(
+                [sys.executable, "-m", "backend.migrate"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        outputs = [process.communicate(timeout=180)[0] for process in started]
+        assert [process.returncode for process in started] == [0] * 4, "\n".join(outputs)
+        engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        assert is_up_to_date(engine)
+        engine.dispose()
+    finally:
+        with psycopg.connect(f"{admin_url}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
