@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # The queue's reconciler: a running job whose heartbeat is older than heartbeat_stale_s is
     # taken over; a queued job without a message is sent again. Workers beat every
     # heartbeat_interval_s and reconcile every reconcile_interval_s.
+    # A submitted job expected to run longer than this on its queue's workers gets a warning.
+    long_job_warning_s: float = Field(default=6 * 3600, gt=0)
+
     heartbeat_interval_s: float = Field(default=10, gt=0, le=3600)
     heartbeat_stale_s: float = Field(default=120, gt=0, le=7 * 24 * 3600)
     reconcile_interval_s: float = Field(default=60, gt=0, le=24 * 3600)

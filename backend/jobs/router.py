@@ -12,6 +12,7 @@ from backend import queue
 from backend.deps import MAX_ID, Offset, RowId, SessionDep, SettingsDep
 from backend.errors import NotFound, error_responses
 from backend.jobs import service
+from backend.jobs.estimate import estimate
 from backend.jobs.models import Job, JobKind, JobStatus
 from backend.jobs.schemas import JobPage, JobRead, MetricsRead
 from backend.jobs.spec import JobSpec, accepted_values
@@ -35,7 +36,28 @@ def submit_job(spec: JobSpec, session: SessionDep, settings: SettingsDep):
         artifact_root=settings.artifact_root,
     )
     _send(session, [job.id for job in jobs])
-    return _read(session, jobs[0]).model_copy(update={"group_job_ids": [job.id for job in jobs]})
+    found = estimate(session, job=jobs[0])
+    warnings = []
+    if found is not None and found.seconds > settings.long_job_warning_s:
+        warnings.append(
+            f"this job is expected to run about {_duration(found.seconds)} on the workers of "
+            f"queue {jobs[0].queue!r} (from the {found.based_on} {jobs[0].kind.value} job(s) "
+            f"they finished); cancel it if you meant a smaller run, e.g. fewer "
+            "iterations or epochs, a smaller batch or image size"
+            + (f"; {len(jobs)} replicates take that each" if len(jobs) > 1 else "")
+        )
+    return _read(session, jobs[0]).model_copy(
+        update={
+            "group_job_ids": [job.id for job in jobs],
+            "estimated_seconds": found.seconds if found else None,
+            "warnings": warnings,
+        }
+    )
+
+
+def _duration(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} hours"
 
 
 def _send(session: SessionDep, job_ids: list[int]) -> None:

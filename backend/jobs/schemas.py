@@ -45,6 +45,15 @@ class JobRead(BaseModel):
     group_job_ids: list[int] | None = Field(
         default=None, description="on submission: the ids of every job the request created"
     )
+    estimated_seconds: float | None = Field(
+        default=None,
+        description="on submission: the expected run time on this queue's workers, learned "
+        "from the jobs of the same kind they finished (null without such history)",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="on submission: what may not be what you meant (the job is queued anyway)",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property

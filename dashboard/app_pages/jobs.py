@@ -563,6 +563,8 @@ def submit(spec: dict[str, Any]) -> None:
             for member in sorted(members, key=lambda member: member["id"])
         )
         st.success(f"{len(members)} jobs queued as replicate group #{job['group_id']}: {queued}.")
+    for warning in job.get("warnings") or []:
+        st.warning(f"Job #{job['id']}: {warning}")
     st.page_link(
         "app_pages/run.py", label=f"Open job #{job['id']}", query_params={"job": job["id"]}
     )

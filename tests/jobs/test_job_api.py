@@ -169,3 +169,38 @@ def test_intervals_and_warm_up_fit_the_run_unless_given(client, dataset_id):
     assert "warmup_iters 500 is longer than the run (200 iterations)" in too_long
     too_long = _detail(submit(epochs=2, batch_size=2, warmup_iters=100))
     assert "(2 epochs of 24 iterations = 48); give at most 48" in too_long
+
+
+def test_a_job_far_longer_than_its_queue_usually_runs_is_queued_with_a_warning(
+    client, db, dataset_id, inspect_queue, redis_url
+):
+    from datetime import timedelta
+
+    import factories
+
+    from backend.db import utcnow
+    from backend.jobs.models import JobStatus
+
+    spec = {"dataset_id": dataset_id, "backbone": "resnet18", "image_scale": [128, 128]}
+    alone = client.post("/jobs", json={**spec, "iterations": 100}).json()
+    assert alone["estimated_seconds"] is None and alone["warnings"] == []  # nothing learned yet
+
+    # the queue's workers took 60 s for 100 iterations of batch 2 at 128 x 128
+    finished = utcnow()
+    factories.job(
+        db,
+        dataset_id=dataset_id,
+        status=JobStatus.succeeded,
+        spec={**spec, "iterations": 100, "batch_size": 2},
+        queue=inspect_queue,  # a queue of this test's own: no other job finished on it
+        started_at=finished - timedelta(seconds=60),
+        finished_at=finished,
+    )
+    small = client.post("/jobs", json={**spec, "iterations": 200, "batch_size": 2}).json()
+    assert small["estimated_seconds"] == pytest.approx(120) and small["warnings"] == []
+    huge = client.post("/jobs", json={**spec, "iterations": 1_000_000, "batch_size": 4}).json()
+    assert huge["status"] == "queued"
+    assert huge["estimated_seconds"] == pytest.approx(1_200_000)
+    (warning,) = huge["warnings"]
+    assert "about 13.9 days" in warning and "from the 1 finetune job(s)" in warning
+    redis.Redis.from_url(redis_url).delete(inspect_queue)  # no worker must run these
