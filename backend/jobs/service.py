@@ -594,17 +594,22 @@ def resend(*, session: Session, queue: str, waiting: int | None, min_age_s: floa
 
 def queue_positions(*, session: Session, jobs: list[Job]) -> dict[int, int]:
     """Place in line of each queued job among `jobs`: 1 for the next one its queue's workers
-    claim (oldest queued_at first)."""
-    queues = {job.queue for job in jobs if job.status == JobStatus.queued}
-    positions: dict[int, int] = {}
-    for name in queues:
-        line = session.scalars(
-            select(Job.id)
-            .where(Job.status == JobStatus.queued, Job.queue == name)
-            .order_by(Job.queued_at, Job.id)
+    claim (oldest queued_at first). One query; the database numbers the lines."""
+    wanted = [job.id for job in jobs if job.status == JobStatus.queued]
+    if not wanted:
+        return {}
+    line = (
+        select(
+            Job.id,
+            func.row_number()
+            .over(partition_by=Job.queue, order_by=(Job.queued_at, Job.id))
+            .label("place"),
         )
-        positions.update({job_id: place for place, job_id in enumerate(line, start=1)})
-    return {job.id: positions[job.id] for job in jobs if job.id in positions}
+        .where(Job.status == JobStatus.queued)
+        .subquery()
+    )
+    found = session.execute(select(line.c.id, line.c.place).where(line.c.id.in_(wanted)))
+    return {job_id: int(place) for job_id, place in found}
 
 
 def metric_series(
