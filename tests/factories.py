@@ -122,7 +122,8 @@ def job(
     {"weights_id": n} sets the job's weights_id, as the jobs service does.
     """
     changes = spec or {}
-    full_spec = {**(FINETUNE_SPEC if kind == JobKind.finetune else PRETRAIN_SPEC), **changes}
+    defaults = {JobKind.finetune: FINETUNE_SPEC, JobKind.pretrain: PRETRAIN_SPEC}.get(kind, {})
+    full_spec = {**defaults, **changes}  # evaluate and import jobs: their spec as given
     for unit, other in (("epochs", "iterations"), ("iterations", "epochs")):
         if unit in changes and other not in changes:  # a spec gives exactly one length
             full_spec.pop(other, None)

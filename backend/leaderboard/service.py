@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Row, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from backend.analysis.replicates import summarize_group
 from backend.analysis.tables import METRIC_KEYS
@@ -70,9 +70,12 @@ def rows(
             Evaluation.intervals["metrics"].label("metric_intervals"),
             Weights.name.label("weights_name"),
             Weights.method.label("weights_method"),
+            SOURCE.spec.label("source_spec"),
         )
         .join(Evaluation, Evaluation.job_id == Job.id)
         .outerjoin(Weights, Weights.id == Job.weights_id)
+        # an evaluate job of a DetLab run scores that run's model: its architecture is the run's
+        .outerjoin(SOURCE, (SOURCE.id == Job.parent_id) & (Job.kind == JobKind.evaluate))
         .where(Job.kind.in_(RANKED_KINDS), Job.status == JobStatus.succeeded)
     )
     if dataset_id is not None:
@@ -119,6 +122,8 @@ def _matches_init(row: Row[Any], wanted: str) -> bool:
 # the kinds that are scored on a val split and ranked: trained here, a checkpoint scored, or
 # predictions imported
 RANKED_KINDS = (JobKind.finetune, JobKind.evaluate, JobKind.imported)
+SOURCE = aliased(Job)  # the run an evaluate job scores again
+ARCHITECTURE = ("detector", "backbone", "neck", "norm")
 SPEC_COLUMNS = (
     "detector",
     "backbone",
@@ -151,6 +156,7 @@ def _row(row: Row[Any], metric: str) -> dict[str, Any]:
         "source": spec.get("source"),
         # an imported run's training is unknown: these are null for it
         **{field: spec.get(field) for field in SPEC_COLUMNS},
+        **{field: (row.source_spec or {}).get(field) for field in ARCHITECTURE if row.source_spec},
         "init": _init(row),
         "image_scale": list(scale) if scale else None,
         "finished_at": row.finished_at,

@@ -88,3 +88,35 @@ def test_what_it_does_not_accept_is_a_422_naming_the_choices(client, dataset_id)
     assert "metric 'accuracy' is not accepted; use one of bbox_mAP, bbox_mAP_50" in response.text
     assert client.get("/leaderboard", params={"order": "up"}).status_code == 422
     assert client.get("/leaderboard", params={"limit": 10_001}).status_code == 422
+
+
+def test_runs_scored_again_or_imported_are_ranked_and_marked(client, db, dataset_id):
+    trained = add_job(db, dataset_id, 0.30, backbone="resnet101")
+    rescored = factories.finished_job(
+        db,
+        dataset_id=dataset_id,
+        kind=JobKind.evaluate,
+        name="again",
+        parent_id=trained,
+        spec={"kind": "evaluate", "dataset_id": dataset_id, "source_job_id": trained},
+        metrics={"bbox_mAP": 0.30},
+    ).id
+    imported = factories.finished_job(
+        db,
+        dataset_id=dataset_id,
+        kind=JobKind.imported,
+        name="elsewhere",
+        spec={"kind": "import", "dataset_id": dataset_id, "source": {"model": "yolo"}},
+        metrics={"bbox_mAP": 0.40},
+    ).id
+
+    rows = client.get("/leaderboard", params={"dataset": dataset_id}).json()["items"]
+    by_id = {row["job_id"]: row for row in rows}
+    assert [row["job_id"] for row in rows][:1] == [imported]
+    assert by_id[imported]["init"] == "imported" and by_id[imported]["backbone"] is None
+    assert by_id[imported]["source"] == {"model": "yolo"} and by_id[imported]["lr"] is None
+    # scored again from a DetLab run: that run's architecture
+    assert by_id[rescored]["init"] == "evaluated" and by_id[rescored]["kind"] == "evaluate"
+    assert by_id[rescored]["backbone"] == "resnet101" and by_id[rescored]["neck"] == "fpn"
+    evaluated = client.get("/leaderboard", params={"dataset": dataset_id, "init": "evaluated"})
+    assert [row["job_id"] for row in evaluated.json()["items"]] == [rescored]
