@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo: installs if needed, then starts the API, a worker and the dashboard on embedded
 # defaults (SQLite under ./var, a folder as the broker), registers a synthetic dataset and
-# submits a few small fine-tune jobs. Set DETLAB_DATABASE_URL / DETLAB_BROKER_URL to use
-# Postgres / Redis instead. Ctrl-C stops everything.
+# submits a short pretraining and two small fine-tunes (scripts/demo.py holds the recipe).
+# Set DETLAB_DATABASE_URL / DETLAB_BROKER_URL to use Postgres / Redis instead. Ctrl-C stops
+# everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install.sh
@@ -33,9 +34,10 @@ cat <<MSG
 DetLab demo is running (logs in $LOGS):
   API        $DETLAB_API_URL   (OpenAPI: $DETLAB_API_URL/docs)
   Dashboard  http://127.0.0.1:$UI_PORT
-  Demo jobs: MoCo v2 and DetCo pretraining on the unlabelled train images, then identical
-  Faster R-CNN fine-tunes from scratch, MoCo v2 and DetCo; leaderboard rows appear as they
-  finish (a few minutes each on a 2-core CPU; progress in $LOGS/demo.log and the dashboard).
+  Demo jobs: a short MoCo v2 pretraining on the unlabelled train images, then two identical
+  Faster R-CNN fine-tunes, from scratch and from MoCo v2; leaderboard rows appear as they
+  finish (all three within about 15 minutes on a 2-core CPU; progress in $LOGS/demo.log and
+  the dashboard).
 Press Ctrl-C to stop.
 MSG
 wait -n "${pids[@]}"

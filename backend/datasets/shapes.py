@@ -33,7 +33,8 @@ ELONGATION = (1.4, 2.2)  # rectangles and ellipses: clearly, but not hugely, non
 TILT_DEGREES = 15.0  # small tilts keep square/rectangle and circle/ellipse separable
 # (probability, min area, max area) in px² for a 256 px short side, straddling COCO's
 # small (< 32²) and large (> 96²) bounds with a margin for rasterisation.
-SIZE_BUCKETS = ((0.40, 196.0, 900.0), (0.45, 1200.0, 8000.0), (0.15, 10500.0, 16000.0))
+SizeBuckets = tuple[tuple[float, float, float], ...]
+SIZE_BUCKETS: SizeBuckets = ((0.40, 196.0, 900.0), (0.45, 1200.0, 8000.0), (0.15, 10500.0, 16000.0))
 MIN_CONTRAST = 110.0  # RGB distance of a shape's colour from what lies under it
 PALETTE = np.array(
     [
@@ -103,10 +104,10 @@ def _background(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.
     return base[:, None, None] + (other - base)[:, None, None] * mix
 
 
-def _sample_area(rng: np.random.Generator, scale: float) -> float:
-    """A target pixel area, log-uniform inside a randomly chosen COCO size bucket."""
-    probs = [bucket[0] for bucket in SIZE_BUCKETS]
-    _, low, high = SIZE_BUCKETS[int(rng.choice(len(SIZE_BUCKETS), p=probs))]
+def _sample_area(rng: np.random.Generator, scale: float, buckets: SizeBuckets) -> float:
+    """A target pixel area, log-uniform inside a randomly chosen size bucket."""
+    probs = [bucket[0] for bucket in buckets]
+    _, low, high = buckets[int(rng.choice(len(buckets), p=probs))]
     return math.exp(rng.uniform(math.log(low), math.log(high))) * scale
 
 
@@ -198,8 +199,20 @@ def _pick_colour(
     return best
 
 
+@dataclass(frozen=True)
+class _Scene:
+    """How crowded a scene is and how large its shapes are."""
+
+    max_objects: int = MAX_OBJECTS
+    size_buckets: SizeBuckets = SIZE_BUCKETS
+
+
 def _render(
-    rng: np.random.Generator, num_classes: int, xx: np.ndarray, yy: np.ndarray
+    rng: np.random.Generator,
+    num_classes: int,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    scene: _Scene = _Scene(),  # noqa: B008 - frozen, so sharing the default is safe
 ) -> tuple[np.ndarray, list[_Shape]]:
     """One image (BGR, as OpenCV writes it) and its shapes, in drawing order."""
     height, width = xx.shape
@@ -208,9 +221,10 @@ def _render(
     owner = np.full((height, width), -1, np.int16)  # index of the topmost shape per pixel
     scale = (min(width, height) / 256) ** 2
     shapes: list[_Shape] = []
-    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+    for _ in range(int(rng.integers(1, scene.max_objects + 1))):
         category = int(rng.integers(num_classes))
-        outline = _outline(CLASS_NAMES[category], _sample_area(rng, scale), rng)
+        area = _sample_area(rng, scale, scene.size_buckets)
+        outline = _outline(CLASS_NAMES[category], area, rng)
         for _attempt in range(PLACEMENT_ATTEMPTS):
             centre = _centre(rng, outline, shapes, width, height)
             if centre is None:
@@ -246,7 +260,13 @@ def _file_name(image_id: int) -> str:
 
 
 def _write_split(
-    split: str, count: int, seed: int, size: tuple[int, int], num_classes: int, root: Path
+    split: str,
+    count: int,
+    seed: int,
+    size: tuple[int, int],
+    num_classes: int,
+    scene: _Scene,
+    root: Path,
 ) -> tuple[Path, Path]:
     """Render and save one split's images and its COCO annotation file."""
     width, height = size
@@ -257,7 +277,7 @@ def _write_split(
 
     def render_and_save(image_id: int) -> list[_Shape]:
         rng = np.random.default_rng([seed, SPLIT_STREAMS[split], image_id])
-        bgr, shapes = _render(rng, num_classes, xx, yy)
+        bgr, shapes = _render(rng, num_classes, xx, yy, scene)
         path = image_dir / _file_name(image_id)
         if not cv2.imwrite(str(path), bgr):
             raise OSError(f"could not write {path}; is the directory writable?")
@@ -309,10 +329,25 @@ def generate_shapes(
     num_val: int = 50,
     image_size: tuple[int, int] = (256, 256),
     num_classes: int = 6,
+    max_objects: int = MAX_OBJECTS,
+    size_buckets: SizeBuckets = SIZE_BUCKETS,
 ) -> ShapesPaths:
-    """Write the shapes dataset (image_size is width, height) under out_dir."""
+    """Write the shapes dataset (image_size is width, height) under out_dir: 1..max_objects
+    shapes an image, each area drawn from size_buckets ((probability, min px², max px²) for a
+    256 px short side, scaled with the image's area)."""
     if not 2 <= num_classes <= len(CLASS_NAMES):
         raise ValueError(f"num_classes is {num_classes}; expected 2..{len(CLASS_NAMES)}")
+    if max_objects < 1:
+        raise ValueError(f"max_objects is {max_objects}; expected at least 1")
+    if (
+        not size_buckets
+        or not math.isclose(sum(b[0] for b in size_buckets), 1.0)
+        or any(p < 0 or not 0 < low <= high for p, low, high in size_buckets)
+    ):
+        raise ValueError(
+            f"size_buckets is {size_buckets!r}; expected (probability, min area, max area) "
+            "triples with 0 < min <= max and probabilities summing to 1"
+        )
     if seed < 0:
         raise ValueError(f"seed is {seed}; expected a non-negative integer")
     if num_train < 1 or num_val < 0:
@@ -324,8 +359,9 @@ def generate_shapes(
         raise ValueError(f"image_size is {width}x{height}; expected both sides >= 64")
     root = Path(out_dir)
     size = (width, height)
-    train_ann, train_images = _write_split("train", num_train, seed, size, num_classes, root)
-    val_ann, val_images = _write_split("val", num_val, seed, size, num_classes, root)
+    scene = _Scene(max_objects, tuple(size_buckets))
+    train_ann, train_images = _write_split("train", num_train, seed, size, num_classes, scene, root)
+    val_ann, val_images = _write_split("val", num_val, seed, size, num_classes, scene, root)
     return ShapesPaths(root, train_ann, val_ann, train_images, val_images)
 
 

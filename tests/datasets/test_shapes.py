@@ -165,9 +165,36 @@ def test_fewer_classes_take_the_confusable_pairs_first(tmp_path: Path) -> None:
     assert {a["category_id"] for a in data["annotations"]} == {1, 2, 3}
 
 
+def test_scene_options_bound_the_count_and_size_of_shapes(tmp_path: Path) -> None:
+    # the demo's scenes: at 128 px, areas of 625-4000 px² before rasterisation
+    paths = generate_shapes(
+        tmp_path,
+        num_train=40,
+        num_val=1,
+        image_size=(128, 128),
+        num_classes=4,
+        max_objects=3,
+        size_buckets=((1.0, 2500.0, 16000.0),),
+    )
+    data = _load(paths.train_ann)
+    per_image = defaultdict(int)
+    for annotation in data["annotations"]:
+        per_image[annotation["image_id"]] += 1
+        assert 500 <= annotation["area"] <= 4300, annotation
+    assert max(per_image.values()) == 3 and min(per_image.values()) >= 1
+
+
 @pytest.mark.parametrize(
     "kwargs",
-    [{"num_classes": 1}, {"num_classes": 7}, {"num_train": 0}, {"image_size": (32, 256)}],
+    [
+        {"num_classes": 1},
+        {"num_classes": 7},
+        {"num_train": 0},
+        {"image_size": (32, 256)},
+        {"max_objects": 0},
+        {"size_buckets": ((0.5, 100.0, 200.0),)},
+        {"size_buckets": ((1.0, 300.0, 200.0),)},
+    ],
 )
 def test_invalid_arguments_are_refused(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError, match="expected"):
