@@ -124,60 +124,39 @@ def create(
     are the caller's to send): one job, or one per replicate seed in a replicate group when a
     fine-tune asks for repeats."""
     now = utcnow()
+
+    def queued(kind: JobKind, one: FinetuneSpec | PretrainSpec | EvaluateSpec, **row: Any) -> Job:
+        return Job(
+            kind=kind,
+            status=JobStatus.queued,
+            name=one.name,
+            dataset_id=one.dataset_id,
+            spec=one.model_dump(mode="json"),
+            queue=queue,
+            queued_at=now,
+            sent_at=now,
+            **row,
+        )
+
     if isinstance(spec, EvaluateSpec):
         # a DetLab job's own checkpoint lies under the artifact root
         spec = _check_evaluate(session, spec, [*roots, *filter(None, [artifact_root])])
-        job = Job(
-            kind=JobKind.evaluate,
-            status=JobStatus.queued,
-            name=spec.name,
-            dataset_id=spec.dataset_id,
-            parent_id=spec.source_job_id,
-            spec=spec.model_dump(mode="json"),
-            queue=queue,
-            queued_at=now,
-            sent_at=now,
-        )
-        session.add(job)
-        session.commit()
-        return [job]
-    if isinstance(spec, PretrainSpec):
-        spec = _check_pretrain(session, spec, roots)
-        job = Job(
-            kind=JobKind.pretrain,
-            status=JobStatus.queued,
-            name=spec.name,
-            dataset_id=spec.dataset_id,
-            spec=spec.model_dump(mode="json"),
-            queue=queue,
-            queued_at=now,
-            sent_at=now,
-        )
-        session.add(job)
-        session.commit()
-        return [job]
-    dataset = _check_dataset(session, spec.dataset_id)
-    spec, weights_id = _check_init(session, spec, roots)
-    images = int((dataset.stats or {}).get("train", {}).get("images") or 0)
-    per_epoch = max(1, math.ceil(images * spec.data_fraction / spec.batch_size))
-    try:
-        spec = spec.fit_warmup(per_epoch)
-    except ValueError as exc:
-        raise Invalid(str(exc)) from None
-    jobs = [
-        Job(
-            kind=JobKind(spec.kind),
-            status=JobStatus.queued,
-            name=replicate.name,
-            dataset_id=replicate.dataset_id,
-            weights_id=weights_id,
-            spec=replicate.model_dump(mode="json"),
-            queue=queue,
-            queued_at=now,
-            sent_at=now,
-        )
-        for replicate in spec.replicates()
-    ]
+        jobs = [queued(JobKind.evaluate, spec, parent_id=spec.source_job_id)]
+    elif isinstance(spec, PretrainSpec):
+        jobs = [queued(JobKind.pretrain, _check_pretrain(session, spec, roots))]
+    else:
+        dataset = _check_dataset(session, spec.dataset_id)
+        spec, weights_id = _check_init(session, spec, roots)
+        images = int((dataset.stats or {}).get("train", {}).get("images") or 0)
+        per_epoch = max(1, math.ceil(images * spec.data_fraction / spec.batch_size))
+        try:
+            spec = spec.fit_warmup(per_epoch)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+        jobs = [
+            queued(JobKind.finetune, replicate, weights_id=weights_id)
+            for replicate in spec.replicates()
+        ]
     session.add_all(jobs)
     session.flush()
     if len(jobs) > 1:

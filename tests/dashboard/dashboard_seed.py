@@ -19,20 +19,8 @@ from streamlit.testing.v1 import AppTest
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "dashboard" / "app.py"
 DATASET_NAME = "shapes-dashboard"
-# As tests/jobs/test_worker_e2e.py's TINY: ~30 s per run on a CPU.
-TINY = {
-    "backbone": "resnet18",
-    "init": "scratch",
-    "image_scale": [128, 128],
-    "batch_size": 2,
-    "lr": 0.005,
-    "warmup_iters": 10,
-    "num_workers": 0,
-    "roi_samples_per_image": 64,
-    "test_proposals_per_image": 100,
-    "iterations": 30,
-    "eval_interval": 30,
-}
+# The tests' tiny training, 30 iterations: ~30 s per run on a CPU.
+TINY = {**factories.TINY_TRAINING, "iterations": 30, "eval_interval": 30}
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,7 @@ from backend.analysis.tables import METRIC_KEYS
 # As test_worker_e2e's tiny job, with mmdet's own number of test-time proposals (1000): a model
 # named by detector and backbone, or by an mmdet config, is scored with that number
 TINY = {
-    "backbone": "resnet18",
-    "init": "scratch",
-    "image_scale": [128, 128],
-    "batch_size": 2,
-    "lr": 0.005,
-    "warmup_iters": 10,
-    "num_workers": 0,
-    "roi_samples_per_image": 64,
+    **{k: v for k, v in factories.TINY_TRAINING.items() if k != "test_proposals_per_image"},
     "iterations": 20,
     "eval_interval": 20,
 }

@@ -11,17 +11,7 @@ from pathlib import Path
 import factories
 import pytest
 
-TINY = {
-    "backbone": "resnet18",
-    "init": "scratch",
-    "image_scale": [128, 128],
-    "batch_size": 2,
-    "lr": 0.005,
-    "warmup_iters": 10,
-    "num_workers": 0,
-    "roi_samples_per_image": 64,
-    "test_proposals_per_image": 100,
-}
+TINY = factories.TINY_TRAINING
 
 
 @pytest.fixture(scope="module")
