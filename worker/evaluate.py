@@ -432,14 +432,7 @@ def run_evaluate(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
         )
     except ValueError as exc:
         raise JobFailed(f"the model's config cannot score this dataset: {exc}") from None
-    save_config(
-        cfg,
-        paths.config,
-        job_id=job.id,
-        token=claim.token,
-        sessions=sessions,
-        db_grace_s=settings.db_grace_s,
-    )
+    save_config(cfg, paths.config, claim=claim, sessions=sessions, db_grace_s=settings.db_grace_s)
 
     from mmdet.utils import register_all_modules
 

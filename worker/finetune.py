@@ -58,14 +58,7 @@ def run_finetune(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
     paths = JobPaths.for_job(settings.artifact_root, job.id)
     paths.work_dir.mkdir(parents=True, exist_ok=True)
     cfg = build_finetune_config(spec, dataset=dataset, paths=paths, weights_path=weights_path)
-    save_config(
-        cfg,
-        paths.config,
-        job_id=job.id,
-        token=claim.token,
-        sessions=sessions,
-        db_grace_s=settings.db_grace_s,
-    )
+    save_config(cfg, paths.config, claim=claim, sessions=sessions, db_grace_s=settings.db_grace_s)
 
     from mmdet.utils import register_all_modules
 
@@ -74,9 +67,7 @@ def run_finetune(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
     register_all_modules(init_default_scope=True)
     runner, hook = train(
         cfg,
-        job_id=job.id,
-        token=claim.token,
-        resuming=claim.resuming,
+        claim=claim,
         sessions=sessions,
         db_grace_s=settings.db_grace_s,
     )

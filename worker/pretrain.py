@@ -68,14 +68,7 @@ def run_pretrain(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
     paths = JobPaths.for_job(settings.artifact_root, job.id)
     paths.work_dir.mkdir(parents=True, exist_ok=True)
     cfg = build_pretrain_config(spec, image_folder=folder, paths=paths)
-    save_config(
-        cfg,
-        paths.config,
-        job_id=job.id,
-        token=claim.token,
-        sessions=sessions,
-        db_grace_s=settings.db_grace_s,
-    )
+    save_config(cfg, paths.config, claim=claim, sessions=sessions, db_grace_s=settings.db_grace_s)
 
     from mmpretrain.utils import register_all_modules
 
@@ -83,9 +76,7 @@ def run_pretrain(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
     register_all_modules(init_default_scope=True)
     runner, _ = train(
         cfg,
-        job_id=job.id,
-        token=claim.token,
-        resuming=claim.resuming,
+        claim=claim,
         sessions=sessions,
         db_grace_s=settings.db_grace_s,
     )

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.jobs import service as job_service
+from backend.jobs.service import Claim
 from worker.checkpoints import allow_own_checkpoints
 from worker.db_writes import retrying
 from worker.outcomes import JobFailed
@@ -33,13 +34,7 @@ def require_cuda_for_amp(amp: bool) -> None:
 
 
 def save_config(
-    cfg: Any,
-    path: Path,
-    *,
-    job_id: int,
-    token: str | None,
-    sessions: sessionmaker[Session],
-    db_grace_s: float,
+    cfg: Any, path: Path, *, claim: Claim, sessions: sessionmaker[Session], db_grace_s: float
 ) -> None:
     """Write the generated config beside the job's files and into the job's row."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,29 +43,28 @@ def save_config(
 
     def write() -> None:
         with sessions() as session:
-            job_service.save_config(session=session, job_id=job_id, config_text=text, token=token)
+            job_service.save_config(
+                session=session, job_id=claim.job.id, config_text=text, token=claim.token
+            )
 
     retrying(write, grace_s=db_grace_s, what="saving the config")
 
 
 def train(
-    cfg: Any,
-    *,
-    job_id: int,
-    token: str | None,
-    resuming: bool,
-    sessions: sessionmaker[Session],
-    db_grace_s: float,
+    cfg: Any, *, claim: Claim, sessions: sessionmaker[Session], db_grace_s: float
 ) -> tuple[Any, JobProgressHook]:
     """Train with mmengine's Runner and DetLab's progress hook, resuming a redelivered job
     from its last checkpoint (ours, so mmengine's pickled types are allowed to load)."""
     from mmengine.runner import Runner
 
+    job_id = claim.job.id
     work_dir = Path(cfg.work_dir)
-    cfg.resume = resuming and (work_dir / "last_checkpoint").is_file()
+    cfg.resume = claim.resuming and (work_dir / "last_checkpoint").is_file()
     cfg.load_from = None
     runner = Runner.from_cfg(cfg)
-    hook = JobProgressHook(job_id=job_id, sessions=sessions, token=token, db_grace_s=db_grace_s)
+    hook = JobProgressHook(
+        job_id=job_id, sessions=sessions, token=claim.token, db_grace_s=db_grace_s
+    )
     runner.register_hook(hook)
     if cfg.resume:
         log.info("job %s: resuming from %s", job_id, work_dir)

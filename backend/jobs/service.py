@@ -100,16 +100,27 @@ def _check_pretrain(session: Session, spec: PretrainSpec, roots: list[Path]) -> 
     if spec.dataset_id is not None:
         _check_dataset(session, spec.dataset_id)
         return spec
-    try:
-        folder = confine(spec.image_folder or "", roots)
-    except PathOutsideRoots as exc:
-        raise Invalid(f"image_folder: {exc}") from None
-    if not folder.is_dir():
-        raise Invalid(
-            f"image_folder: {spec.image_folder} is not a folder; give a folder of "
-            "images under an allowed data root"
-        )
+    folder = _existing(
+        "image_folder", spec.image_folder or "", roots, "a folder of images", folder=True
+    )
     return spec.model_copy(update={"image_folder": str(folder)})
+
+
+def _existing(
+    field: str, given: str, roots: list[Path], what: str, *, folder: bool = False
+) -> Path:
+    """`given` resolved under the roots and there (a folder, or a file), or an Invalid naming
+    the field and `what` is accepted."""
+    try:
+        path = confine(given, roots)
+    except PathOutsideRoots as exc:
+        raise Invalid(f"{field}: {exc}") from None
+    if not (path.is_dir() if folder else path.is_file()):
+        raise Invalid(
+            f"{field}: {given} is not {'a folder' if folder else 'a file'}; give {what} under "
+            "an allowed root"
+        )
+    return path
 
 
 def create(
@@ -190,15 +201,12 @@ def _check_evaluate(session: Session, spec: EvaluateSpec, roots: list[Path]) -> 
         )
     if spec.checkpoint is None:
         return spec
-    try:
-        path = confine(spec.checkpoint, roots)
-    except PathOutsideRoots as exc:
-        raise Invalid(f"checkpoint: {exc}") from None
-    if not path.is_file():
-        raise Invalid(
-            f"checkpoint: {spec.checkpoint} is not a file; give the path of a checkpoint "
-            "under a data root or the artifact root"
-        )
+    path = _existing(
+        "checkpoint",
+        spec.checkpoint,
+        roots,
+        "the path of a checkpoint (a data root or the artifacts)",
+    )
     return spec.model_copy(update={"checkpoint": str(path)})
 
 
@@ -235,15 +243,7 @@ def _check_init(
 ) -> tuple[FinetuneSpec, int | None]:
     """The spec with its checkpoint path confined to the roots, and the weights id it uses."""
     if isinstance(spec.init, CheckpointInit):
-        try:
-            path = confine(spec.init.checkpoint, roots)
-        except PathOutsideRoots as exc:
-            raise Invalid(f"init.checkpoint: {exc}") from None
-        if not path.is_file():
-            raise Invalid(
-                f"init.checkpoint: {spec.init.checkpoint} is not a file; give the path "
-                "of a checkpoint under an allowed data root"
-            )
+        path = _existing("init.checkpoint", spec.init.checkpoint, roots, "a checkpoint file")
         init = CheckpointInit(checkpoint=str(path), prefix=spec.init.prefix)
         return spec.model_copy(update={"init": init}), None
     if isinstance(spec.init, WeightsInit):
