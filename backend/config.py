@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -61,6 +62,13 @@ class Settings(BaseSettings):
     # A submitted job expected to run longer than this on its queue's workers gets a warning.
     long_job_warning_s: float = Field(default=6 * 3600, gt=0)
 
+    # Quotas per user: queued plus running jobs, and one job's length in iterations (an epoch
+    # job counts epochs x iterations per epoch); past them a 429 or a 422 naming the limit.
+    max_active_jobs_per_user: int = Field(default=50, ge=1, le=1_000_000)
+    max_iterations_per_job: int = Field(default=2_000_000, ge=1)
+    # Origins whose web pages may call the API from a browser (CORS); none by default.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     heartbeat_interval_s: float = Field(default=10, gt=0, le=3600)
     heartbeat_stale_s: float = Field(default=120, gt=0, le=7 * 24 * 3600)
     reconcile_interval_s: float = Field(default=60, gt=0, le=24 * 3600)
@@ -72,6 +80,20 @@ class Settings(BaseSettings):
             value = [part for part in value.replace(",", ":").split(":") if part.strip()]
         if isinstance(value, list) and any(Path(str(v)).resolve() == Path("/") for v in value):
             raise ValueError("'/' is not accepted as a data root; name the folders that hold data")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for origin in value if isinstance(value, list) else []:
+            if origin == "*" or not re.match(r"^https?://[^/\s]+$", str(origin)):
+                raise ValueError(
+                    f"{origin!r} is not accepted as an origin; give scheme://host[:port] "
+                    "entries separated by commas (no '*': every origin would act for a "
+                    "signed-in user)"
+                )
         return value
 
     @field_validator("database_url")

@@ -16,6 +16,8 @@ __all__ = [
     "Invalid",
     "Conflict",
     "Forbidden",
+    "TooMany",
+    "Unauthorized",
     "ErrorDetail",
     "ErrorResponse",
     "ValidationProblem",
@@ -27,6 +29,7 @@ class DomainError(Exception):
     """Base of the errors a service raises for the API to report."""
 
     status_code = 400
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, *, problems: list[Any] | None = None) -> None:
         super().__init__(message)
@@ -54,6 +57,19 @@ class Conflict(DomainError):
 
 class Forbidden(DomainError):
     status_code = 403
+
+
+class Unauthorized(DomainError):
+    """No token, or one that is unknown, revoked or expired."""
+
+    status_code = 401
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class TooMany(DomainError):
+    """A quota is reached: the message names it and how to get below it."""
+
+    status_code = 429
 
 
 class ErrorDetail(BaseModel):
@@ -87,12 +103,19 @@ class ErrorResponse(BaseModel):
 
 _DESCRIPTIONS = {
     400: "Bad request: the body cannot be parsed (not JSON in UTF-8, or a broken multipart form)",
+    401: "Unauthorized: no token, or one that is unknown, revoked or expired; send "
+    "'Authorization: Bearer <token>'",
+    403: "Forbidden: your role does not allow it, or the object is another user's (the message "
+    "names the owner)",
     404: "Not found: nothing has this id, or a file it needs is gone (the message says which)",
     409: "Conflict with what is stored: a name or files already registered, or a state that "
     "does not allow it yet (the message says which)",
     413: "Request body over its limit: DETLAB_MAX_JSON_BODY_BYTES for JSON (1 MB by default), "
     "DETLAB_MAX_UPLOAD_BYTES for an upload",
+    415: "Unsupported media type: a body must be application/json (multipart/form-data for "
+    "uploads)",
     422: "Invalid input: the message or the list of problems names each field",
+    429: "A quota is reached (the message names it)",
     503: "Overloaded: too many requests in progress, or no database connection free; retry "
     "after Retry-After seconds",
 }

@@ -27,6 +27,9 @@ from backend.limits import RequestBodyLimit
 from backend.load import InFlightLimit, unavailable
 from backend.migrate import upgrade_head
 from backend.runs.router import router as runs_router
+from backend.users.access import PUBLIC
+from backend.users.middleware import ConfiguredCors, HideServerPaths, RequireToken
+from backend.users.router import audit_router, tokens_router, users_router
 from backend.weights.router import router as weights_router
 
 __all__ = ["create_app", "app"]
@@ -59,12 +62,16 @@ def create_app(*, migrate: bool = True) -> FastAPI:
         yield
 
     app = FastAPI(title="DetLab", version="0.1.0", lifespan=lifespan)
-    # added first, so middleware added below (which refuses without reading) runs before it
+    # innermost: sees the route's answer, and who asked (set by the route's access rule)
+    app.add_middleware(HideServerPaths)
+    # added early, so middleware added below (which refuses without reading) runs before it
     app.add_middleware(RequestBodyLimit)
 
     @app.exception_handler(DomainError)
     async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content={"detail": exc.to_detail()})
+        return JSONResponse(
+            status_code=exc.status_code, content={"detail": exc.to_detail()}, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -105,7 +112,7 @@ def create_app(*, migrate: bool = True) -> FastAPI:
             return JSONResponse(status_code=422, content={"detail": {"message": message}})
         return await call_next(request)
 
-    @app.get("/health", tags=["meta"])
+    @app.get("/health", tags=["meta"], dependencies=[PUBLIC])
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
@@ -118,8 +125,14 @@ def create_app(*, migrate: bool = True) -> FastAPI:
         groups_router,
         weights_router,
         runs_router,
+        users_router,
+        tokens_router,
+        audit_router,
     ):
         app.include_router(router)
+    # no token, or a body a cross-site form could send: refused before the body is read
+    app.add_middleware(RequireToken)
+    app.add_middleware(ConfiguredCors)
     # added last, so it runs first: a refused request costs nothing more
     app.add_middleware(InFlightLimit)
     return app

@@ -1,12 +1,16 @@
 """Every table, imported in one place for Alembic and the tests."""
 
+from backend.audit.models import AuditEvent
 from backend.datasets.models import Dataset
 from backend.db import Base
 from backend.evaluations.models import Evaluation, ImageError, ImageResult
 from backend.jobs.models import Job, MetricPoint
+from backend.users.models import ApiToken, User
 from backend.weights.models import Weights
 
 __all__ = [
+    "ApiToken",
+    "AuditEvent",
     "Base",
     "Dataset",
     "Evaluation",
@@ -14,5 +18,6 @@ __all__ = [
     "ImageResult",
     "Job",
     "MetricPoint",
+    "User",
     "Weights",
 ]

@@ -171,6 +171,34 @@ def pg_engine(pg_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+def _new_user(engine: Engine, role: str, name: str | None = None) -> tuple[str, str]:
+    """A committed user of role with a fresh token: (name, token)."""
+    from backend.users import service
+    from backend.users.models import Role
+
+    name = name or f"{role}-{uuid.uuid4().hex[:8]}"
+    with Session(engine, expire_on_commit=False) as session:
+        user = service.create_user(session=session, name=name, role=Role(role))
+        _, secret = service.create_token(session=session, user=user, name="tests")
+    return name, secret
+
+
+@pytest.fixture(scope="session")
+def admin_token(pg_engine: Engine) -> str:
+    """The token of the session's admin, whom `client` and `api` act as."""
+    return _new_user(pg_engine, "admin", "tests-admin")[1]
+
+
+@pytest.fixture(scope="session")
+def make_user(pg_engine: Engine):
+    """make_user(role, name=None) -> (name, token): a committed user with a fresh token."""
+    return lambda role, name=None: _new_user(pg_engine, role, name)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 @pytest.fixture
 def db(pg_engine: Engine) -> Iterator[Session]:
     """A session inside a transaction that is rolled back after the test."""
@@ -185,8 +213,9 @@ def db(pg_engine: Engine) -> Iterator[Session]:
 
 
 @pytest.fixture
-def client(db: Session, redis_url: str):
-    """The API over HTTP (in process), its requests in the test's rolled-back transaction."""
+def client(db: Session, redis_url: str, admin_token: str):
+    """The API over HTTP (in process) as the session's admin, its requests in the test's
+    rolled-back transaction."""
     from fastapi.testclient import TestClient
 
     from backend.db import get_session
@@ -194,7 +223,7 @@ def client(db: Session, redis_url: str):
 
     app = create_app(migrate=False)
     app.dependency_overrides[get_session] = lambda: db
-    with TestClient(app) as test_client:
+    with TestClient(app, headers=bearer(admin_token)) as test_client:
         yield test_client
 
 
@@ -274,8 +303,8 @@ def worker(lab_env, lab_home, pg_url, redis_url):
 
 
 @pytest.fixture(scope="session")
-def api(lab_env, pg_url, redis_url):
-    """The API in its own process, as uvicorn serves it."""
+def api(lab_env, pg_url, redis_url, admin_token):
+    """The API in its own process, as uvicorn serves it; the client acts as the admin."""
     with socket.socket() as probe:  # a free port, so a stray server cannot answer instead
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -286,7 +315,9 @@ def api(lab_env, pg_url, redis_url):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", timeout=30, headers=bearer(admin_token)
+    )
     deadline = time.monotonic() + 60
     while True:
         try:

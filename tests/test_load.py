@@ -37,7 +37,9 @@ def _forget_settings() -> None:
 
 
 @pytest.fixture
-def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., TestClient]]:
+def serve(
+    monkeypatch: pytest.MonkeyPatch, admin_token: str
+) -> Iterator[Callable[..., TestClient]]:
     """serve(db_pool_size=2, ...): the API in process under these DETLAB_* settings, started
     (wrapped in `around`, an ASGI middleware, if given); its engine is disposed and the
     settings restored after the test."""
@@ -48,7 +50,11 @@ def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., TestClient]
             monkeypatch.setenv(f"DETLAB_{name.upper()}", str(value))
         _forget_settings()
         app = create_app(migrate=False)
-        client = TestClient(around(app) if around else app, raise_server_exceptions=False)
+        client = TestClient(
+            around(app) if around else app,
+            raise_server_exceptions=False,
+            headers={"Authorization": f"Bearer {admin_token}"},
+        )
         client.__enter__()
         clients.append(client)
         return client

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import DateTime, ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from backend.db import Base, JSONType, utcnow
 
@@ -24,4 +24,12 @@ class Dataset(Base):
     val_images: Mapped[str] = mapped_column(String(1024))
     # category names in id order, image/box counts and COCO size buckets per split
     stats: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # users depend on nothing, so the ORM resolves "User" by name and no import is needed
+    owner: Mapped[Any] = relationship("User", lazy="selectin")
+
+    @property
+    def owner_name(self) -> str | None:
+        return self.owner.name if self.owner is not None else None
+
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
+from backend.audit.service import record_request
 from backend.datasets import service
 from backend.datasets.schemas import DatasetCreate, DatasetPage, DatasetRead
 from backend.deps import ImageId, Offset, RowId, SessionDep, SettingsDep
 from backend.errors import error_responses
+from backend.users.access import MemberDep, ViewerDep
 
-router = APIRouter(prefix="/datasets", tags=["datasets"], responses=error_responses(422, 503))
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=error_responses(401, 422, 503))
 # what FileResponse sends: the type its extension names
 IMAGE_CONTENT = {
     media_type: {"schema": {"type": "string", "format": "binary"}}
@@ -21,22 +23,42 @@ IMAGE_CONTENT = {
 
 
 @router.post(
-    "", response_model=DatasetRead, status_code=201, responses=error_responses(400, 409, 413)
+    "",
+    response_model=DatasetRead,
+    status_code=201,
+    responses=error_responses(400, 403, 409, 413, 415),
 )
-def register_dataset(dataset_in: DatasetCreate, session: SessionDep, settings: SettingsDep):
+def register_dataset(
+    dataset_in: DatasetCreate,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: MemberDep,
+):
     """Register a COCO dataset. A sync route, so the annotation files are parsed in the
     threadpool, not in the event loop."""
-    return service.register(
+    dataset = service.register(
         session=session,
         dataset_in=dataset_in,
         roots=settings.data_roots,
         max_annotation_bytes=settings.max_annotation_bytes,
+        owner_id=user.id,
     )
+    record_request(
+        request,
+        session=session,
+        user=user,
+        action="dataset.register",
+        object_id=dataset.id,
+        detail={"name": dataset.name},
+    )
+    return dataset
 
 
 @router.get("", response_model=DatasetPage)
 def list_datasets(
     session: SessionDep,
+    _: ViewerDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Offset = 0,
 ):
@@ -45,7 +67,7 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses=error_responses(404))
-def get_dataset(dataset_id: RowId, session: SessionDep):
+def get_dataset(dataset_id: RowId, session: SessionDep, _: ViewerDep):
     return service.get(session=session, dataset_id=dataset_id)
 
 
@@ -61,6 +83,7 @@ def get_image(
     dataset_id: RowId,
     image_id: ImageId,
     session: SessionDep,
+    _: ViewerDep,
     split: Literal["train", "val"] = "val",
 ):
     dataset = service.get(session=session, dataset_id=dataset_id)

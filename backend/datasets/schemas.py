@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.users.schemas import OWNER
+
 __all__ = ["DatasetCreate", "DatasetRead", "DatasetPage"]
 
 
@@ -30,6 +32,7 @@ class DatasetRead(BaseModel):
     train_images: str
     val_images: str
     stats: dict[str, Any]
+    owner: str | None = OWNER
     created_at: datetime
 
 

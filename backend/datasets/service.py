@@ -26,6 +26,7 @@ def register(
     dataset_in: DatasetCreate,
     roots: list[Path],
     max_annotation_bytes: int | None = None,
+    owner_id: int | None = None,
 ) -> Dataset:
     """Validate a COCO dataset under the allowed roots and store it with its statistics.
 
@@ -69,6 +70,7 @@ def register(
             "categories in the same order"
         )
     dataset = Dataset(
+        owner_id=owner_id,
         name=dataset_in.name,
         train_ann=str(paths["train_ann"]),
         val_ann=str(paths["val_ann"]),

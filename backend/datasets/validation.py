@@ -48,8 +48,23 @@ class PathOutsideRoots(ValueError):
     """A path resolves (symlinks included) outside every allowed root."""
 
 
+def _under_a_root(text: str, roots: list[Path]) -> str:
+    """A relative path as the API shows it to non-admins: under the first root that has it
+    (the first root when none does). Resolved from the working directory instead when it names
+    something there that lies under a root, as before paths were shown relative."""
+    if Path(text).is_absolute() or not roots:
+        return text
+    for root in roots:
+        if (root / text).exists():
+            return str(root / text)
+    if Path(text).exists():
+        return text
+    return str(roots[0] / text)
+
+
 def confine(path: str | Path, roots: list[Path]) -> Path:
-    """Resolve path, following symlinks, and insist it lies under one of roots."""
+    """Resolve path, following symlinks, and insist it lies under one of roots. A relative
+    path is taken relative to the roots."""
     text = str(path)
     if "\x00" in text:
         raise PathOutsideRoots(f"{text!r} contains a NUL byte; give a plain file system path")
@@ -59,7 +74,7 @@ def confine(path: str | Path, roots: list[Path]) -> Path:
             f"{text} starts with '~'; give an absolute path under an allowed data root"
         )
     try:
-        resolved = Path(text).resolve()
+        resolved = Path(_under_a_root(text, roots)).resolve()
     except (OSError, RuntimeError) as exc:
         raise PathOutsideRoots(
             f"{text} cannot be resolved ({exc}); give an absolute path"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from backend.analysis.tables import DEFAULTS, legend
+from backend.audit.service import record_request
 from backend.deps import ImageId, Offset, RowId, SessionDep
 from backend.errors import error_responses
 from backend.evaluations import (
@@ -25,8 +26,10 @@ from backend.evaluations.schemas import (
     ImagePage,
     ImageResultRead,
 )
+from backend.jobs import service as job_service
+from backend.users.access import MemberDep, ViewerDep, check_owner
 
-COMMON = error_responses(422, 503)
+COMMON = error_responses(401, 422, 503)
 router = APIRouter(prefix="/jobs", tags=["evaluations"], responses=COMMON)
 legend_router = APIRouter(prefix="/analysis", tags=["evaluations"], responses=COMMON)
 groups_router = APIRouter(prefix="/groups", tags=["evaluations"], responses=COMMON)
@@ -47,13 +50,13 @@ PredictedClass = Annotated[
 
 
 @legend_router.get("/legend")
-def analysis_legend() -> dict[str, Any]:
+def analysis_legend(_: ViewerDep) -> dict[str, Any]:
     """Outcomes (names, colours, which are errors), metric names and default thresholds."""
     return legend()
 
 
 @router.get("/{job_id}/evaluation", response_model=EvaluationRead, responses=error_responses(404))
-def get_evaluation(job_id: RowId, session: SessionDep):
+def get_evaluation(job_id: RowId, session: SessionDep, _: ViewerDep):
     return service.get_for_job(session=session, job_id=job_id)
 
 
@@ -68,16 +71,20 @@ def get_evaluation(job_id: RowId, session: SessionDep):
         **error_responses(404),
     },
 )
-def download_predictions(job_id: RowId, session: SessionDep):
+def download_predictions(job_id: RowId, session: SessionDep, _: ViewerDep):
     """The val predictions as a COCO results file."""
     path = service.predictions_file(session=session, job_id=job_id)
     return FileResponse(path, media_type="application/json", filename=f"job{job_id}.bbox.json")
 
 
-@router.post("/{job_id}/analysis", response_model=EvaluationRead, responses=error_responses(404))
+@router.post(
+    "/{job_id}/analysis", response_model=EvaluationRead, responses=error_responses(403, 404, 415)
+)
 def recompute_analysis(
     job_id: RowId,
+    request: Request,
     session: SessionDep,
+    user: MemberDep,
     score_thr: Threshold = DEFAULTS.count_score_thr,
     confusion_score_thr: Threshold = DEFAULTS.draw_score_thr,
     iou_thr: Annotated[float, Query(gt=0, le=1)] = DEFAULTS.confusion_iou_thr,
@@ -85,8 +92,12 @@ def recompute_analysis(
     seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = DEFAULTS.bootstrap_seed,
 ):
     """Score the stored predictions again (COCO metrics with the current engine, its record)
-    and recompute the error breakdown and per-image rows, at other thresholds if given."""
-    return analysis_service.evaluate_job(
+    and recompute the error breakdown and per-image rows, at other thresholds if given. A job
+    of yours (an admin: anyone's)."""
+    check_owner(
+        user=user, owner=job_service.get(session=session, job_id=job_id).owner, what=f"job {job_id}"
+    )
+    evaluation = analysis_service.evaluate_job(
         session=session,
         job_id=job_id,
         score_thr=score_thr,
@@ -95,12 +106,22 @@ def recompute_analysis(
         resamples=resamples,
         seed=seed,
     )
+    record_request(
+        request,
+        session=session,
+        user=user,
+        action="job.rescore",
+        object_id=job_id,
+        detail={"score_thr": score_thr, "iou_thr": iou_thr, "resamples": resamples},
+    )
+    return evaluation
 
 
 @router.get("/{job_id}/images", response_model=ImagePage, responses=error_responses(404, 409))
 def list_images(
     job_id: RowId,
     session: SessionDep,
+    _: ViewerDep,
     error_type: str | None = None,
     class_name: ClassName = None,
     gt_class: GtClass = None,
@@ -142,6 +163,7 @@ def image_detections(
     job_id: RowId,
     image_id: ImageId,
     session: SessionDep,
+    _: ViewerDep,
     score_thr: Annotated[
         float | None, Query(ge=0, le=1, description="default: the analysis' threshold")
     ] = None,
@@ -177,6 +199,7 @@ def overlay(
     job_id: RowId,
     image_id: ImageId,
     session: SessionDep,
+    _: ViewerDep,
     score_thr: Threshold = DEFAULTS.draw_score_thr,
     show: str = "gt,tp,errors",
     max_width: Annotated[int | None, Query(ge=64, le=8192)] = None,
@@ -221,6 +244,7 @@ def compare_images(
     job_a: RowId,
     job_b: RowId,
     session: SessionDep,
+    _: ViewerDep,
     by: Annotated[
         str,
         Query(description="the per-image figure: errors (every type), tp, or one error type"),
@@ -249,6 +273,7 @@ def compare_jobs(
     job_a: RowId,
     job_b: RowId,
     session: SessionDep,
+    _: ViewerDep,
     metric: str = "bbox_mAP",
     resamples: Annotated[int, Query(ge=100, le=10_000)] = DEFAULTS.resamples,
     seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = DEFAULTS.bootstrap_seed,
@@ -262,7 +287,7 @@ def compare_jobs(
 
 
 @groups_router.get("/{group_id}", responses=error_responses(404))
-def replicate_group(group_id: RowId, session: SessionDep) -> dict[str, Any]:
+def replicate_group(group_id: RowId, session: SessionDep, _: ViewerDep) -> dict[str, Any]:
     """A replicate group's runs and, per metric, mean, std and 95% interval over seeds, with
     how much of a single run's variance comes from the seed and how much from the val images."""
     return replicates_service.summary(session=session, group_id=group_id)
@@ -273,6 +298,7 @@ def compare_groups(
     group_a: RowId,
     group_b: RowId,
     session: SessionDep,
+    _: ViewerDep,
     metric: str = "bbox_mAP",
     resamples: Annotated[int, Query(ge=100, le=10_000)] = DEFAULTS.resamples,
     seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = DEFAULTS.bootstrap_seed,

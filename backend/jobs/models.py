@@ -17,7 +17,7 @@ from sqlalchemy import (
     String,
     Text,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from backend.db import Base, JSONType, utcnow
 
@@ -75,6 +75,17 @@ class Job(Base):
     weights_id: Mapped[int | None] = mapped_column(
         ForeignKey("weights.id", ondelete="RESTRICT"), index=True
     )
+    # who submitted it (null: submitted before DetLab had users; only admins change those)
+    owner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    # users depend on nothing, so the ORM resolves "User" by name and no import is needed
+    owner: Mapped[Any] = relationship("User", lazy="selectin")
+
+    @property
+    def owner_name(self) -> str | None:
+        return self.owner.name if self.owner is not None else None
+
     name: Mapped[str | None] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     # the generated mmdet/mmpretrain config, runnable with the library's own tools/train.py

@@ -5,24 +5,33 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from backend import queue
+from backend.audit.service import record_request
 from backend.deps import MAX_ID, Offset, RowId, SessionDep, SettingsDep
-from backend.errors import NotFound, error_responses
+from backend.errors import Invalid, NotFound, error_responses
 from backend.jobs import service
 from backend.jobs.estimate import estimate
 from backend.jobs.models import Job, JobKind, JobStatus
+from backend.jobs.quota import Quota
 from backend.jobs.schemas import JobPage, JobRead, MetricsRead
 from backend.jobs.spec import JobSpec, accepted_values
+from backend.users import service as user_service
+from backend.users.access import AdminDep, MemberDep, ViewerDep, check_owner
+from backend.users.models import User
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], responses=error_responses(422, 503))
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=error_responses(401, 422, 503))
 log = logging.getLogger(__name__)
 
 
-@router.post("", response_model=JobRead, status_code=201, responses=error_responses(400, 413))
-def submit_job(spec: JobSpec, session: SessionDep, settings: SettingsDep):
+@router.post(
+    "", response_model=JobRead, status_code=201, responses=error_responses(400, 403, 413, 415, 429)
+)
+def submit_job(
+    spec: JobSpec, request: Request, session: SessionDep, settings: SettingsDep, user: MemberDep
+):
     """Queue a job; with "repeats": n, n replicates (seeds seed..seed+n-1) in one group: the
     first is returned with every member's id in group_job_ids (also GET /jobs?group=).
 
@@ -34,6 +43,20 @@ def submit_job(spec: JobSpec, session: SessionDep, settings: SettingsDep):
         roots=settings.data_roots,
         queue=settings.queue,
         artifact_root=settings.artifact_root,
+        owner_id=user.id,
+        quota=Quota(
+            max_active_jobs=settings.max_active_jobs_per_user,
+            max_iterations=settings.max_iterations_per_job,
+        ),
+    )
+    detail = {"kind": jobs[0].kind.value, "name": jobs[0].name, "jobs": [j.id for j in jobs]}
+    record_request(
+        request,
+        session=session,
+        user=user,
+        action="job.submit",
+        object_id=jobs[0].id,
+        detail=detail,
     )
     _send(session, [job.id for job in jobs])
     found = estimate(session, job=jobs[0])
@@ -82,18 +105,23 @@ def _read_all(session: SessionDep, jobs: list[Job]) -> list[JobRead]:
     ]
 
 
-@router.post("/{job_id}/requeue", response_model=JobRead, responses=error_responses(404, 409))
-def requeue_job(job_id: RowId, session: SessionDep, settings: SettingsDep):
+@router.post(
+    "/{job_id}/requeue", response_model=JobRead, responses=error_responses(403, 404, 409, 415)
+)
+def requeue_job(
+    job_id: RowId, request: Request, session: SessionDep, settings: SettingsDep, user: AdminDep
+):
     """Put a job back at the end of its queue: a queued job whose message was lost, a failed or
     cancelled one (it resumes from its last checkpoint), or a running one whose worker stopped
     beating more than DETLAB_HEARTBEAT_STALE_S ago. 409 for a live or a succeeded job."""
     job = service.requeue(session=session, job_id=job_id, stale_s=settings.heartbeat_stale_s)
+    record_request(request, session=session, user=user, action="job.requeue", object_id=job.id)
     _send(session, [job.id])
     return _read(session, job)
 
 
 @router.get("/options")
-def job_options() -> dict[str, Any]:
+def job_options(_: ViewerDep) -> dict[str, Any]:
     """Accepted values for each spec field, for forms."""
     return accepted_values()
 
@@ -101,10 +129,14 @@ def job_options() -> dict[str, Any]:
 @router.get("", response_model=JobPage)
 def list_jobs(
     session: SessionDep,
+    user: ViewerDep,
     status: JobStatus | None = None,
     kind: JobKind | None = None,
     dataset_id: Annotated[int | None, Query(alias="dataset", ge=1, le=MAX_ID)] = None,
     group_id: Annotated[int | None, Query(alias="group", ge=1, le=MAX_ID)] = None,
+    owner: Annotated[
+        str | None, Query(max_length=100, description="'me', or a user's name")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
 ):
@@ -114,26 +146,48 @@ def list_jobs(
         kind=kind,
         dataset_id=dataset_id,
         group_id=group_id,
+        owner_id=_owner_id(session, user, owner),
         limit=limit,
         offset=offset,
     )
     return JobPage(items=_read_all(session, items), total=total)
 
 
+def _owner_id(session: SessionDep, user: User, owner: str | None) -> int | None:
+    if owner is None:
+        return None
+    if owner == "me":
+        return user.id
+    try:
+        return user_service.get_user_by_name(session=session, name=owner).id
+    except NotFound:
+        raise Invalid(f"owner: no user named {owner!r}; give 'me' or a user's name") from None
+
+
 @router.get("/{job_id}", response_model=JobRead, responses=error_responses(404))
-def get_job(job_id: RowId, session: SessionDep):
+def get_job(job_id: RowId, session: SessionDep, _: ViewerDep):
     return _read(session, service.get(session=session, job_id=job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead, responses=error_responses(404, 409))
-def cancel_job(job_id: RowId, session: SessionDep):
-    return service.cancel(session=session, job_id=job_id)
+@router.post(
+    "/{job_id}/cancel", response_model=JobRead, responses=error_responses(403, 404, 409, 415)
+)
+def cancel_job(job_id: RowId, request: Request, session: SessionDep, user: MemberDep):
+    """Cancel a job of yours (an admin: anyone's): a queued one at once, a running one at its
+    next iteration."""
+    check_owner(
+        user=user, owner=service.get(session=session, job_id=job_id).owner, what=f"job {job_id}"
+    )
+    job = service.cancel(session=session, job_id=job_id)
+    record_request(request, session=session, user=user, action="job.cancel", object_id=job_id)
+    return _read(session, job)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsRead, responses=error_responses(404))
 def get_metrics(
     job_id: RowId,
     session: SessionDep,
+    _: ViewerDep,
     key: Annotated[list[str] | None, Query()] = None,
     max_points: Annotated[int, Query(ge=10, le=100_000)] = 1000,
 ):
@@ -152,7 +206,7 @@ def get_metrics(
         **error_responses(404),
     },
 )
-def get_config(job_id: RowId, session: SessionDep):
+def get_config(job_id: RowId, session: SessionDep, _: ViewerDep):
     job = service.get(session=session, job_id=job_id)
     if not job.config_text:
         raise NotFound(

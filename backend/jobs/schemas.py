@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from backend.jobs.models import JobKind, JobStatus
+from backend.users.schemas import OWNER
 
 __all__ = ["JobRead", "JobPage", "MetricSeries", "MetricsRead"]
 
@@ -25,6 +26,7 @@ class JobRead(BaseModel):
         default=None, description="replicate group: the id of the group's first job"
     )
     weights_id: int | None
+    owner: str | None = OWNER
     spec: dict[str, Any]
     progress_iter: int
     progress_total: int | None

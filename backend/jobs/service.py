@@ -33,7 +33,9 @@ from backend.datasets.models import Dataset
 from backend.datasets.validation import PathOutsideRoots, confine
 from backend.db import utcnow
 from backend.errors import Conflict, Invalid, NotFound
+from backend.jobs import quota as job_quota
 from backend.jobs.models import FINISHED_STATUSES, Job, JobKind, JobStatus, MetricPoint
+from backend.jobs.quota import Quota
 from backend.jobs.schemas import MetricSeries
 from backend.jobs.spec import (
     CheckpointInit,
@@ -130,10 +132,12 @@ def create(
     roots: list[Path],
     queue: str = "detlab",
     artifact_root: Path | None = None,
+    owner_id: int | None = None,
+    quota: Quota | None = None,
 ) -> list[Job]:
-    """Check a spec against what is stored and queue it as new jobs of `queue` (their messages
-    are the caller's to send): one job, or one per replicate seed in a replicate group when a
-    fine-tune asks for repeats."""
+    """Check a spec against what is stored and the owner's quota, and queue it as new jobs of
+    `queue` owned by owner_id (their messages are the caller's to send): one job, or one per
+    replicate seed in a replicate group when a fine-tune asks for repeats."""
     now = utcnow()
 
     def queued(kind: JobKind, one: FinetuneSpec | PretrainSpec | EvaluateSpec, **row: Any) -> Job:
@@ -146,6 +150,7 @@ def create(
             queue=queue,
             queued_at=now,
             sent_at=now,
+            owner_id=owner_id,
             **row,
         )
 
@@ -168,6 +173,10 @@ def create(
             queued(JobKind.finetune, replicate, weights_id=weights_id)
             for replicate in spec.replicates()
         ]
+    if quota is not None and owner_id is not None:
+        job_quota.check(
+            session=session, owner_id=owner_id, spec=spec, new_jobs=len(jobs), quota=quota
+        )
     session.add_all(jobs)
     session.flush()
     if len(jobs) > 1:
@@ -210,7 +219,14 @@ def _check_evaluate(session: Session, spec: EvaluateSpec, roots: list[Path]) -> 
     return spec.model_copy(update={"checkpoint": str(path)})
 
 
-def create_import(*, session: Session, dataset_id: int, name: str, source: dict[str, Any]) -> Job:
+def create_import(
+    *,
+    session: Session,
+    dataset_id: int,
+    name: str,
+    source: dict[str, Any],
+    owner_id: int | None = None,
+) -> Job:
     """A run whose predictions were made elsewhere: succeeded at once, nothing to train. Its
     spec says so (kind import) and keeps what the uploader told of the model in `source`."""
     _check_dataset(session, dataset_id)
@@ -225,6 +241,7 @@ def create_import(*, session: Session, dataset_id: int, name: str, source: dict[
         started_at=now,
         finished_at=now,
         queue="",
+        owner_id=owner_id,
     )
     session.add(job)
     session.commit()
@@ -271,11 +288,14 @@ def list_jobs(
     kind: JobKind | None = None,
     dataset_id: int | None = None,
     group_id: int | None = None,
+    owner_id: int | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> tuple[list[Job], int]:
     """One page of jobs, newest first, with the total matching the filters."""
     query = select(Job)
+    if owner_id is not None:
+        query = query.where(Job.owner_id == owner_id)
     if group_id is not None:
         query = query.where(Job.group_id == group_id)
     if status is not None:

@@ -10,13 +10,15 @@ from backend.deps import Offset, OptionalId, SessionDep
 from backend.errors import Invalid, error_responses
 from backend.leaderboard import service
 from backend.leaderboard.schemas import Leaderboard
+from backend.users.access import ViewerDep
 
-router = APIRouter(tags=["leaderboard"], responses=error_responses(422, 503))
+router = APIRouter(tags=["leaderboard"], responses=error_responses(401, 422, 503))
 
 
 @router.get("/leaderboard", response_model=Leaderboard, responses=error_responses(404))
 def leaderboard(
     session: SessionDep,
+    _: ViewerDep,
     dataset: OptionalId = None,
     metric: str = "bbox_mAP",
     order: Literal["desc", "asc"] = "desc",

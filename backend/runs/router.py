@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
+from backend.audit.service import record_request
 from backend.deps import MAX_ID, SessionDep, SettingsDep
 from backend.errors import Invalid, error_responses
 from backend.evaluations.schemas import EvaluationRead
 from backend.jobs.schemas import JobRead
 from backend.runs import service
+from backend.users.access import MemberDep
 
-router = APIRouter(prefix="/runs", tags=["runs"], responses=error_responses(422, 503))
+router = APIRouter(prefix="/runs", tags=["runs"], responses=error_responses(401, 422, 503))
 
 
 class ImportedRun(BaseModel):
@@ -29,11 +31,13 @@ class ImportedRun(BaseModel):
     "/import",
     response_model=ImportedRun,
     status_code=201,
-    responses=error_responses(400, 413),
+    responses=error_responses(400, 403, 413, 415),
 )
 async def import_run(
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
+    user: MemberDep,
     file: Annotated[UploadFile, File(description="a COCO results JSON for the val split")],
     dataset_id: Annotated[int, Form(ge=1, le=MAX_ID)],
     name: Annotated[str, Form(min_length=1, max_length=200)],
@@ -65,6 +69,16 @@ async def import_run(
         name=name,
         source=metadata,
         upload=file.file,
+        owner_id=user.id,
+    )
+    await run_in_threadpool(
+        record_request,
+        request,
+        session=session,
+        user=user,
+        action="run.import",
+        object_id=job.id,
+        detail={"name": name, "dataset_id": dataset_id, "source": metadata},
     )
     return ImportedRun(
         job=JobRead.model_validate(job),

@@ -44,6 +44,7 @@ def import_predictions(
     name: str,
     source: dict[str, Any],
     upload: BinaryIO,
+    owner_id: int | None = None,
 ) -> tuple[Job, Evaluation]:
     """Store `upload` (a COCO results JSON for the dataset's val split) as an imported run
     and score it; TooLarge past DETLAB_MAX_UPLOAD_BYTES, Invalid naming each problem."""
@@ -54,7 +55,7 @@ def import_predictions(
             f"dataset_id: dataset {dataset_id} not found; see GET /datasets for the registered ones"
         ) from None
     job = job_service.create_import(
-        session=session, dataset_id=dataset_id, name=name, source=source
+        session=session, dataset_id=dataset_id, name=name, source=source, owner_id=owner_id
     )
     assert settings.artifact_root is not None
     paths = JobPaths.for_job(settings.artifact_root, job.id)

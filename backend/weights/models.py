@@ -27,6 +27,15 @@ class Weights(Base):
         ForeignKey("jobs.id", ondelete="SET NULL", use_alter=True)
     )
     report: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # who imported them, or who submitted the pretraining that made them
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # users depend on nothing, so the ORM resolves "User" by name and no import is needed
+    owner: Mapped[Any] = relationship("User", lazy="selectin")
+
+    @property
+    def owner_name(self) -> str | None:
+        return self.owner.name if self.owner is not None else None
+
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # lineage: the fine-tunes that started from these weights. Jobs depend on weights, not the
     # reverse, so the ORM resolves "Job" by name and this module never imports it.

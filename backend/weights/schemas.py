@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.users.schemas import OWNER
 from backend.weights.convert import Architecture
 
 __all__ = ["WeightsImport", "WeightsRead", "WeightsPage", "WeightsDetail", "JobRef"]
@@ -39,6 +40,7 @@ class WeightsRead(BaseModel):
     sha256: str
     producing_job_id: int | None
     report: dict[str, Any]
+    owner: str | None = OWNER
     created_at: datetime
 
 

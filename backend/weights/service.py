@@ -22,7 +22,12 @@ __all__ = ["import_weights", "register_produced", "list_weights", "get", "detail
 
 
 def import_weights(
-    *, session: Session, weights_in: WeightsImport, roots: list[Path], artifact_root: Path
+    *,
+    session: Session,
+    weights_in: WeightsImport,
+    roots: list[Path],
+    artifact_root: Path,
+    owner_id: int | None = None,
 ) -> Weights:
     """Convert a checkpoint under the data roots to mmdet's ResNet layout and register it."""
     _check_name_free(session, weights_in.name)
@@ -47,6 +52,7 @@ def import_weights(
         source=converted.source_format,
         path=str(path),
         sha256=sha256,
+        owner_id=owner_id,
         report={
             "source_format": converted.source_format,
             "dropped": converted.dropped,
@@ -67,11 +73,12 @@ def register_produced(
     sha256: str,
     job_id: int,
     report: dict[str, Any],
+    owner_id: int | None = None,
 ) -> Weights:
     """Register the backbone a pretrain job exported; a rerun of that job updates its entry."""
     weights = session.scalar(select(Weights).where(Weights.name == name))
     if weights is None:
-        weights = Weights(name=name, producing_job_id=job_id)
+        weights = Weights(name=name, producing_job_id=job_id, owner_id=owner_id)
     elif weights.producing_job_id != job_id:
         raise Conflict(f"weights named {name!r} exist and come from elsewhere; choose another name")
     weights.architecture = architecture
