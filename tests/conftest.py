@@ -213,9 +213,9 @@ def db(pg_engine: Engine) -> Iterator[Session]:
 
 
 @pytest.fixture
-def client(db: Session, redis_url: str, admin_token: str):
-    """The API over HTTP (in process) as the session's admin, its requests in the test's
-    rolled-back transaction."""
+def client_as(db: Session, redis_url: str):
+    """client_as(token): the API over HTTP (in process) with that token (None: without one),
+    its requests in the test's rolled-back transaction."""
     from fastapi.testclient import TestClient
 
     from backend.db import get_session
@@ -223,8 +223,23 @@ def client(db: Session, redis_url: str, admin_token: str):
 
     app = create_app(migrate=False)
     app.dependency_overrides[get_session] = lambda: db
-    with TestClient(app, headers=bearer(admin_token)) as test_client:
-        yield test_client
+    clients: list[TestClient] = []
+
+    def make(token: str | None) -> TestClient:
+        test_client = TestClient(app, headers=bearer(token) if token else {})
+        clients.append(test_client.__enter__())
+        return test_client
+
+    yield make
+    for test_client in clients:
+        test_client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(client_as, admin_token: str):
+    """The API over HTTP (in process) as the session's admin, its requests in the test's
+    rolled-back transaction."""
+    return client_as(admin_token)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,8 @@ from sqlalchemy.orm import Session
 from backend.datasets.models import Dataset
 from backend.evaluations.models import Evaluation, ImageResult
 from backend.jobs.models import Job, JobKind, JobStatus
+from backend.users import service as user_service
+from backend.users.models import Role, User
 from backend.weights.models import Weights
 
 __all__ = [
@@ -242,3 +244,10 @@ def weights(
     session.add(row)
     session.commit()
     return row
+
+
+def user(session: Session, *, role: str = "member", name: str | None = None) -> tuple[User, str]:
+    """A user of role and a token of theirs: (user, secret)."""
+    made = user_service.create_user(session=session, name=name or _unique(role), role=Role(role))
+    _, secret = user_service.create_token(session=session, user=made, name="tests")
+    return made, secret

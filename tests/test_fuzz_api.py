@@ -29,7 +29,7 @@ import pytest
 import redis
 import requests
 import schemathesis
-from conftest import POSTGRES_ADMIN, ROOT, TEST_DATABASE, TEST_DATABASE_URL
+from conftest import POSTGRES_ADMIN, ROOT, TEST_DATABASE, TEST_DATABASE_URL, bearer
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import (
     content_type_conformance,
@@ -70,8 +70,25 @@ def fuzz_database(pg_url) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def fuzzed_api(lab_env, fuzz_database, redis_url, shapes, tmp_path_factory) -> Iterator[str]:
+def fuzz_token(fuzz_database) -> str:
+    """An admin's token in the fuzz database: the fuzzer may do anything a person can."""
+    from backend.users import service
+    from backend.users.models import Role
+
+    engine = create_engine(fuzz_database)
+    with Session(engine, expire_on_commit=False) as session:
+        admin = service.create_user(session=session, name="fuzz-admin", role=Role.admin)
+        _, secret = service.create_token(session=session, user=admin, name="fuzz")
+    engine.dispose()
+    return secret
+
+
+@pytest.fixture(scope="module")
+def fuzzed_api(
+    lab_env, fuzz_database, fuzz_token, redis_url, shapes, tmp_path_factory
+) -> Iterator[str]:
     """The base URL of an API process on the fuzz database and queue, its rows seeded."""
+    token = fuzz_token
     queue = f"detlab-fuzz-{uuid.uuid4().hex[:8]}"
     home = tmp_path_factory.mktemp("fuzz")
     env = {
@@ -95,7 +112,7 @@ def fuzzed_api(lab_env, fuzz_database, redis_url, shapes, tmp_path_factory) -> I
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=base_url, timeout=60) as client:
+        with httpx.Client(base_url=base_url, timeout=60, headers=bearer(token)) as client:
             _wait_until_up(client, process)
             _seed(client, fuzz_database, shapes, home)
         yield base_url
@@ -165,9 +182,11 @@ def _seed(client: httpx.Client, database_url: str, shapes, folder: Path) -> None
 
 
 @pytest.fixture(scope="module")
-def http(fuzzed_api) -> Iterator[requests.Session]:
-    """Connections to the fuzzed API, which serves the document the requests come from."""
+def http(fuzzed_api, fuzz_token) -> Iterator[requests.Session]:
+    """Connections to the fuzzed API as its admin, which serves the document the requests come
+    from."""
     session = requests.Session()
+    session.headers.update(bearer(fuzz_token))
     assert session.get(f"{fuzzed_api}/openapi.json").json() == schema.raw_schema
     yield session
     session.close()
