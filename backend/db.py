@@ -23,6 +23,7 @@ __all__ = [
     "make_engine",
     "session_factory",
     "session_slots",
+    "as_utc",
     "utcnow",
 ]
 
@@ -41,6 +42,14 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 def utcnow() -> datetime:
     """Timezone-aware now, the only clock the models use."""
     return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A stored time, timezone-aware: SQLite gives back the UTC times it holds without their
+    zone, Postgres with it."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
 
 
 class Base(DeclarativeBase):

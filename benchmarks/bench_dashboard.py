@@ -75,6 +75,22 @@ def main() -> int:
         admin.close()
 
 
+def admin_token(database_url: str) -> str:
+    """A new admin's token on the benchmark's database."""
+    from sqlalchemy.orm import Session
+
+    from backend.db import make_engine
+    from backend.users import service
+    from backend.users.models import Role
+
+    engine = make_engine(database_url)
+    with Session(engine) as session:
+        admin = service.create_user(session=session, name="bench", role=Role.admin)
+        _, secret = service.create_token(session=session, user=admin, name="dashboard benchmark")
+    engine.dispose()
+    return secret
+
+
 def bench(home: Path, database_url: str, *, jobs: int, renders: int) -> int:
     env = {
         "DETLAB_HOME": str(home / "var"),
@@ -86,6 +102,8 @@ def bench(home: Path, database_url: str, *, jobs: int, renders: int) -> int:
     os.environ.update(env)
 
     upgrade_head(database_url)
+    # the dashboard and this script act as an admin (the dashboard reads DETLAB_API_TOKEN)
+    os.environ["DETLAB_API_TOKEN"] = admin_token(database_url)
     started = time.perf_counter()
     shapes = generate_shapes(
         home / "data" / "shapes",
@@ -173,7 +191,11 @@ class api_process:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=120)
+        self.client = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}",
+            timeout=120,
+            headers={"Authorization": f"Bearer {os.environ['DETLAB_API_TOKEN']}"},
+        )
         deadline = time.monotonic() + 60
         while True:
             try:

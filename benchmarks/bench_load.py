@@ -95,7 +95,9 @@ def main() -> int:
         help="a setting for the API (repeatable); the defaults otherwise",
     )
     args = parser.parse_args()
-    settings = dict(item.split("=", 1) for item in args.set)
+    # one token stands for a whole lab here: its submissions must not meet one person's quota
+    settings = {"DETLAB_MAX_ACTIVE_JOBS_PER_USER": "1000000"}
+    settings.update(item.split("=", 1) for item in args.set)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the databases are dropped
     levels = [int(level) for level in args.levels.split(",")]
     raise_open_files_limit(2 * max(levels) + 512)
@@ -119,6 +121,7 @@ def main() -> int:
                 level = asyncio.run(
                     load(
                         server.base_url,
+                        headers=server.headers,
                         clients=clients,
                         duration=args.duration,
                         dataset_id=dataset_id,
@@ -177,18 +180,20 @@ def seeded_api(
         shapes = generate_shapes(
             home / "data" / "shapes", seed=1, num_train=8, num_val=8, image_size=(64, 64)
         )
-        if workers > 1:
-            # every uvicorn worker migrates at start-up; on a fresh database two at once collide
-            # (and uvicorn stops when a worker fails to start), so the schema is made first
-            subprocess.run(
-                [sys.executable, "-m", "backend.migrate"],
-                cwd=code,
-                env={**os.environ, **env, "PYTHONPATH": str(code)},
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-        server = stack.enter_context(api_process(code, env, workers=workers))
-        with httpx.Client(base_url=server.base_url, timeout=CLIENT_TIMEOUT_S) as api:
+        # every uvicorn worker migrates at start-up; on a fresh database two at once collide
+        # (and uvicorn stops when a worker fails to start), so the schema is made first
+        subprocess.run(
+            [sys.executable, "-m", "backend.migrate"],
+            cwd=code,
+            env={**os.environ, **env, "PYTHONPATH": str(code)},
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        headers = admin_headers(code, env)
+        server = stack.enter_context(api_process(code, env, workers=workers, headers=headers))
+        with httpx.Client(
+            base_url=server.base_url, timeout=CLIENT_TIMEOUT_S, headers=server.headers
+        ) as api:
             response = api.post(
                 "/datasets",
                 json={
@@ -206,8 +211,35 @@ def seeded_api(
         yield server, dataset_id, job_ids
 
 
+def admin_headers(code: Path, env: dict[str, str]) -> dict[str, str]:
+    """An admin's Authorization header for `code`'s API (none for a checkout from before
+    users, which needs none), made with its own detlab-admin."""
+    if not (code / "backend" / "users" / "cli.py").exists():
+        return {}
+    run_env = {**os.environ, **env, "PYTHONPATH": str(code)}
+    command = [sys.executable, "-m", "backend.users.cli"]
+    subprocess.run(
+        [*command, "create-user", "bench", "--role", "admin", "--exist-ok"],
+        cwd=code,
+        env=run_env,
+        check=True,
+        capture_output=True,
+    )
+    made = subprocess.run(
+        [*command, "create-token", "bench", "--name", "load benchmark"],
+        cwd=code,
+        env=run_env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return {"Authorization": f"Bearer {made.stdout.strip()}"}
+
+
 @contextmanager
-def api_process(code: Path, env: dict[str, str], *, workers: int) -> Iterator[Server]:
+def api_process(
+    code: Path, env: dict[str, str], *, workers: int, headers: dict[str, str]
+) -> Iterator[Server]:
     """uvicorn serving `code`'s backend.main:app on a free port, as docker-compose starts it."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -238,7 +270,7 @@ def api_process(code: Path, env: dict[str, str], *, workers: int) -> Iterator[Se
             raise RuntimeError("the API did not start:\n" + log.read_text()[-3000:])
         time.sleep(0.3)
     try:
-        yield Server(base_url, process.pid)
+        yield Server(base_url, process.pid, headers)
     finally:
         process.terminate()
         try:
@@ -252,6 +284,7 @@ def api_process(code: Path, env: dict[str, str], *, workers: int) -> Iterator[Se
 class Server:
     base_url: str
     pid: int
+    headers: dict[str, str]  # what every request sends: an admin's token
 
     def cpu_seconds(self) -> float:
         """CPU time of the API's processes so far (uvicorn and its workers), from /proc."""
@@ -380,7 +413,13 @@ class Level:
 
 
 async def load(
-    base_url: str, *, clients: int, duration: float, dataset_id: int, job_ids: list[int]
+    base_url: str,
+    *,
+    headers: dict[str, str],
+    clients: int,
+    duration: float,
+    dataset_id: int,
+    job_ids: list[int],
 ) -> Level:
     """`clients` closed-loop clients for `duration` s; each request's latency by route."""
     routes = {name: Route() for name in ROUTES}
@@ -405,6 +444,7 @@ async def load(
         # request the more connections it holds, which would make this process the bottleneck
         async with httpx.AsyncClient(
             base_url=base_url,
+            headers=headers,
             timeout=CLIENT_TIMEOUT_S,
             limits=httpx.Limits(max_connections=1),
             verify=tls,

@@ -3,7 +3,10 @@
 
 The recipe is sized so that every job ends within about 15 minutes of ./scripts/demo.sh on a
 2-core CPU; benchmarks/bench_demo_recipe.py trains the fine-tune recipe alone and reports its
-mAP and where its classification errors fall."""
+mAP and where its classification errors fall.
+
+It calls the API with the token in DETLAB_API_TOKEN (a member's or an admin's), which
+./scripts/demo.sh creates for its run."""
 
 from __future__ import annotations
 
@@ -80,6 +83,20 @@ def _wait_for_api(api: httpx.Client) -> None:
             time.sleep(0.5)
 
 
+def _check_token(api: httpx.Client) -> None:
+    response = api.get("/users/me")
+    if response.status_code == 401:
+        sys.exit(f"the API refused DETLAB_API_TOKEN: {response.text}")
+    response.raise_for_status()
+    me = response.json()
+    if me["role"] not in ("member", "admin"):
+        sys.exit(
+            f"DETLAB_API_TOKEN is {me['name']}'s, a {me['role']}: the demo registers a dataset "
+            "and submits jobs, which needs a member's or an admin's token"
+        )
+    print(f"calling the API as {me['name']} ({me['role']})", flush=True)
+
+
 def _submit(api: httpx.Client, spec: dict) -> int:
     response = api.post("/jobs", json=spec)
     if response.status_code != 201:
@@ -112,10 +129,20 @@ def _dataset(api: httpx.Client) -> int:
 
 
 def main() -> int:
+    token = os.environ.get("DETLAB_API_TOKEN", "").strip()
+    if not token:
+        sys.exit(
+            "DETLAB_API_TOKEN is not set: run the demo through ./scripts/demo.sh, which makes "
+            "a token, or set it to a member's or an admin's token "
+            "(detlab-admin create-token USER)"
+        )
     api = httpx.Client(
-        base_url=os.environ.get("DETLAB_API_URL", "http://127.0.0.1:8000"), timeout=30
+        base_url=os.environ.get("DETLAB_API_URL", "http://127.0.0.1:8000"),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
     )
     _wait_for_api(api)
+    _check_token(api)
     dataset_id = _dataset(api)
     print(f"dataset {DATASET!r} is id {dataset_id}", flush=True)
     if api.get("/jobs", params={"dataset": dataset_id}).json()["total"]:

@@ -99,4 +99,5 @@ def run_pretrain(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
             sha256=sha256,
             job_id=job.id,
             report={"iterations": runner.iter, "source_format": "detlab pretrain job"},
+            owner_id=job.owner_id,
         )

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.db import utcnow
+from backend.db import as_utc, utcnow
 from backend.errors import Conflict, Invalid, NotFound, Unauthorized
 from backend.users.models import ApiToken, Role, User
 
@@ -163,11 +163,12 @@ def authenticate(*, session: Session, secret: str | None, now: datetime | None =
     now = now or utcnow()
     if token.revoked_at is not None:
         raise Unauthorized(f"the token {token.name!r} was revoked; ask an admin for a new one")
-    if token.expires_at is not None and token.expires_at <= now:
+    expires_at, last_used_at = as_utc(token.expires_at), as_utc(token.last_used_at)
+    if expires_at is not None and expires_at <= now:
         raise Unauthorized(f"the token {token.name!r} expired; ask an admin for a new one")
     if not user.active:
         raise Unauthorized(f"user {user.name} is deactivated; ask an admin")
-    if token.last_used_at is None or now - token.last_used_at >= TOUCH_INTERVAL:
+    if last_used_at is None or now - last_used_at >= TOUCH_INTERVAL:
         session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
         session.commit()
     return user

@@ -167,3 +167,30 @@ def test_the_command_line_makes_the_first_admin_and_their_token(client, pg_url):
     made_here = [e for e in trail if e["detail"].get("for") == name]
     assert [e["action"] for e in made_here] == ["token.revoke", "token.create"]
     assert all(e["user_name"].startswith("cli") for e in made_here)
+
+
+def test_tokens_work_on_sqlite_the_demos_database(tmp_path):
+    """SQLite gives times back without their zone: expiry and last use still compare."""
+    from sqlalchemy.orm import Session
+
+    from backend.db import make_engine
+    from backend.migrate import upgrade_head
+    from backend.users import service
+    from backend.users.models import Role
+
+    url = f"sqlite:///{tmp_path / 'detlab.db'}"
+    upgrade_head(url)
+    engine = make_engine(url)
+    with Session(engine, expire_on_commit=False) as session:
+        user = service.create_user(session=session, name="demo-admin", role=Role.admin)
+        _, secret = service.create_token(
+            session=session, user=user, name="demo", expires_in=timedelta(days=1)
+        )
+    now = utcnow()
+    for later in (timedelta(0), timedelta(seconds=5), timedelta(minutes=5)):
+        with Session(engine) as session:  # a fresh read, as each request makes
+            found = service.authenticate(session=session, secret=secret, now=now + later)
+            assert found.name == "demo-admin"
+    with Session(engine) as session, pytest.raises(Exception, match="expired"):
+        service.authenticate(session=session, secret=secret, now=now + timedelta(days=2))
+    engine.dispose()
