@@ -1,10 +1,14 @@
-"""The dashboard's entry point: `DETLAB_API_URL=http://... streamlit run dashboard/app.py`."""
+"""The dashboard's entry point: `DETLAB_API_URL=http://... streamlit run dashboard/app.py`.
+
+Every page needs a signed-in user: a token given on the sign-in form (kept for the browser
+session), else the one in `DETLAB_API_TOKEN`.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import cached, views
+from dashboard import access, cached, session, views
 from dashboard.client import ApiError
 
 st.set_page_config(page_title="DetLab", page_icon=":material/center_focus_strong:", layout="wide")
@@ -30,9 +34,12 @@ page = st.navigation(
         st.Page(
             "app_pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"
         ),
-    ]
+    ],
+    # signed out, the sign-in form is the only thing to see
+    position="sidebar" if session.token() else "hidden",
 )
 st.sidebar.caption(f"API: `{cached.api_url()}`")
+access.signed_in_user()
 
 try:
     page.run()

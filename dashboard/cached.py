@@ -1,23 +1,26 @@
-"""Cached reads of the API, as the pages use them: one client per API URL.
+"""Cached reads of the API, as the pages use them: one connection pool per API URL, and the
+browser session's token on every call.
 
-Each read is cached by (API URL, call, arguments), so pointing the dashboard at another API
-never shows the first one's data. Failed calls are not cached: they raise `ApiError` again on
-the next run. Writes (submit, cancel, rescore) go straight to the client and clear the cached
-lists.
+Each read is cached by (API URL, token, call, arguments), so pointing the dashboard at another
+API never shows the first one's data, and one user's answers are never served to another
+user's session. Failed calls are not cached: they raise `ApiError` again on the next run; a
+refused token (401) signs the session out and reruns the app, which then shows the sign-in
+form. Writes (submit, cancel, rescore) go straight to the client and clear the cached lists.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any
+from typing import Any, TypeVar
 
 import streamlit as st
 from PIL import Image
 
-from dashboard.client import DEFAULT_API_URL, ApiClient
+from dashboard import session
+from dashboard.client import DEFAULT_API_URL, ApiClient, ApiError
 
 __all__ = [
     "Filters",
@@ -37,11 +40,13 @@ __all__ = [
     "forget_lists",
     "group",
     "images",
+    "import_run",
     "job",
     "job_options",
     "jobs",
     "leaderboard",
     "legend",
+    "me",
     "metrics",
     "overlay",
     "overlay_tiles",
@@ -65,6 +70,7 @@ ENLARGED_MIN_WIDTH = 768
 # An overlay's filters as the API takes them (error_type, category, gt_class,
 # predicted_class), as sorted (name, value) pairs so that they can key a cache.
 Filters = tuple[tuple[str, str], ...]
+T = TypeVar("T")
 
 
 def api_url() -> str:
@@ -72,80 +78,112 @@ def api_url() -> str:
 
 
 @st.cache_resource(show_spinner=False)
-def _client(base_url: str) -> ApiClient:
+def _pool(base_url: str) -> ApiClient:
+    """One set of connections per API URL, shared by every browser session."""
     return ApiClient(base_url)
 
 
+def _client(base_url: str, token: str | None) -> ApiClient:
+    return _pool(base_url).signed_in(token)
+
+
 def client() -> ApiClient:
-    """The client of the API this dashboard is pointed at, created once per URL."""
-    return _client(api_url())
+    """The client of the API this dashboard is pointed at, with this session's token."""
+    return _client(api_url(), session.token())
+
+
+def _checked(call: Callable[..., T], *args: Any) -> T:
+    """call(*args); a refused token (401) signs the session out and reruns the app."""
+    try:
+        return call(*args)
+    except ApiError as err:
+        if err.status == 401:
+            session.refuse(err)
+            st.rerun()
+        raise
+
+
+def _read(cache: Callable[..., T], call: str, kwargs: dict[str, Any]) -> T:
+    """The cached answer of the client's `call`, keyed by this session's API and token."""
+    return _checked(cache, api_url(), session.token(), call, kwargs)
 
 
 # Freshness: live progress (1 s), lists that change as jobs finish (15 s), and results of
 # finished jobs or the API's own vocabulary (options, legend), which do not change (10 min).
 @st.cache_data(ttl=1, show_spinner=False, max_entries=200)
-def _live(base_url: str, call: str, kwargs: dict[str, Any]) -> Any:
-    return getattr(_client(base_url), call)(**kwargs)
+def _live(base_url: str, token: str | None, call: str, kwargs: dict[str, Any]) -> Any:
+    return getattr(_client(base_url, token), call)(**kwargs)
 
 
 @st.cache_data(ttl=15, show_spinner=False, max_entries=200)
-def _recent(base_url: str, call: str, kwargs: dict[str, Any]) -> Any:
-    return getattr(_client(base_url), call)(**kwargs)
+def _recent(base_url: str, token: str | None, call: str, kwargs: dict[str, Any]) -> Any:
+    return getattr(_client(base_url, token), call)(**kwargs)
 
 
 @st.cache_data(ttl=600, show_spinner=False, max_entries=1000)
-def _lasting(base_url: str, call: str, kwargs: dict[str, Any]) -> Any:
-    return getattr(_client(base_url), call)(**kwargs)
+def _lasting(base_url: str, token: str | None, call: str, kwargs: dict[str, Any]) -> Any:
+    return getattr(_client(base_url, token), call)(**kwargs)
+
+
+def me() -> dict[str, Any]:
+    """The signed-in user: name and role (viewer, member or admin); a role change shows within
+    the cache's 15 s."""
+    return _read(_recent, "me", {})
+
+
+def check_token(token: str) -> dict[str, Any]:
+    """The user a token belongs to, asked uncached; `ApiError` (401) when it is refused."""
+    return _client(api_url(), token).me()
 
 
 def datasets() -> list[dict[str, Any]]:
-    return _recent(api_url(), "datasets", {})
+    return _read(_recent, "datasets", {})
 
 
 def dataset(dataset_id: int) -> dict[str, Any]:
-    return _recent(api_url(), "dataset", {"dataset_id": dataset_id})
+    return _read(_recent, "dataset", {"dataset_id": dataset_id})
 
 
 def job_options() -> dict[str, Any]:
     """What a job may be: kinds, statuses, detectors, ... and the spec's defaults."""
-    return _lasting(api_url(), "job_options", {})
+    return _read(_lasting, "job_options", {})
 
 
 def legend() -> dict[str, Any]:
     """The analysis' vocabulary: outcomes and their colours, metric labels, default thresholds."""
-    return _lasting(api_url(), "legend", {})
+    return _read(_lasting, "legend", {})
 
 
 def weights() -> list[dict[str, Any]]:
-    return _recent(api_url(), "weights", {})
+    return _read(_recent, "weights", {})
 
 
 def jobs(*, live: bool = False, **params: Any) -> dict[str, Any]:
     read = _live if live else _recent
-    return read(api_url(), "jobs", params)
+    return _read(read, "jobs", params)
 
 
 def job(job_id: int, *, live: bool = False) -> dict[str, Any]:
     read = _live if live else _recent
-    return read(api_url(), "job", {"job_id": job_id})
+    return _read(read, "job", {"job_id": job_id})
 
 
 def metrics(job_id: int, *, finished: bool, max_points: int = 1000) -> list[dict[str, Any]]:
     read = _lasting if finished else _live
-    return read(api_url(), "metrics", {"job_id": job_id, "max_points": max_points})
+    return _read(read, "metrics", {"job_id": job_id, "max_points": max_points})
 
 
 def config(job_id: int) -> str:
-    return _lasting(api_url(), "config", {"job_id": job_id})
+    return _read(_lasting, "config", {"job_id": job_id})
 
 
 def leaderboard(**params: Any) -> dict[str, Any]:
-    return _recent(api_url(), "leaderboard", params)
+    return _read(_recent, "leaderboard", params)
 
 
 def finished_runs(dataset_id: int) -> int:
     """How many fine-tune runs on a dataset have finished (the leaderboard's rows)."""
-    return int(_recent(api_url(), "leaderboard", {"dataset": dataset_id, "limit": 1})["total"])
+    return int(_read(_recent, "leaderboard", {"dataset": dataset_id, "limit": 1})["total"])
 
 
 def versus_leader(*, dataset: int, metric: str, ranking: tuple[int, ...]) -> dict[int, Any]:
@@ -156,31 +194,31 @@ def versus_leader(*, dataset: int, metric: str, ranking: tuple[int, ...]) -> dic
     are kept as long as finished results are, for as long as the ranking they were made on
     holds: another ranking is another cache entry.
     """
-    return _versus_leader(api_url(), dataset, metric, ranking)
+    return _checked(_versus_leader, api_url(), session.token(), dataset, metric, ranking)
 
 
 @st.cache_data(ttl=600, show_spinner=False, max_entries=50)
 def _versus_leader(
-    base_url: str, dataset: int, metric: str, ranking: tuple[int, ...]
+    base_url: str, token: str | None, dataset: int, metric: str, ranking: tuple[int, ...]
 ) -> dict[int, Any]:
-    board = _client(base_url).leaderboard(
+    board = _client(base_url, token).leaderboard(
         dataset=dataset, metric=metric, limit=len(ranking), significance=True
     )
     return {row["job_id"]: row["vs_leader"] for row in board["items"]}
 
 
 def evaluation(job_id: int) -> dict[str, Any]:
-    return _lasting(api_url(), "evaluation", {"job_id": job_id})
+    return _read(_lasting, "evaluation", {"job_id": job_id})
 
 
 def compare(job_a: int, job_b: int, *, metric: str = "bbox_mAP") -> dict[str, Any]:
     """B - A with intervals and p-values (paired bootstrap; seconds on big val splits)."""
-    return _lasting(api_url(), "compare", {"job_a": job_a, "job_b": job_b, "metric": metric})
+    return _read(_lasting, "compare", {"job_a": job_a, "job_b": job_b, "metric": metric})
 
 
 def group(group_id: int) -> dict[str, Any]:
     """A replicate group's runs and figures over its seeds; it changes as its runs finish."""
-    return _recent(api_url(), "group", {"group_id": group_id})
+    return _read(_recent, "group", {"group_id": group_id})
 
 
 def compare_groups(
@@ -190,18 +228,22 @@ def compare_groups(
 
     `scored` is the ids of each group's scored runs: the answer is kept as long as finished
     results are, until another run of either group is scored (another cache entry)."""
-    return _compare_groups(api_url(), group_a, group_b, scored)
+    return _checked(_compare_groups, api_url(), session.token(), group_a, group_b, scored)
 
 
 @st.cache_data(ttl=600, show_spinner=False, max_entries=50)
 def _compare_groups(
-    base_url: str, group_a: int, group_b: int, scored: tuple[tuple[int, ...], tuple[int, ...]]
+    base_url: str,
+    token: str | None,
+    group_a: int,
+    group_b: int,
+    scored: tuple[tuple[int, ...], tuple[int, ...]],
 ) -> dict[str, Any]:
-    return _client(base_url).compare_groups(group_a, group_b)
+    return _client(base_url, token).compare_groups(group_a, group_b)
 
 
 def images(job_id: int, **params: Any) -> dict[str, Any]:
-    return _lasting(api_url(), "images", {"job_id": job_id, **params})
+    return _read(_lasting, "images", {"job_id": job_id, **params})
 
 
 def as_filters(**chosen: str | None) -> Filters:
@@ -214,14 +256,20 @@ def detections(
 ) -> dict[str, Any]:
     """The boxes the overlay with the same arguments draws."""
     params = {"job_id": job_id, "image_id": image_id, "score_thr": score_thr, "show": show}
-    return _lasting(api_url(), "detections", {**params, **dict(filters)})
+    return _read(_lasting, "detections", {**params, **dict(filters)})
 
 
 @st.cache_data(ttl=600, show_spinner=False, max_entries=20)
 def _overlay(
-    base_url: str, job_id: int, image_id: int, score_thr: float, show: str, filters: Filters
+    base_url: str,
+    token: str | None,
+    job_id: int,
+    image_id: int,
+    score_thr: float,
+    show: str,
+    filters: Filters,
 ) -> bytes:
-    return _client(base_url).overlay(
+    return _client(base_url, token).overlay(
         job_id,
         image_id,
         score_thr=score_thr,
@@ -236,7 +284,9 @@ def overlay(
     job_id: int, image_id: int, *, score_thr: float, show: str, filters: Filters = ()
 ) -> bytes:
     """One overlay PNG at full size (small images enlarged)."""
-    return _overlay(api_url(), job_id, image_id, score_thr, show, filters)
+    return _checked(
+        _overlay, api_url(), session.token(), job_id, image_id, score_thr, show, filters
+    )
 
 
 # A grid shows overlays a few hundred pixels wide, so each is asked for at that width and kept
@@ -244,6 +294,7 @@ def overlay(
 @st.cache_data(ttl=600, show_spinner=False, max_entries=2000)
 def _tile(
     base_url: str,
+    token: str | None,
     job_id: int,
     image_id: int,
     score_thr: float,
@@ -251,7 +302,7 @@ def _tile(
     width: int,
     filters: Filters,
 ) -> bytes:
-    png = _client(base_url).overlay(
+    png = _client(base_url, token).overlay(
         job_id,
         image_id,
         score_thr=score_thr,
@@ -274,18 +325,19 @@ def overlay_tiles(
 ) -> Iterator[tuple[int, bytes]]:
     """(position, JPEG tile `width` px wide) of (job id, image id) pairs, each as soon as it
     is ready; the API renders them concurrently."""
-    base_url = api_url()
+    # read here: the pool's threads do not see the browser session
+    base_url, token = api_url(), session.token()
     if not pairs:
         return
     with ThreadPoolExecutor(max_workers=min(OVERLAY_FETCHES, len(pairs))) as pool:
         futures = {
             pool.submit(
-                _tile, base_url, job_id, image_id, score_thr, show, width, filters
+                _tile, base_url, token, job_id, image_id, score_thr, show, width, filters
             ): position
             for position, (job_id, image_id) in enumerate(pairs)
         }
         for future in as_completed(futures):
-            yield futures[future], future.result()
+            yield futures[future], _checked(future.result)
 
 
 def shrink(png: bytes, *, width: int) -> bytes:
@@ -299,31 +351,33 @@ def shrink(png: bytes, *, width: int) -> bytes:
 
 
 def compare_images(job_a: int, job_b: int, **params: Any) -> dict[str, Any]:
-    return _lasting(api_url(), "compare_images", {"job_a": job_a, "job_b": job_b, **params})
+    return _read(_lasting, "compare_images", {"job_a": job_a, "job_b": job_b, **params})
 
 
 def submit_job(spec: dict[str, Any]) -> dict[str, Any]:
-    created = client().submit_job(spec)
+    created = _checked(client().submit_job, spec)
     forget_lists()
     return created
 
 
 def import_run(**upload: Any) -> dict[str, Any]:
-    imported = client().import_run(**upload)
+    imported = _checked(lambda: client().import_run(**upload))
     forget_lists()
     return imported
 
 
 def cancel_job(job_id: int) -> dict[str, Any]:
-    cancelled = client().cancel_job(job_id)
+    cancelled = _checked(client().cancel_job, job_id)
     forget_lists()
     return cancelled
 
 
 def rescore(job_id: int) -> dict[str, Any]:
     """Score a finished job's predictions again (metrics, record, intervals, analysis)."""
-    scored = client().rescore(job_id)
-    _lasting.clear(api_url(), "evaluation", {"job_id": job_id})
+    scored = _checked(client().rescore, job_id)
+    # every session's copy of the evaluation, not only this token's: the entries are keyed by
+    # token, and results of finished jobs are otherwise kept for 10 minutes
+    _lasting.clear()
     _versus_leader.clear()
     _compare_groups.clear()
     forget_lists()

@@ -1,6 +1,8 @@
 """The DetLab REST API as plain Python calls: one httpx client, errors as `ApiError`.
 
 Nothing here knows about Streamlit, so the client can be used from scripts and tests too.
+Every call carries the client's bearer token; `signed_in` gives a client of another token over
+the same connections (the dashboard keeps one pool and one token per browser session).
 """
 
 from __future__ import annotations
@@ -58,13 +60,30 @@ def describe_detail(detail: Any) -> str:
 class ApiClient:
     """Calls of the DetLab API; every failure is raised as `ApiError`."""
 
-    def __init__(self, base_url: str = DEFAULT_API_URL, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str = DEFAULT_API_URL,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        http: httpx.Client | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, limits=limits)
+        self.token = token
+        self._owns_http = http is None
+        if http is None:
+            limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
+            http = httpx.Client(base_url=self.base_url, timeout=timeout, limits=limits)
+        self._http = http
+
+    def signed_in(self, token: str | None) -> ApiClient:
+        """A client that sends `token` (None: no token), over this client's connections."""
+        return ApiClient(self.base_url, token=token, http=self._http)
 
     def close(self) -> None:
-        self._http.close()
+        """Close the connections, unless they are another client's (see `signed_in`)."""
+        if self._owns_http:
+            self._http.close()
 
     # -- transport -------------------------------------------------------------------------
 
@@ -73,6 +92,11 @@ class ApiClient:
         if params is not None:
             kwargs["params"] = {k: v for k, v in params.items() if v is not None}
         url = str(self._http.build_request(method, path, params=kwargs.get("params")).url)
+        if self.token:
+            kwargs["headers"] = {
+                **kwargs.get("headers", {}),
+                "Authorization": f"Bearer {self.token}",
+            }
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TimeoutException:
@@ -96,6 +120,12 @@ class ApiClient:
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
 
+    # -- users -----------------------------------------------------------------------------
+
+    def me(self) -> dict[str, Any]:
+        """The user the token belongs to: id, name, role (viewer, member, admin), active."""
+        return self._json("GET", "/users/me")
+
     # -- datasets --------------------------------------------------------------------------
 
     def datasets(self) -> list[dict[str, Any]]:
@@ -116,14 +146,17 @@ class ApiClient:
         kind: str | None = None,
         dataset: int | None = None,
         group: int | None = None,
+        owner: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> dict[str, Any]:
+        """A page of jobs; `owner` is a user's name, or "me" (the token's user)."""
         params = {
             "status": status,
             "kind": kind,
             "dataset": dataset,
             "group": group,
+            "owner": owner,
             "limit": limit,
             "offset": offset,
         }

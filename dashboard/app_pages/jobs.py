@@ -2,7 +2,7 @@
 group: one job per seed), and the history.
 
 The choices of the form come from `GET /jobs/options`; a refused job shows the API's own
-validation message.
+validation message. Viewers see no forms; members cancel their own jobs, admins any.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import pandas as pd
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from dashboard import cached, views
+from dashboard import access, cached, views
 from dashboard.client import ApiError, describe_detail
 
 HISTORY_PAGE = 50
 HISTORY_COLUMNS = [
     "run",
     "name",
+    "owner",
     "kind",
     "status",
     "progress",
@@ -72,6 +73,9 @@ def job_row(job: dict[str, Any], *, bar: bool, position: int | None = None) -> N
         progress.caption(f"queued, position {position} in queue {job['queue']}")
     if job["cancel_requested"]:
         cancel.caption("stopping…")
+    elif not access.can_change(job):
+        if job.get("owner"):  # whom to ask
+            cancel.caption(f"by {job['owner']}")
     elif cancel.button("Cancel", key=f"cancel-{job['id']}"):
         try:
             cached.cancel_job(job["id"])
@@ -93,7 +97,7 @@ def progress_text(job: dict[str, Any]) -> str:
 
 
 def history_table(options: dict[str, Any], datasets: dict[int, str]) -> None:
-    status_col, kind_col, dataset_col = st.columns(3)
+    status_col, kind_col, dataset_col, owner_col = st.columns(4)
     status = status_col.selectbox(
         "Status", [None, *options["status"]], format_func=lambda s: s or "any", key="jobs-status"
     )
@@ -106,11 +110,15 @@ def history_table(options: dict[str, Any], datasets: dict[int, str]) -> None:
         format_func=lambda d: datasets[d] if d else "any",
         key="jobs-dataset",
     )
+    owner = owner_col.selectbox(
+        "Owner", [None, "me"], format_func=lambda o: o or "anyone", key="jobs-owner"
+    )
     page = st.session_state.get("jobs-page", 1)
     listing = cached.jobs(
         status=status,
         kind=kind,
         dataset=dataset,
+        owner=owner,
         limit=HISTORY_PAGE,
         offset=(page - 1) * HISTORY_PAGE,
     )
@@ -127,6 +135,7 @@ def history_table(options: dict[str, Any], datasets: dict[int, str]) -> None:
         column_order=HISTORY_COLUMNS,
         column_config={
             "run": st.column_config.LinkColumn("Run", display_text=r"job=(\d+)", **small),
+            "owner": st.column_config.TextColumn("owner", **small),
             "kind": st.column_config.TextColumn("kind", **small),
             "status": st.column_config.TextColumn("status", **small),
             "progress": st.column_config.ProgressColumn(
@@ -160,6 +169,7 @@ def history_frame(items: list[dict[str, Any]], datasets: dict[int, str]) -> pd.D
         {
             "run": [f"run?job={job['id']}" for job in items],
             "name": [job["name"] or "" for job in items],
+            "owner": [job.get("owner") or "" for job in items],
             "kind": [job["kind"] for job in items],
             "status": [job["status"] for job in items],
             "progress": [job["progress"] for job in items],
@@ -578,7 +588,12 @@ st.subheader("Running and queued")
 active_jobs()
 
 st.subheader("Submit a job")
-if not datasets:
+if not access.can_submit():
+    st.info(
+        f"You are signed in as a {cached.me()['role']}: submitting jobs and importing runs "
+        "needs the member role; ask an admin."
+    )
+elif not datasets:
     st.info("Register a dataset (`POST /datasets`) before submitting jobs.")
 else:
     finetune_tab, pretrain_tab, evaluate_tab, import_tab, json_tab = st.tabs(

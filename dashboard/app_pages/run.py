@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import cached, views
+from dashboard import access, cached, views
 from dashboard.client import ApiError, describe_detail
 
 ACTIVE = ("queued", "running")
@@ -136,9 +136,10 @@ def final_metrics(evaluation: dict[str, Any]) -> None:
             column.caption(f"{level} CI {bounds}")
 
 
-def scoring_record(job_id: int, evaluation: dict[str, Any]) -> None:
+def scoring_record(job: dict[str, Any], evaluation: dict[str, Any]) -> None:
     """One line on what produced the figures (engine, predictions, the bootstrap's draws), and
-    a way to compute the intervals where the evaluation has none."""
+    a way to compute the intervals where the evaluation has none (for its owner or an admin)."""
+    job_id = job["id"]
     record, intervals = evaluation["record"], evaluation["intervals"]
     parts = []
     if record:
@@ -162,10 +163,17 @@ def scoring_record(job_id: int, evaluation: dict[str, Any]) -> None:
         for what, kept in (("its scoring record", record), ("intervals", intervals))
         if not kept
     )
+    stored_before = f"This evaluation was stored before {missing} were kept."
+    if not access.can_change(job):
+        st.info(
+            f"{stored_before} Scoring the predictions again (`POST /jobs/{job_id}/analysis`, "
+            "for the job's owner or an admin) computes them."
+        )
+        return
     note, button = st.columns([4, 1], vertical_alignment="center")
     note.info(
-        f"This evaluation was stored before {missing} were kept. Scoring the predictions again "
-        f"(`POST /jobs/{job_id}/analysis`) computes them."
+        f"{stored_before} Scoring the predictions again (`POST /jobs/{job_id}/analysis`) "
+        "computes them."
     )
     if button.button("Score again", icon=":material/refresh:", key="run-rescore"):
         try:
@@ -486,6 +494,7 @@ st.header(views.job_label(job))
 st.caption(
     f"{job['kind']} · status **{job['status']}** · dataset #{job['dataset_id']} · created "
     f"{job['created_at'][:19].replace('T', ' ')}"
+    + (f" · owner {job['owner']}" if job.get("owner") else "")
     + (f" · worker {job['worker_host']}" if job["worker_host"] else "")
 )
 if job["error"]:
@@ -518,7 +527,7 @@ evaluation = read_evaluation(job)
 if evaluation is not None:
     st.subheader("Final metrics (val)")
     final_metrics(evaluation)
-    scoring_record(job["id"], evaluation)
+    scoring_record(job, evaluation)
     per_class_ap(evaluation)
 if job["group_id"] is not None:
     st.subheader("Replicates")

@@ -31,9 +31,11 @@ def seeded(api, worker, wait_job, shapes):
 
 @pytest.fixture(autouse=True)
 def dashboard_env(request, monkeypatch):
-    """Point the pages at the API process, for the tests that use it (no process otherwise)."""
+    """Point the pages at the API process, signed in as an admin, for the tests that use it
+    (no process otherwise)."""
     if "api" in request.fixturenames:
         monkeypatch.setenv("DETLAB_API_URL", str(request.getfixturevalue("api").base_url))
+        monkeypatch.setenv("DETLAB_API_TOKEN", request.getfixturevalue("admin_token"))
 
 
 def legend(api) -> dict:
@@ -594,6 +596,7 @@ def test_compare_shows_both_runs_metrics_and_class_differences(api, seeded):
 )
 def test_pages_say_plainly_when_the_api_is_unreachable(monkeypatch, page, query):
     monkeypatch.setenv("DETLAB_API_URL", UNREACHABLE)
+    monkeypatch.setenv("DETLAB_API_TOKEN", "dl_any")  # signed in: the page itself reads
     at = open_page(page, **query)
     assert not at.exception
     message = texts(at.error)
@@ -601,8 +604,13 @@ def test_pages_say_plainly_when_the_api_is_unreachable(monkeypatch, page, query)
     assert f"URL tried: `{UNREACHABLE}/" in message
 
 
-def test_client_errors_carry_the_url_and_the_apis_message(api, seeded):
-    client = ApiClient(str(api.base_url))
+def test_client_errors_carry_the_url_and_the_apis_message(api, admin_token, seeded):
+    with pytest.raises(ApiError) as no_token:
+        ApiClient(str(api.base_url)).job(seeded.job_a["id"])
+    assert no_token.value.status == 401 and "Authorization: Bearer" in no_token.value.message
+
+    client = ApiClient(str(api.base_url), token=admin_token)
+    assert client.me()["role"] == "admin"
     with pytest.raises(ApiError) as refused:
         client.submit_job({"dataset_id": seeded.dataset_id, "epochs": 1, "lr": -1})
     assert refused.value.status == 422 and refused.value.url == f"{api.base_url}/jobs"
@@ -640,7 +648,7 @@ def test_the_outcome_legend_shows_the_apis_colours_and_meanings(api):
 
 
 # Last in the file: it adds an evaluated and an imported run to the seeded dataset's board.
-def test_runs_scored_elsewhere_or_again_join_the_board_marked(api, wait_job, seeded):
+def test_runs_scored_elsewhere_or_again_join_the_board_marked(api, admin_token, wait_job, seeded):
     source = seeded.job_a
     at = open_page("jobs")
     at.selectbox(key="evaluate-dataset_id").select(seeded.dataset_id)
@@ -653,7 +661,7 @@ def test_runs_scored_elsewhere_or_again_join_the_board_marked(api, wait_job, see
 
     # the import form uploads through the dashboard's client; AppTest cannot pick a file
     predictions = api.get(f"/jobs/{source['id']}/predictions").content
-    run = ApiClient(str(api.base_url)).import_run(
+    run = ApiClient(str(api.base_url), token=admin_token).import_run(
         dataset_id=seeded.dataset_id,
         name="dash-imported",
         source={"model": "dash-a, exported"},

@@ -38,8 +38,9 @@ class Groups:
 
 
 @pytest.fixture(autouse=True)
-def dashboard_env(api, monkeypatch):
+def dashboard_env(api, admin_token, monkeypatch):
     monkeypatch.setenv("DETLAB_API_URL", str(api.base_url))
+    monkeypatch.setenv("DETLAB_API_TOKEN", admin_token)
 
 
 def predictions(val: dict, moved: int) -> list[dict]:
