@@ -4,6 +4,7 @@ from backend.audit.models import AuditEvent
 from backend.datasets.models import Dataset
 from backend.db import Base
 from backend.evaluations.models import Evaluation, ImageError, ImageResult
+from backend.experiments.models import Experiment
 from backend.jobs.models import Job, MetricPoint
 from backend.users.models import ApiToken, User
 from backend.weights.models import Weights
@@ -14,6 +15,7 @@ __all__ = [
     "Base",
     "Dataset",
     "Evaluation",
+    "Experiment",
     "ImageError",
     "ImageResult",
     "Job",

@@ -86,10 +86,18 @@ class Job(Base):
     def owner_name(self) -> str | None:
         return self.owner.name if self.owner is not None else None
 
+    # the experiment whose grid it is a cell of; a re-run's original job
+    experiment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="SET NULL"), index=True
+    )
+    rerun_of_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     name: Mapped[str | None] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     # the generated mmdet/mmpretrain config, runnable with the library's own tools/train.py
     config_text: Mapped[str | None] = mapped_column(Text)
+    # what produced its numbers, captured by the worker: code and library versions, hardware,
+    # the sha256 of the annotation files, the image list, the init weights and the config
+    record: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     progress_iter: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int | None] = mapped_column(Integer)
     eta_seconds: Mapped[float | None] = mapped_column(Float)
