@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     # job counts epochs x iterations per epoch); past them a 429 or a 422 naming the limit.
     max_active_jobs_per_user: int = Field(default=50, ge=1, le=1_000_000)
     max_iterations_per_job: int = Field(default=2_000_000, ge=1)
+    # An experiment queues at most this many jobs (cells x repeats).
+    max_jobs_per_experiment: int = Field(default=500, ge=1, le=100_000)
     # Origins whose web pages may call the API from a browser (CORS); none by default.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 

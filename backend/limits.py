@@ -11,13 +11,14 @@ route that takes the upload checks the file itself.
 from __future__ import annotations
 
 import json
+from urllib.parse import unquote_to_bytes
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.config import get_settings
 
-__all__ = ["BodyTooLarge", "RequestBodyLimit"]
+__all__ = ["BodyTooLarge", "RefuseNul", "RequestBodyLimit"]
 
 
 class BodyTooLarge(HTTPException):
@@ -127,3 +128,31 @@ async def _refuse(send: Send, refusal: BodyTooLarge) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class RefuseNul:
+    """Pure ASGI middleware: a NUL byte in the path or the query is a 422 (the database cannot
+    store one, and no name or value needs one)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query = unquote_to_bytes(scope.get("query_string", b""))
+            if "\x00" in scope["path"] or b"\x00" in query:
+                message = "the request's path or query contains a NUL byte; remove it"
+                body = json.dumps({"detail": {"message": message}}).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 422,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

@@ -6,7 +6,6 @@ import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import unquote
 
 import anyio
 from fastapi import FastAPI, Request
@@ -21,9 +20,10 @@ from backend.datasets.router import router as datasets_router
 from backend.errors import DomainError
 from backend.evaluations.router import groups_router, legend_router
 from backend.evaluations.router import router as evaluations_router
+from backend.experiments.router import router as experiments_router
 from backend.jobs.router import router as jobs_router
 from backend.leaderboard.router import router as leaderboard_router
-from backend.limits import RequestBodyLimit
+from backend.limits import RefuseNul, RequestBodyLimit
 from backend.load import InFlightLimit, unavailable
 from backend.migrate import upgrade_head
 from backend.runs.router import router as runs_router
@@ -104,13 +104,7 @@ def create_app(*, migrate: bool = True) -> FastAPI:
             "Postgres' max_connections) or DETLAB_DB_POOL_TIMEOUT_S"
         )
 
-    @app.middleware("http")
-    async def _refuse_nul(request: Request, call_next):  # type: ignore[no-untyped-def]
-        raw = request.url.path + "?" + request.url.query
-        if "\x00" in unquote(raw):
-            message = "the request's path or query contains a NUL byte; remove it"
-            return JSONResponse(status_code=422, content={"detail": {"message": message}})
-        return await call_next(request)
+    app.add_middleware(RefuseNul)
 
     @app.get("/health", tags=["meta"], dependencies=[PUBLIC])
     async def health() -> dict[str, str]:
@@ -125,6 +119,7 @@ def create_app(*, migrate: bool = True) -> FastAPI:
         groups_router,
         weights_router,
         runs_router,
+        experiments_router,
         audit_router,
         # last, so the fuzzer (tests/test_fuzz_api.py) revokes its own token only at the end
         users_router,

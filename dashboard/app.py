@@ -23,6 +23,12 @@ page = st.navigation(
             "app_pages/jobs.py", title="Jobs", icon=":material/manufacturing:", url_path="jobs"
         ),
         st.Page(
+            "app_pages/experiments.py",
+            title="Experiments",
+            icon=":material/grid_view:",
+            url_path="experiments",
+        ),
+        st.Page(
             "app_pages/run.py", title="Run detail", icon=":material/monitoring:", url_path="run"
         ),
         st.Page(

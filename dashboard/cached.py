@@ -26,6 +26,7 @@ __all__ = [
     "Filters",
     "api_url",
     "as_filters",
+    "cancel_experiment",
     "cancel_job",
     "client",
     "compare",
@@ -36,6 +37,10 @@ __all__ = [
     "datasets",
     "detections",
     "evaluation",
+    "experiment",
+    "experiment_report",
+    "experiment_templates",
+    "experiments",
     "finished_runs",
     "forget_lists",
     "group",
@@ -51,6 +56,7 @@ __all__ = [
     "overlay",
     "overlay_tiles",
     "rescore",
+    "submit_experiment",
     "submit_job",
     "versus_leader",
     "weights",
@@ -166,6 +172,29 @@ def jobs(*, live: bool = False, **params: Any) -> dict[str, Any]:
 def job(job_id: int, *, live: bool = False) -> dict[str, Any]:
     read = _live if live else _recent
     return _read(read, "job", {"job_id": job_id})
+
+
+def experiment_templates() -> list[dict[str, Any]]:
+    """The studies to start from; their inits follow the registered weights."""
+    return _read(_recent, "experiment_templates", {})
+
+
+def experiments(**params: Any) -> dict[str, Any]:
+    return _read(_recent, "experiments", params)
+
+
+def experiment(
+    experiment_id: int, *, metric: str, rows: str | None = None, cols: str | None = None
+) -> dict[str, Any]:
+    """An experiment's progress, cells and matrix; it changes as its jobs finish."""
+    params = {"experiment_id": experiment_id, "metric": metric, "rows": rows, "cols": cols}
+    return _read(_recent, "experiment", params)
+
+
+def experiment_report(experiment_id: int, *, format: str, **params: Any) -> str:
+    return _read(
+        _recent, "experiment_report", {"experiment_id": experiment_id, "format": format, **params}
+    )
 
 
 def metrics(job_id: int, *, finished: bool, max_points: int = 1000) -> list[dict[str, Any]]:
@@ -368,6 +397,18 @@ def import_run(**upload: Any) -> dict[str, Any]:
 
 def cancel_job(job_id: int) -> dict[str, Any]:
     cancelled = _checked(client().cancel_job, job_id)
+    forget_lists()
+    return cancelled
+
+
+def submit_experiment(body: dict[str, Any]) -> dict[str, Any]:
+    created = _checked(client().submit_experiment, body)
+    forget_lists()
+    return created
+
+
+def cancel_experiment(experiment_id: int) -> dict[str, Any]:
+    cancelled = _checked(client().cancel_experiment, experiment_id)
     forget_lists()
     return cancelled
 

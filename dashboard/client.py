@@ -197,6 +197,50 @@ class ApiClient:
     def predictions(self, job_id: int) -> bytes:
         return self._request("GET", f"/jobs/{job_id}/predictions").content
 
+    # -- experiments -----------------------------------------------------------------------
+
+    def experiment_templates(self) -> list[dict[str, Any]]:
+        """Studies to start an experiment from: title, description, base spec (no dataset),
+        axes, repeats and the base fields the user must fill (`needs`)."""
+        return self._json("GET", "/experiments/templates")
+
+    def experiments(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """A page of experiments, newest first, each with its jobs counted by status."""
+        return self._json("GET", "/experiments", params={"limit": limit, "offset": offset})
+
+    def experiment(
+        self,
+        experiment_id: int,
+        *,
+        metric: str = "bbox_mAP",
+        rows: str | None = None,
+        cols: str | None = None,
+    ) -> dict[str, Any]:
+        """An experiment with its cells (mean, interval and n of `metric`) and their layout as
+        a matrix of `rows` x `cols` (None: the API's default axes)."""
+        params = {"metric": metric, "rows": rows, "cols": cols}
+        return self._json("GET", f"/experiments/{experiment_id}", params=params)
+
+    def submit_experiment(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Queue a grid: {name, base, axes, repeats, template}; a 422 lists refused cells."""
+        return self._json("POST", "/experiments", json=body)
+
+    def cancel_experiment(self, experiment_id: int) -> dict[str, Any]:
+        return self._json("POST", f"/experiments/{experiment_id}/cancel")
+
+    def experiment_report(
+        self,
+        experiment_id: int,
+        *,
+        format: str = "md",
+        metric: str = "bbox_mAP",
+        rows: str | None = None,
+        cols: str | None = None,
+    ) -> str:
+        """The experiment's table as Markdown (`md`) or CSV (`csv`)."""
+        params = {"format": format, "metric": metric, "rows": rows, "cols": cols}
+        return self._request("GET", f"/experiments/{experiment_id}/report", params=params).text
+
     # -- results ---------------------------------------------------------------------------
 
     def legend(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from backend.weights.models import Weights
 from worker.checkpoints import check_user_checkpoint
 from worker.mmdet_config import build_finetune_config
 from worker.outcomes import JobFailed
-from worker.training import require_cuda_for_amp, save_config, train
+from worker.training import require_cuda_for_amp, save_config, save_record, train
 
 __all__ = ["run_finetune", "store_evaluation"]
 
@@ -58,7 +58,19 @@ def run_finetune(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
     paths = JobPaths.for_job(settings.artifact_root, job.id)
     paths.work_dir.mkdir(parents=True, exist_ok=True)
     cfg = build_finetune_config(spec, dataset=dataset, paths=paths, weights_path=weights_path)
-    save_config(cfg, paths.config, claim=claim, sessions=sessions, db_grace_s=settings.db_grace_s)
+    text = save_config(
+        cfg, paths.config, claim=claim, sessions=sessions, db_grace_s=settings.db_grace_s
+    )
+    save_record(
+        cfg,
+        text,
+        job_dir=paths.root,
+        claim=claim,
+        sessions=sessions,
+        settings=settings,
+        train_ann=Path(dataset.train_ann),
+        val_ann=Path(dataset.val_ann),
+    )
 
     from mmdet.utils import register_all_modules
 

@@ -16,14 +16,15 @@ from backend.jobs.spec import PretrainSpec
 from backend.weights import service as weights_service
 from worker.mmpretrain_config import build_pretrain_config, register_algorithm
 from worker.outcomes import JobFailed
-from worker.training import require_cuda_for_amp, save_config, train
+from worker.training import require_cuda_for_amp, save_config, save_record, train
 
 __all__ = ["run_pretrain", "export_backbone"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif"}
 
 
-def _image_folder(spec: PretrainSpec, sessions: sessionmaker[Session]) -> str:
+def _image_folder(spec: PretrainSpec, sessions: sessionmaker[Session]) -> tuple[str, list[str]]:
+    """The folder of images a pretrain job trains on, and their paths relative to it."""
     if spec.dataset_id is not None:
         with sessions() as session:
             dataset = session.get(Dataset, spec.dataset_id)
@@ -34,13 +35,17 @@ def _image_folder(spec: PretrainSpec, sessions: sessionmaker[Session]) -> str:
         folder = Path(spec.image_folder or "")
     if not folder.is_dir():
         raise JobFailed(f"the image folder {folder} is gone")
-    count = sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if count < spec.batch_size:
+    names = [
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if len(names) < spec.batch_size:
         raise JobFailed(
-            f"the image folder {folder} holds {count} images, fewer than one batch "
+            f"the image folder {folder} holds {len(names)} images, fewer than one batch "
             f"({spec.batch_size}); add images or lower batch_size"
         )
-    return str(folder)
+    return str(folder), names
 
 
 def export_backbone(model: Any, out: Path, *, meta: dict[str, Any]) -> str:
@@ -64,11 +69,22 @@ def run_pretrain(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
     assert settings.artifact_root is not None
     spec = PretrainSpec.model_validate(job.spec)
     require_cuda_for_amp(spec.amp)
-    folder = _image_folder(spec, sessions)
+    folder, names = _image_folder(spec, sessions)
     paths = JobPaths.for_job(settings.artifact_root, job.id)
     paths.work_dir.mkdir(parents=True, exist_ok=True)
     cfg = build_pretrain_config(spec, image_folder=folder, paths=paths)
-    save_config(cfg, paths.config, claim=claim, sessions=sessions, db_grace_s=settings.db_grace_s)
+    text = save_config(
+        cfg, paths.config, claim=claim, sessions=sessions, db_grace_s=settings.db_grace_s
+    )
+    save_record(
+        cfg,
+        text,
+        job_dir=paths.root,
+        claim=claim,
+        sessions=sessions,
+        settings=settings,
+        train_image_names=names,
+    )
 
     from mmpretrain.utils import register_all_modules
 

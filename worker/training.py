@@ -9,14 +9,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from backend.config import Settings
 from backend.jobs import service as job_service
 from backend.jobs.service import Claim
 from worker.checkpoints import allow_own_checkpoints
 from worker.db_writes import retrying
 from worker.outcomes import JobFailed
 from worker.progress import JobProgressHook
+from worker.record import CACHE_FOLDER, capture, config_facts
 
-__all__ = ["require_cuda_for_amp", "save_config", "train"]
+__all__ = ["require_cuda_for_amp", "save_config", "save_record", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,8 @@ def require_cuda_for_amp(amp: bool) -> None:
 
 def save_config(
     cfg: Any, path: Path, *, claim: Claim, sessions: sessionmaker[Session], db_grace_s: float
-) -> None:
-    """Write the generated config beside the job's files and into the job's row."""
+) -> str:
+    """Write the generated config beside the job's files and into the job's row; its text."""
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg.dump(str(path))
     text = path.read_text(encoding="utf-8")
@@ -48,6 +50,41 @@ def save_config(
             )
 
     retrying(write, grace_s=db_grace_s, what="saving the config")
+    return text
+
+
+def save_record(
+    cfg: Any,
+    config_text: str,
+    *,
+    job_dir: Path,
+    claim: Claim,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    train_ann: Path | None = None,
+    val_ann: Path | None = None,
+    train_image_names: list[str] | None = None,
+) -> dict[str, Any]:
+    """Capture the job's reproducibility record (worker/record.py: its data are the annotation
+    files, or a pretraining folder's image names) and write it into the job's row; the record."""
+    record = capture(
+        config_text=config_text,
+        job_dir=job_dir,
+        train_ann=train_ann,
+        val_ann=val_ann,
+        train_image_names=train_image_names,
+        cache_dir=settings.home / CACHE_FOLDER,
+        **config_facts(cfg),
+    )
+
+    def write() -> None:
+        with sessions() as session:
+            job_service.save_record(
+                session=session, job_id=claim.job.id, record=record, token=claim.token
+            )
+
+    retrying(write, grace_s=settings.db_grace_s, what="saving the reproducibility record")
+    return record
 
 
 def train(

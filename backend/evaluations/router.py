@@ -16,6 +16,7 @@ from backend.evaluations import (
     compare_service,
     images_service,
     replicates_service,
+    reproduction_service,
     service,
     significance_service,
 )
@@ -115,6 +116,16 @@ def recompute_analysis(
         detail={"score_thr": score_thr, "iou_thr": iou_thr, "resamples": resamples},
     )
     return evaluation
+
+
+@router.get("/{job_id}/reproduction", responses=error_responses(404, 409))
+def job_reproduction(
+    job_id: RowId, session: SessionDep, _: ViewerDep, metric: str = "bbox_mAP"
+) -> dict[str, Any]:
+    """For a re-run (POST /jobs/{id}/rerun): whether its score falls inside the original's 95%
+    interval over val images, whether the config is the same, and what else differs in the
+    two runs' reproducibility records."""
+    return reproduction_service.reproduction(session=session, job_id=job_id, metric=metric)
 
 
 @router.get("/{job_id}/images", response_model=ImagePage, responses=error_responses(404, 409))

@@ -23,16 +23,22 @@ class Experiment(Base):
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(20))  # the cells' job kind: finetune or pretrain
     base_spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    # axis -> its values, in the order given: each cell is the base spec with one value each
-    axes: Mapped[dict[str, list[Any]]] = mapped_column(JSONType)
+    # [[axis, its values], ...] in the order given (a JSONB object would sort its keys): each
+    # cell is the base spec with one value of each axis
+    axes: Mapped[list[list[Any]]] = mapped_column(JSONType)
     repeats: Mapped[int] = mapped_column(Integer, default=1)
     template: Mapped[str | None] = mapped_column(String(100))
     owner_id: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), index=True
     )
-    owner: Mapped[Any] = relationship("User", lazy="selectin")
+    owner: Mapped[Any] = relationship("User", lazy="select")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    @property
+    def grid(self) -> dict[str, list[Any]]:
+        """axis -> its values, in the order given."""
+        return {axis: values for axis, values in self.axes}
 
     @property
     def owner_name(self) -> str | None:

@@ -15,7 +15,7 @@ from backend.errors import Invalid, TooMany
 from backend.jobs.models import Job, JobStatus
 from backend.jobs.spec import EvaluateSpec, FinetuneSpec, PretrainSpec
 
-__all__ = ["Quota", "check", "iterations"]
+__all__ = ["Quota", "check_active", "check_length", "iterations"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -61,15 +61,10 @@ def iterations(
     return epochs * max(1, math.ceil(images / spec.batch_size))
 
 
-def check(
-    *,
-    session: Session,
-    owner_id: int,
-    spec: FinetuneSpec | PretrainSpec | EvaluateSpec,
-    new_jobs: int,
-    quota: Quota,
+def check_length(
+    *, session: Session, spec: FinetuneSpec | PretrainSpec | EvaluateSpec, quota: Quota
 ) -> None:
-    """Refuse the submission when it would pass either quota, naming the limit."""
+    """Refuse a job longer than the quota, naming the limit."""
     length = iterations(session, spec, enough=quota.max_iterations)
     if length > quota.max_iterations:
         raise Invalid(
@@ -77,11 +72,14 @@ def check(
             "per job (DETLAB_MAX_ITERATIONS_PER_JOB); give fewer epochs or iterations, or a "
             "larger batch"
         )
+
+
+def check_active(*, session: Session, owner_id: int, new_jobs: int, quota: Quota) -> None:
+    """Refuse new_jobs more when the owner would have more queued or running than the quota."""
+    running = Job.status.in_([JobStatus.queued, JobStatus.running])
     active = (
         session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.owner_id == owner_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
+            select(func.count()).select_from(Job).where(Job.owner_id == owner_id, running)
         )
         or 0
     )

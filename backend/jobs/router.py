@@ -8,11 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from backend import queue
 from backend.audit.service import record_request
 from backend.deps import MAX_ID, Offset, RowId, SessionDep, SettingsDep
 from backend.errors import Invalid, NotFound, error_responses
 from backend.jobs import service
+from backend.jobs.dispatch import send
 from backend.jobs.estimate import estimate
 from backend.jobs.models import Job, JobKind, JobStatus
 from backend.jobs.quota import Quota
@@ -58,7 +58,7 @@ def submit_job(
         object_id=jobs[0].id,
         detail=detail,
     )
-    _send(session, [job.id for job in jobs])
+    send(session, [job.id for job in jobs])
     found = estimate(session, job=jobs[0])
     warnings = []
     if found is not None and found.seconds > settings.long_job_warning_s:
@@ -81,16 +81,6 @@ def submit_job(
 def _duration(seconds: float) -> str:
     hours = seconds / 3600
     return f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} hours"
-
-
-def _send(session: SessionDep, job_ids: list[int]) -> None:
-    for position, job_id in enumerate(job_ids):
-        try:
-            queue.enqueue(job_id)
-        except Exception:
-            log.exception("the broker refused the messages of jobs %s", job_ids[position:])
-            service.mark_unsent(session=session, job_ids=job_ids[position:])
-            return
 
 
 def _read(session: SessionDep, job: Job) -> JobRead:
@@ -116,7 +106,46 @@ def requeue_job(
     beating more than DETLAB_HEARTBEAT_STALE_S ago. 409 for a live or a succeeded job."""
     job = service.requeue(session=session, job_id=job_id, stale_s=settings.heartbeat_stale_s)
     record_request(request, session=session, user=user, action="job.requeue", object_id=job.id)
-    _send(session, [job.id])
+    send(session, [job.id])
+    return _read(session, job)
+
+
+@router.post(
+    "/{job_id}/rerun",
+    response_model=JobRead,
+    status_code=201,
+    responses=error_responses(403, 404, 409, 415, 429),
+)
+def rerun_job(
+    job_id: RowId, request: Request, session: SessionDep, settings: SettingsDep, user: MemberDep
+):
+    """Queue a job of yours (an admin: anyone's) again with the same spec and seed; GET
+    /jobs/{new id}/reproduction then says whether its score falls inside the original's
+    interval, and whether the config and the record are the same."""
+    check_owner(
+        user=user, owner=service.get(session=session, job_id=job_id).owner, what=f"job {job_id}"
+    )
+    job = service.rerun(
+        session=session,
+        job_id=job_id,
+        roots=settings.data_roots,
+        queue=settings.queue,
+        artifact_root=settings.artifact_root,
+        owner_id=user.id,
+        quota=Quota(
+            max_active_jobs=settings.max_active_jobs_per_user,
+            max_iterations=settings.max_iterations_per_job,
+        ),
+    )
+    record_request(
+        request,
+        session=session,
+        user=user,
+        action="job.rerun",
+        object_id=job.id,
+        detail={"rerun_of": job_id},
+    )
+    send(session, [job.id])
     return _read(session, job)
 
 

@@ -22,12 +22,21 @@ class JobRead(BaseModel):
     name: str | None
     dataset_id: int | None
     parent_id: int | None
+    experiment_id: int | None = Field(default=None, description="the experiment it is a cell of")
+    rerun_of_id: int | None = Field(default=None, description="the job it runs again")
     group_id: int | None = Field(
         default=None, description="replicate group: the id of the group's first job"
     )
     weights_id: int | None
     owner: str | None = OWNER
     spec: dict[str, Any]
+    record: dict[str, Any] | None = Field(
+        default=None,
+        description="reproducibility record, captured by the worker when the job starts: DetLab "
+        "version and git commit, Python and library versions, CUDA, cuDNN and GPU, the sha256 of "
+        "the annotation files, image lists, init weights and config, seed and deterministic "
+        "flag (fields: backend/jobs/records.py); null until a worker starts it, and for imports",
+    )
     progress_iter: int
     progress_total: int | None
     eta_seconds: float | None

@@ -22,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
+from pydantic import TypeAdapter
 from sqlalchemy import CursorResult, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -41,6 +42,7 @@ from backend.jobs.spec import (
     CheckpointInit,
     EvaluateSpec,
     FinetuneSpec,
+    JobSpec,
     PretrainSpec,
     WeightsInit,
 )
@@ -52,7 +54,10 @@ __all__ = [
     "cancel",
     "claim",
     "create",
+    "add_queued",
+    "rerun",
     "create_import",
+    "prepare",
     "discard",
     "fail",
     "finish",
@@ -67,7 +72,10 @@ __all__ = [
     "requeue_stale",
     "resend",
     "save_config",
+    "save_record",
 ]
+
+_SPEC: TypeAdapter[Any] = TypeAdapter(JobSpec)
 
 
 class ClaimLost(Exception):
@@ -138,6 +146,49 @@ def create(
     """Check a spec against what is stored and the owner's quota, and queue it as new jobs of
     `queue` owned by owner_id (their messages are the caller's to send): one job, or one per
     replicate seed in a replicate group when a fine-tune asks for repeats."""
+    jobs = prepare(
+        session=session,
+        spec=spec,
+        roots=roots,
+        queue=queue,
+        artifact_root=artifact_root,
+        owner_id=owner_id,
+        quota=quota,
+    )
+    if quota is not None and owner_id is not None:
+        job_quota.check_active(session=session, owner_id=owner_id, new_jobs=len(jobs), quota=quota)
+    add_queued(session=session, groups=[jobs])
+    session.commit()
+    return jobs
+
+
+def add_queued(*, session: Session, groups: list[list[Job]], **columns: Any) -> None:
+    """Add prepared jobs (not committed): each list of several is a replicate group named by
+    its first job; `columns` are set on every job."""
+    for jobs in groups:
+        for job in jobs:
+            for name, value in columns.items():
+                setattr(job, name, value)
+        session.add_all(jobs)
+    session.flush()
+    for jobs in groups:
+        if len(jobs) > 1:
+            for job in jobs:
+                job.group_id = jobs[0].id
+
+
+def prepare(
+    *,
+    session: Session,
+    spec: FinetuneSpec | PretrainSpec | EvaluateSpec,
+    roots: list[Path],
+    queue: str = "detlab",
+    artifact_root: Path | None = None,
+    owner_id: int | None = None,
+    quota: Quota | None = None,
+) -> list[Job]:
+    """The jobs a spec makes, checked against what is stored and the length quota, not yet
+    added to the session: Invalid names the first problem."""
     now = utcnow()
 
     def queued(kind: JobKind, one: FinetuneSpec | PretrainSpec | EvaluateSpec, **row: Any) -> Job:
@@ -173,16 +224,8 @@ def create(
             queued(JobKind.finetune, replicate, weights_id=weights_id)
             for replicate in spec.replicates()
         ]
-    if quota is not None and owner_id is not None:
-        job_quota.check(
-            session=session, owner_id=owner_id, spec=spec, new_jobs=len(jobs), quota=quota
-        )
-    session.add_all(jobs)
-    session.flush()
-    if len(jobs) > 1:
-        for job in jobs:
-            job.group_id = jobs[0].id
-    session.commit()
+    if quota is not None:
+        job_quota.check_length(session=session, spec=spec, quota=quota)
     return jobs
 
 
@@ -217,6 +260,48 @@ def _check_evaluate(session: Session, spec: EvaluateSpec, roots: list[Path]) -> 
         "the path of a checkpoint (a data root or the artifacts)",
     )
     return spec.model_copy(update={"checkpoint": str(path)})
+
+
+def rerun(
+    *,
+    session: Session,
+    job_id: int,
+    roots: list[Path],
+    queue: str,
+    artifact_root: Path | None,
+    owner_id: int | None,
+    quota: Quota | None,
+) -> Job:
+    """Queue the job's spec again, seed included, as a new job that names it (rerun_of_id)."""
+    original = get(session=session, job_id=job_id)
+    if original.kind == JobKind.imported:
+        raise Conflict(
+            f"job {job_id} is an import: its predictions were made elsewhere, so there is no "
+            "spec to run again; import the re-made predictions instead"
+        )
+    spec_in = {**original.spec, "name": f"re-run of {original.name or job_id}"[:200]}
+    try:
+        spec = _SPEC.validate_python(spec_in)
+    except ValueError as exc:
+        raise Conflict(
+            f"job {job_id}'s spec is no longer accepted, so it cannot be run again as it was: {exc}"
+        ) from None
+    (job,) = prepare(
+        session=session,
+        spec=spec,
+        roots=roots,
+        queue=queue,
+        artifact_root=artifact_root,
+        owner_id=owner_id,
+        quota=quota,
+    )
+    if quota is not None and owner_id is not None:
+        job_quota.check_active(session=session, owner_id=owner_id, new_jobs=1, quota=quota)
+    job.rerun_of_id = original.id
+    job.experiment_id = None
+    add_queued(session=session, groups=[[job]])
+    session.commit()
+    return job
 
 
 def create_import(
@@ -395,6 +480,16 @@ def save_config(
     held = _changed(
         session, update(Job).where(*_held(job_id, token)).values(config_text=config_text)
     )
+    session.commit()
+    if held != 1:
+        raise ClaimLost(f"job {job_id} is no longer held by this attempt")
+
+
+def save_record(
+    *, session: Session, job_id: int, record: dict[str, Any], token: str | None = None
+) -> None:
+    """Keep the job's reproducibility record (backend/jobs/records.py) with the job."""
+    held = _changed(session, update(Job).where(*_held(job_id, token)).values(record=record))
     session.commit()
     if held != 1:
         raise ClaimLost(f"job {job_id} is no longer held by this attempt")

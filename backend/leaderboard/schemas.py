@@ -53,6 +53,12 @@ class _RowBase(BaseModel):
         description="95% interval of every metric that has one: {metric: {low, high}} "
         "(bootstrap over val images; with group=true and n >= 2, t-interval over seeds)",
     )
+    record_differs: list[str] = Field(
+        default_factory=list,
+        description="the reproducibility record's fields (environment and data: library "
+        "versions, GPU, annotation hashes ...) in which this row's runs differ from most runs "
+        "of its dataset among the rows returned; empty when they agree or have no record",
+    )
     vs_leader: dict[str, Any] | None = Field(
         default=None,
         description="with significance=true: {leader: true} on the top row; on the others the "

@@ -13,6 +13,7 @@ from backend.analysis.tables import METRIC_KEYS
 from backend.errors import Invalid
 from backend.evaluations import significance_service
 from backend.evaluations.models import Evaluation
+from backend.jobs import records
 from backend.jobs.models import Job, JobKind, JobStatus
 from backend.weights.models import Weights
 
@@ -51,7 +52,8 @@ def rows(
 
     Rows are plain dicts in the shape of ``LeaderboardRow`` (the route validates them once):
     only the columns the table shows are read, no ORM objects are built, since a dashboard
-    asks for up to 10,000 rows at a time."""
+    asks for up to 10,000 rows at a time. Each row's ``record_differs`` compares its runs'
+    reproducibility records with those of the other rows returned of the same dataset."""
     if metric not in METRIC_KEYS:
         raise Invalid(f"metric {metric!r} is not accepted; use one of {', '.join(METRIC_KEYS)}")
     unknown = sorted(set(filters or {}) - set(AXES))
@@ -66,6 +68,7 @@ def rows(
             Job.spec,
             Job.finished_at,
             Job.group_id,
+            Job.record,
             *(getattr(Evaluation, m) for m in METRIC_KEYS),
             Evaluation.intervals["metrics"].label("metric_intervals"),
             Weights.name.label("weights_name"),
@@ -91,14 +94,14 @@ def rows(
         if init_filter is not None:
             every = [r for r in every if _matches_init(r, init_filter)]
         ranked = _group_rows([_row(r, metric) for r in every], metric, descending)
-        return ranked[offset : offset + limit], len(ranked)
+        return _mark_records(ranked[offset : offset + limit]), len(ranked)
     if init_filter is None:
         total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
         found = session.execute(query.limit(limit).offset(offset)).all()
     else:
         matching = [r for r in session.execute(query).all() if _matches_init(r, init_filter)]
         total, found = len(matching), matching[offset : offset + limit]
-    return [_row(r, metric) for r in found], total
+    return _mark_records([_row(r, metric) for r in found]), total
 
 
 def _init(row: Row[Any]) -> str:
@@ -164,7 +167,25 @@ def _row(row: Row[Any], metric: str) -> dict[str, Any]:
         **{key: getattr(row, key) for key in METRIC_KEYS},
         "interval": {"metric": metric, **chosen} if chosen else None,
         "intervals": intervals,
+        # the records of the row's runs, compared by _mark_records, which drops them
+        "records": [row.record],
     }
+
+
+def _mark_records(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set each row's ``record_differs``: the record fields in which its runs (a group's, or
+    the one run) differ from the rest of the runs of the same dataset among ``items``."""
+    by_dataset: dict[int, list[dict[str, Any]]] = {}
+    for item in items:
+        by_dataset.setdefault(item["dataset_id"], []).append(item)
+    for rows in by_dataset.values():
+        found = iter(records.differences([r for row in rows for r in row["records"]]))
+        for row in rows:
+            fields = {field for _ in row["records"] for field in next(found)}
+            row["record_differs"] = [f for f in records.COMPARED if f in fields]
+    for item in items:
+        del item["records"]
+    return items
 
 
 def _group_rows(items: list[dict[str, Any]], metric: str, descending: bool) -> list[dict[str, Any]]:
@@ -191,6 +212,7 @@ def _group_rows(items: list[dict[str, Any]], metric: str, descending: bool) -> l
             for key in METRIC_KEYS
         }
         row = dict(members[0])
+        row["records"] = [record for m in members for record in m["records"]]
         for key, summary in summaries.items():
             row[key] = summary.mean
             if summary.n >= 2 and summary.low is not None and summary.high is not None:

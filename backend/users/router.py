@@ -146,8 +146,8 @@ def list_audit_events(
     session: SessionDep,
     _: AdminDep,
     user: Annotated[str | None, Query(max_length=100, description="a user's name")] = None,
-    action: Action | None = None,
-    object_type: ObjectType | None = None,
+    action: Action | None = None,  # type: ignore[valid-type]
+    object_type: ObjectType | None = None,  # type: ignore[valid-type]
     object_id: OptionalId = None,
     since: datetime | None = None,
     until: datetime | None = None,

@@ -29,8 +29,9 @@ class Weights(Base):
     report: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     # who imported them, or who submitted the pretraining that made them
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
-    # users depend on nothing, so the ORM resolves "User" by name and no import is needed
-    owner: Mapped[Any] = relationship("User", lazy="selectin")
+    # users depend on nothing, so the ORM resolves "User" by name; loaded when read (once a
+    # session per user: a many-to-one found in the identity map costs no query)
+    owner: Mapped[Any] = relationship("User", lazy="select")
 
     @property
     def owner_name(self) -> str | None:

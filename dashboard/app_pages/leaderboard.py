@@ -5,6 +5,8 @@ tested against the top one (tied with it, or worse). Replicate groups (one spec 
 several seeds) can be shown as one row each: the mean over the seeds, its t-interval and the
 standard deviation between seeds. Filters, a chart of the best rows with their intervals, a bar
 chart of the ranking metric grouped by backbone or init, and a row selection that opens the run.
+A run whose reproducibility record differs from the other runs' (another library version or
+GPU, a changed annotation file) is marked in a "record" column naming the fields.
 """
 
 from __future__ import annotations
@@ -107,6 +109,12 @@ def verdict_text(vs_leader: dict[str, Any] | None) -> str:
     return f"{found} ({views.format_p(vs_leader['p_holm'])})"
 
 
+def record_cell(differs: list[str] | None) -> str:
+    """The "record" cell: "⚠ differs: mmdet, val_ann_sha256", empty when the run's record
+    agrees with the other runs'."""
+    return f"⚠ differs: {', '.join(differs)}" if differs else ""
+
+
 def leaderboard_frame(
     items: list[dict],
     labels: dict[str, str],
@@ -118,8 +126,9 @@ def leaderboard_frame(
     """One row per run (`grouped`: per replicate group, its first run's link): a link, its AP
     figures in points (under their `labels`), the ranking `metric` with its interval as text
     and its bounds, its verdict against the leader (`ties`: job id -> the API's vs_leader, when
-    tested) and its spec's axes; a group's row also has n, the std between its seeds and the
-    seeds in place of the seed."""
+    tested), its spec's axes and the fields in which its reproducibility record differs from the
+    other rows'; a group's row also has n, the std between its seeds and the seeds in place of
+    the seed."""
     rows = pd.DataFrame(items)
     frame = pd.DataFrame({"run": "run?job=" + rows["job_id"].astype(str)})
     frame["job_id"] = rows["job_id"]
@@ -168,6 +177,7 @@ def leaderboard_frame(
     frame["finished"] = [
         views.EMPTY if pd.isna(when) else when.strftime("%Y-%m-%d %H:%M") for when in finished
     ]
+    frame["record"] = [record_cell(fields) for fields in rows["record_differs"]]
     if grouped:
         replicates = list(rows["replicates"])
         frame["n"] = [found["n"] for found in replicates]
@@ -379,6 +389,8 @@ metric_columns = [
 ]
 if grouped:
     metric_columns.insert(metric_columns.index(ranked) + 1, std_column(label))
+# the record column only when some run's environment or data differs from the others'
+differing = int((runs["record"] != "").sum())
 selection = st.dataframe(
     runs,
     hide_index=True,
@@ -391,6 +403,7 @@ selection = st.dataframe(
         *metric_columns,
         *(["vs leader"] if ties is not None else []),
         *axes_columns,
+        *(["record"] if differing else []),
         "finished",
     ],
     column_config={
@@ -414,6 +427,12 @@ selection = st.dataframe(
         "seed": st.column_config.TextColumn("seeds") if grouped else "seed",
         "lr": st.column_config.NumberColumn("lr", format="%g"),
         "finished": st.column_config.TextColumn("finished", help="UTC"),
+        "record": st.column_config.TextColumn(
+            "record",
+            width="medium",
+            help="the fields of the run's reproducibility record (library versions, GPU, "
+            "annotation and image list hashes ...) that differ from most runs shown",
+        ),
     },
     on_select="rerun",
     selection_mode="single-row",
@@ -456,6 +475,13 @@ st.caption(
         else ""
     )
 )
+if differing:
+    st.caption(
+        f"record: {differing:,} of the {noun} shown ran in another environment or on other data "
+        f"than most {noun} of this dataset (another library version, GPU, or a changed "
+        "annotation file: the fields named); their figures may differ for that reason and not "
+        "for their spec. The run page lists the whole record."
+    )
 if ties is not None:
     untested = (
         f" Only the best {len(ranking)} runs are tested." if board["total"] > len(ranking) else ""

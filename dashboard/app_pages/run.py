@@ -1,7 +1,8 @@
-"""Run detail: one job's training curves, final metrics and per-class AP with their intervals
-and how they were scored, its replicate group (the other seeds' runs, mean, spread and where the
-spread comes from), error breakdown, confusion matrix, and downloads of its mmdet config,
-evaluation and predictions.
+"""Run detail: one job's reproducibility record (versions, hardware, hashes of its data and
+config), training curves, final metrics and per-class AP with their intervals and how they were
+scored, its replicate group (the other seeds' runs, mean, spread and where the spread comes
+from), error breakdown, confusion matrix, and downloads of its mmdet config, evaluation and
+predictions.
 
 The job comes from the `job` query parameter (`run?job=12`); a running job's part of the
 page refreshes on its own.
@@ -25,6 +26,8 @@ ACTIVE = ("queued", "running")
 CELL_LINKS = 4
 # The API's interval of a group's mean over its seeds is a 95% t-interval (its `method` says so).
 GROUP_LEVEL = "95%"
+# sha256 values (and the git commit) in the reproducibility record's table: their first characters
+HASH_CHARS = 12
 
 
 def line_figure(
@@ -470,6 +473,34 @@ def downloads(job: dict[str, Any], evaluation: dict[str, Any] | None) -> None:
         )
 
 
+def record_value(field: str, value: Any) -> str:
+    """A record's value as the table shows it: a sha256 as its first HASH_CHARS characters,
+    a missing value as the empty mark."""
+    if value is None:
+        return views.EMPTY
+    if field.endswith("sha256") or field == "git_commit":
+        return f"`{str(value)[:HASH_CHARS]}`"
+    # a "|" would end the table's cell
+    return f"`{value}`".replace("|", "\\|") if isinstance(value, str) else str(value)
+
+
+def reproducibility_record(job: dict[str, Any]) -> None:
+    """What produced the run: code and library versions, hardware, and the sha256 of its data,
+    init weights and config (shortened; the whole record, to copy, under the table)."""
+    record = job.get("record")
+    if not record:
+        st.caption(
+            "No record: a worker captures it when the job starts (not yet for a queued job), "
+            "and an imported run's predictions were made elsewhere."
+        )
+        return
+    lines = ["| field | value |", "| --- | --- |"]
+    lines += [f"| {field} | {record_value(field, value)} |" for field, value in record.items()]
+    st.markdown("\n".join(lines))
+    st.caption(f"sha256 values shortened to their first {HASH_CHARS} characters; the whole record:")
+    st.code(json.dumps(record, indent=2), language="json")
+
+
 def read_evaluation(job: dict[str, Any]) -> dict[str, Any] | None:
     if job["status"] != "succeeded" or job["kind"] != "finetune":
         return None
@@ -501,6 +532,8 @@ if job["error"]:
     (st.error if job["status"] == "failed" else st.warning)(job["error"])
 with st.expander("Spec"):
     st.json(spec)
+with st.expander("Reproducibility record"):
+    reproducibility_record(job)
 
 if job["kind"] == "finetune":
     links = st.columns(3)

@@ -213,9 +213,35 @@ def test_leaderboard_chart_and_cells_read_without_overlaps_or_none(api, seeded):
                 assert cells[f"{label} [95% CI]"] == "–"
     # the axes the two runs share are said once, not repeated in columns
     assert "seed" in order and "backbone" not in order and "init" not in order
+    # the two runs' records agree: no record column
+    assert all(row["record_differs"] == [] for row in board) and "record" not in order
     assert "The same for every run shown: detector faster_rcnn · backbone resnet18" in texts(
         at.caption
     )
+
+
+def test_leaderboard_marks_the_runs_whose_record_differs(api, pg_engine, seeded):
+    job_id = seeded.job_b["id"]
+    kept = api.get(f"/jobs/{job_id}").json()["record"]
+
+    def store(record: dict) -> None:
+        with pg_engine.begin() as connection:
+            connection.execute(
+                text("UPDATE jobs SET record = CAST(:record AS jsonb) WHERE id = :job"),
+                {"record": json.dumps(record), "job": job_id},
+            )
+
+    store({**kept, "mmdet": "0.0.1"})  # as if its worker had another mmdet
+    try:
+        at = open_page("leaderboard", dataset=seeded.dataset_id)
+        assert not at.exception and not at.error
+        shown = at.dataframe[0]
+        assert "record" in shown.proto.column_order
+        # two runs that disagree: neither is the odd one, both are marked
+        assert set(shown.value["record"]) == {"⚠ differs: mmdet"}
+        assert "ran in another environment or on other data" in texts(at.caption)
+    finally:
+        store(kept)
 
 
 def test_leaderboard_row_selection_opens_the_run(seeded):
@@ -374,6 +400,15 @@ def test_run_page_shows_curves_metrics_breakdown_and_downloads(api, seeded):
 
     downloads = [button.label for button in at.get("download_button")]
     assert {"mmdet config", "evaluation (JSON)"} <= set(downloads)
+
+    # what produced it: versions and hashes (shortened), the whole record to copy
+    record = api.get(f"/jobs/{job_id}").json()["record"]
+    (shown,) = [e for e in at.expander if e.label == "Reproducibility record"]
+    table = texts(shown.markdown)
+    assert f"| torch | `{record['torch']}` |" in table
+    assert f"| val_ann_sha256 | `{record['val_ann_sha256'][:12]}` |" in table
+    assert record["val_ann_sha256"] not in table
+    assert json.loads(shown.code[0].value) == record
 
 
 def test_run_page_without_intervals_says_so_and_scores_again(api, pg_engine, seeded):

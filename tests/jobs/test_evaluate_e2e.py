@@ -3,6 +3,7 @@ fine-tune job, its checkpoint then scored again every way an evaluate spec names
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -110,6 +111,16 @@ def test_scoring_a_finetune_job_again_reproduces_its_evaluation(api, wait_job, d
     }
     assert evaluation["record"]["class_names_from"] == "the checkpoint's meta"
     assert evaluation["record"]["checkpoint"] == str(trained.checkpoint)
+    # its reproducibility record: the weights scored, the same val split as the source job's
+    record, source_record = job["record"], trained.job["record"]
+    assert record["init_weights"] == str(trained.checkpoint)
+    assert (
+        record["init_weights_sha256"] == hashlib.sha256(trained.checkpoint.read_bytes()).hexdigest()
+    )
+    assert record["val_ann_sha256"] == source_record["val_ann_sha256"] is not None
+    assert record["val_images_sha256"] == source_record["val_images_sha256"] is not None
+    assert record["train_ann_sha256"] is None and record["seed"] is None
+    assert record["torch"] == torch.__version__ and record["config_sha256"]
 
     config = api.get(f"/jobs/{job['id']}/config").text
     assert "depth=18" in config and str(trained.checkpoint) in config
@@ -117,6 +128,7 @@ def test_scoring_a_finetune_job_again_reproduces_its_evaluation(api, wait_job, d
     row = next(r for r in rows if r["job_id"] == job["id"])
     assert row["init"] == "evaluated" and row["kind"] == "evaluate"
     assert row["bbox_mAP"] == trained.evaluation["bbox_mAP"]
+    assert row["record_differs"] == []
 
 
 def test_batches_of_four_score_close_to_batches_of_one(api, wait_job, dataset_id, trained):

@@ -3,6 +3,7 @@ entry, and a fine-tune job starts from exactly those weights."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import factories
@@ -48,7 +49,9 @@ def _losses(api, job_id: int) -> list[float]:
 
 
 @pytest.mark.parametrize("method", ["mocov2", "detco"])
-def test_pretrain_method_produces_mmdet_resnet_weights(api, worker, wait_job, dataset_id, method):
+def test_pretrain_method_produces_mmdet_resnet_weights(
+    api, worker, wait_job, dataset_id, method, shapes
+):
     from mmdet.models.backbones import ResNet
 
     job, weights = _pretrain(api, wait_job, dataset_id, method)
@@ -59,6 +62,14 @@ def test_pretrain_method_produces_mmdet_resnet_weights(api, worker, wait_job, da
     assert missing == [] and unexpected == []
     config = api.get(f"/jobs/{job['id']}/config").text
     assert ("type='DetCo'" if method == "detco" else "type='MoCo'") in config
+    # its reproducibility record: the image folder's files, no annotation, no init
+    record = job["record"]
+    folder = Path(shapes.train_images)
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    assert record["train_images_sha256"] == hashlib.sha256("\n".join(names).encode()).hexdigest()
+    assert record["train_ann_sha256"] is None and record["val_ann_sha256"] is None
+    assert record["init_weights"] is None and record["seed"] == 1
+    assert record["torch"] == torch.__version__ and record["config_sha256"]
 
 
 def test_densecl_loss_falls_and_finetune_starts_from_its_weights(

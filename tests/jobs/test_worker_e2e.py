@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
 import time
+from importlib import metadata
 from pathlib import Path
 
 import factories
 import pytest
+import torch
 
 TINY = factories.TINY_TRAINING
 
@@ -52,8 +55,12 @@ def _series(api, job_id: int, key: str) -> dict:
     return series[0]
 
 
+def _sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def test_tiny_job_succeeds_with_metrics_evaluation_and_leaderboard_row(
-    api, worker, wait_job, dataset_id
+    api, worker, wait_job, dataset_id, lab_env
 ):
     spec = {
         **TINY,
@@ -99,6 +106,22 @@ def test_tiny_job_succeeds_with_metrics_evaluation_and_leaderboard_row(
     row = next(r for r in rows if r["job_id"] == job["id"])
     assert row["backbone"] == "resnet18" and row["init"] == "scratch"
     assert row["bbox_mAP"] == evaluation["bbox_mAP"]
+
+    # its reproducibility record: this environment, the dataset's files, the config as saved
+    record = job["record"]
+    assert record["torch"] == torch.__version__ and record["mmdet"] == metadata.version("mmdet")
+    assert record["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    dataset = api.get(f"/datasets/{dataset_id}").json()
+    assert record["train_ann_sha256"] == _sha256(dataset["train_ann"])
+    assert record["val_ann_sha256"] == _sha256(dataset["val_ann"])
+    assert record["train_images_sha256"] and record["val_images_sha256"]
+    job_dir = Path(lab_env["DETLAB_ARTIFACT_ROOT"]).resolve() / "jobs" / str(job["id"])
+    hashed = config.replace(f"{job_dir}/", "{job_dir}/").encode()
+    assert record["config_sha256"] == hashlib.sha256(hashed).hexdigest()
+    assert (record["seed"], record["deterministic"], record["init_weights"]) == (0, False, None)
+    for field in ("detlab_version", "python", "torchvision", "mmcv", "mmengine", "mmpretrain"):
+        assert record[field], field
+    assert row["record_differs"] == []  # every run here ran in this one environment
 
 
 def test_cancel_a_running_job_keeps_its_metrics(api, worker, wait_job, dataset_id):

@@ -1,0 +1,70 @@
+"""The studies DetLab is built for, as experiment templates: each fills the form; nothing runs
+until it is submitted with a dataset."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.experiments.schemas import Template
+from backend.weights.models import Weights
+
+__all__ = ["templates"]
+
+# Faster R-CNN R50-FPN, mmdet's 1x schedule (12 epochs) with lr scaled to a batch of 2
+# (0.02 at batch 16)
+R50_FPN_1X = {
+    "kind": "finetune",
+    "detector": "faster_rcnn",
+    "backbone": "resnet50",
+    "neck": "fpn",
+    "epochs": 12,
+    "batch_size": 2,
+    "lr": 0.0025,
+}
+
+
+def _registered_inits(session: Session, architecture: str) -> list[dict[str, int]]:
+    ids = session.scalars(
+        select(Weights.id).where(Weights.architecture == architecture).order_by(Weights.id)
+    ).all()
+    return [{"weights_id": weights_id} for weights_id in ids]
+
+
+def templates(*, session: Session) -> list[Template]:
+    """The templates, with the registered weights of the right architecture as inits."""
+    inits = ["scratch", "imagenet", *_registered_inits(session, "resnet50")]
+    return [
+        Template(
+            name="init-study",
+            title="Init study: Faster R-CNN R50-FPN, 12 epochs, lr 0.0025",
+            description="The same detector from scratch, from ImageNet and from every "
+            "registered ResNet-50 backbone (MoCo v2, DetCo, DenseCL, ... pretraining), three "
+            "seeds each: which initialisation helps, and by more than the seed's noise?",
+            base=R50_FPN_1X,
+            axes={"init": inits},
+            repeats=3,
+            needs=["dataset_id"],
+        ),
+        Template(
+            name="backbone-study",
+            title="Backbone study: R50 < R101 < X101 < Swin-T",
+            description="Faster R-CNN with FPN on four ImageNet-initialised backbones, 12 epochs, "
+            "three seeds each.",
+            base={k: v for k, v in R50_FPN_1X.items() if k != "backbone"} | {"init": "imagenet"},
+            axes={"backbone": ["resnet50", "resnet101", "resnext101_32x4d", "swin_t"]},
+            repeats=3,
+            needs=["dataset_id"],
+        ),
+        Template(
+            name="low-data-study",
+            title="Low-data study: 1%, 5%, 10% and 100% of the train split",
+            description="The data regimes of detection-aligned pretraining papers (AlignDet): "
+            "each init fine-tuned on a fraction of the train images (a fixed random subset per "
+            "seed), three seeds each; mAP against data fraction, one line per init.",
+            base=R50_FPN_1X,
+            axes={"data_fraction": [0.01, 0.05, 0.1, 1.0], "init": inits},
+            repeats=3,
+            needs=["dataset_id"],
+        ),
+    ]
