@@ -37,9 +37,7 @@ def _forget_settings() -> None:
 
 
 @pytest.fixture
-def serve(
-    monkeypatch: pytest.MonkeyPatch, admin_token: str
-) -> Iterator[Callable[..., TestClient]]:
+def serve(monkeypatch: pytest.MonkeyPatch, admin_token: str) -> Iterator[Callable[..., TestClient]]:
     """serve(db_pool_size=2, ...): the API in process under these DETLAB_* settings, started
     (wrapped in `around`, an ASGI middleware, if given); its engine is disposed and the
     settings restored after the test."""
