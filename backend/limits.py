@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.config import get_settings
 
-__all__ = ["BodyTooLarge", "RefuseNul", "RequestBodyLimit"]
+__all__ = ["BodyTooLarge", "RefuseNul", "RequestBodyLimit", "send_error"]
 
 
 class BodyTooLarge(HTTPException):
@@ -113,21 +113,28 @@ def _counting(receive: Receive, *, limit: int, setting: str) -> Receive:
     return counting
 
 
-async def _refuse(send: Send, refusal: BodyTooLarge) -> None:
-    body = json.dumps({"detail": {"message": refusal.detail}}).encode()
+async def send_error(
+    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer with the API's error body, {"detail": {"message": ...}}, from ASGI middleware."""
+    body = json.dumps({"detail": {"message": message}}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                # the rest of the body is never read, so the connection cannot be reused
-                (b"connection", b"close"),
+                *(headers or []),
             ],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse(send: Send, refusal: BodyTooLarge) -> None:
+    # the rest of the body is never read, so the connection cannot be reused
+    await send_error(send, 413, str(refusal.detail), [(b"connection", b"close")])
 
 
 class RefuseNul:
@@ -142,17 +149,6 @@ class RefuseNul:
             query = unquote_to_bytes(scope.get("query_string", b""))
             if "\x00" in scope["path"] or b"\x00" in query:
                 message = "the request's path or query contains a NUL byte; remove it"
-                body = json.dumps({"detail": {"message": message}}).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 422,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await send_error(send, 422, message)
                 return
         await self.app(scope, receive, send)

@@ -35,7 +35,7 @@ from worker.db_writes import retrying
 from worker.finetune import store_evaluation
 from worker.mmdet_config import DetLabModel, build_evaluate_config
 from worker.outcomes import JobCancelled, JobFailed
-from worker.training import require_cuda_for_amp, save_config, save_record
+from worker.training import require_cuda_for_amp, save_config_and_record
 
 __all__ = ["ClassMapping", "checkpoint_classes", "match_classes", "run_evaluate"]
 
@@ -432,13 +432,9 @@ def run_evaluate(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
         )
     except ValueError as exc:
         raise JobFailed(f"the model's config cannot score this dataset: {exc}") from None
-    text = save_config(
-        cfg, paths.config, claim=claim, sessions=sessions, db_grace_s=settings.db_grace_s
-    )
-    save_record(
+    save_config_and_record(
         cfg,
-        text,
-        job_dir=paths.root,
+        paths=paths,
         claim=claim,
         sessions=sessions,
         settings=settings,

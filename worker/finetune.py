@@ -19,7 +19,7 @@ from backend.weights.models import Weights
 from worker.checkpoints import check_user_checkpoint
 from worker.mmdet_config import build_finetune_config
 from worker.outcomes import JobFailed
-from worker.training import require_cuda_for_amp, save_config, save_record, train
+from worker.training import require_cuda_for_amp, save_config_and_record, train
 
 __all__ = ["run_finetune", "store_evaluation"]
 
@@ -58,13 +58,9 @@ def run_finetune(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
     paths = JobPaths.for_job(settings.artifact_root, job.id)
     paths.work_dir.mkdir(parents=True, exist_ok=True)
     cfg = build_finetune_config(spec, dataset=dataset, paths=paths, weights_path=weights_path)
-    text = save_config(
-        cfg, paths.config, claim=claim, sessions=sessions, db_grace_s=settings.db_grace_s
-    )
-    save_record(
+    save_config_and_record(
         cfg,
-        text,
-        job_dir=paths.root,
+        paths=paths,
         claim=claim,
         sessions=sessions,
         settings=settings,

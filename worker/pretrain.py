@@ -16,7 +16,7 @@ from backend.jobs.spec import PretrainSpec
 from backend.weights import service as weights_service
 from worker.mmpretrain_config import build_pretrain_config, register_algorithm
 from worker.outcomes import JobFailed
-from worker.training import require_cuda_for_amp, save_config, save_record, train
+from worker.training import require_cuda_for_amp, save_config_and_record, train
 
 __all__ = ["run_pretrain", "export_backbone"]
 
@@ -73,13 +73,9 @@ def run_pretrain(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
     paths = JobPaths.for_job(settings.artifact_root, job.id)
     paths.work_dir.mkdir(parents=True, exist_ok=True)
     cfg = build_pretrain_config(spec, image_folder=folder, paths=paths)
-    text = save_config(
-        cfg, paths.config, claim=claim, sessions=sessions, db_grace_s=settings.db_grace_s
-    )
-    save_record(
+    save_config_and_record(
         cfg,
-        text,
-        job_dir=paths.root,
+        paths=paths,
         claim=claim,
         sessions=sessions,
         settings=settings,

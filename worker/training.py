@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from backend.config import Settings
 from backend.jobs import service as job_service
+from backend.jobs.paths import JobPaths
 from backend.jobs.service import Claim
 from worker.checkpoints import allow_own_checkpoints
 from worker.db_writes import retrying
@@ -18,7 +19,7 @@ from worker.outcomes import JobFailed
 from worker.progress import JobProgressHook
 from worker.record import CACHE_FOLDER, capture, config_facts
 
-__all__ = ["require_cuda_for_amp", "save_config", "save_record", "train"]
+__all__ = ["require_cuda_for_amp", "save_config", "save_config_and_record", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,10 @@ def save_config(
     return text
 
 
-def save_record(
+def save_config_and_record(
     cfg: Any,
-    config_text: str,
     *,
-    job_dir: Path,
+    paths: JobPaths,
     claim: Claim,
     sessions: sessionmaker[Session],
     settings: Settings,
@@ -65,11 +65,15 @@ def save_record(
     val_ann: Path | None = None,
     train_image_names: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Capture the job's reproducibility record (worker/record.py: its data are the annotation
-    files, or a pretraining folder's image names) and write it into the job's row; the record."""
+    """Save the generated config (save_config), then capture the job's reproducibility record
+    (worker/record.py: its data are the annotation files, or a pretraining folder's image
+    names) and write it into the job's row; the record."""
+    config_text = save_config(
+        cfg, paths.config, claim=claim, sessions=sessions, db_grace_s=settings.db_grace_s
+    )
     record = capture(
         config_text=config_text,
-        job_dir=job_dir,
+        job_dir=paths.root,
         train_ann=train_ann,
         val_ann=val_ann,
         train_image_names=train_image_names,

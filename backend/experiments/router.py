@@ -68,10 +68,7 @@ def submit_experiment(
         queue=settings.queue,
         artifact_root=settings.artifact_root,
         owner_id=user.id,
-        quota=Quota(
-            max_active_jobs=settings.max_active_jobs_per_user,
-            max_iterations=settings.max_iterations_per_job,
-        ),
+        quota=Quota.of(settings),
         max_jobs=settings.max_jobs_per_experiment,
     )
     record_request(

@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from backend.config import Settings
 from backend.datasets.models import Dataset
 from backend.errors import Invalid, TooMany
 from backend.jobs.models import Job, JobStatus
@@ -26,6 +27,13 @@ class Quota:
 
     max_active_jobs: int
     max_iterations: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Quota:
+        return cls(
+            max_active_jobs=settings.max_active_jobs_per_user,
+            max_iterations=settings.max_iterations_per_job,
+        )
 
 
 def _count_images(folder: Path, *, enough: int) -> int:

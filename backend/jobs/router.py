@@ -44,10 +44,7 @@ def submit_job(
         queue=settings.queue,
         artifact_root=settings.artifact_root,
         owner_id=user.id,
-        quota=Quota(
-            max_active_jobs=settings.max_active_jobs_per_user,
-            max_iterations=settings.max_iterations_per_job,
-        ),
+        quota=Quota.of(settings),
     )
     detail = {"kind": jobs[0].kind.value, "name": jobs[0].name, "jobs": [j.id for j in jobs]}
     record_request(
@@ -132,10 +129,7 @@ def rerun_job(
         queue=settings.queue,
         artifact_root=settings.artifact_root,
         owner_id=user.id,
-        quota=Quota(
-            max_active_jobs=settings.max_active_jobs_per_user,
-            max_iterations=settings.max_iterations_per_job,
-        ),
+        quota=Quota.of(settings),
     )
     record_request(
         request,

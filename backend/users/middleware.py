@@ -12,7 +12,6 @@ paths in what non-admins read.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 
@@ -20,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.config import Settings, get_settings
+from backend.limits import send_error
 from backend.users.models import Role
 
 __all__ = ["ConfiguredCors", "HideServerPaths", "PUBLIC_PATHS", "RequireToken", "path_hider"]
@@ -37,24 +37,6 @@ def _header(scope: Scope, name: bytes) -> bytes:
     return b""
 
 
-async def _answer(
-    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]]
-) -> None:
-    body = json.dumps({"detail": {"message": message}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 class RequireToken:
     """Pure ASGI middleware: 401 without a bearer token, 415 for a body that is not JSON."""
 
@@ -69,7 +51,7 @@ class RequireToken:
             await self.app(scope, receive, send)
             return
         if not _header(scope, b"authorization").lower().startswith(b"bearer "):
-            await _answer(
+            await send_error(
                 send,
                 401,
                 "this route needs a token: send the header 'Authorization: Bearer <token>'; an "
@@ -84,7 +66,7 @@ class RequireToken:
             media = _header(scope, b"content-type").split(b";")[0].strip().lower()
             if has_body and media not in BODY_TYPES:
                 shown = media.decode("latin-1") or "none"
-                await _answer(
+                await send_error(
                     send,
                     415,
                     f"a request body of type {shown!r} is not accepted; send application/json "
