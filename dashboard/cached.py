@@ -401,6 +401,17 @@ def cancel_job(job_id: int) -> dict[str, Any]:
     return cancelled
 
 
+def rerun_job(job_id: int) -> dict[str, Any]:
+    queued = _checked(client().rerun_job, job_id)
+    forget_lists()
+    return queued
+
+
+def reproduction(job_id: int) -> dict[str, Any]:
+    """Whether a re-run reproduced its original; it changes as the re-run trains."""
+    return _read(_recent, "reproduction", {"job_id": job_id})
+
+
 def submit_experiment(body: dict[str, Any]) -> dict[str, Any]:
     created = _checked(client().submit_experiment, body)
     forget_lists()

@@ -183,6 +183,14 @@ class ApiClient:
     def cancel_job(self, job_id: int) -> dict[str, Any]:
         return self._json("POST", f"/jobs/{job_id}/cancel")
 
+    def rerun_job(self, job_id: int) -> dict[str, Any]:
+        """Queue the job again with the same spec and seed; the new job."""
+        return self._json("POST", f"/jobs/{job_id}/rerun")
+
+    def reproduction(self, job_id: int, *, metric: str = "bbox_mAP") -> dict[str, Any]:
+        """For a re-run: its score against the original's interval, and what differs."""
+        return self._json("GET", f"/jobs/{job_id}/reproduction", params={"metric": metric})
+
     def metrics(
         self, job_id: int, *, keys: Iterable[str] | None = None, max_points: int = 1000
     ) -> list[dict[str, Any]]:

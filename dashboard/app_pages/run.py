@@ -501,6 +501,41 @@ def reproducibility_record(job: dict[str, Any]) -> None:
     st.code(json.dumps(record, indent=2), language="json")
 
 
+def rerun_section(job: dict[str, Any]) -> None:
+    """A re-run says whether it reproduced its original; a finished run can be run again."""
+    if job.get("rerun_of_id"):
+        original = job["rerun_of_id"]
+        st.page_link(
+            "app_pages/run.py",
+            label=f"A re-run of job #{original}: open the original",
+            icon=":material/history:",
+            query_params={"job": original},
+        )
+        try:
+            checked = cached.reproduction(job["id"])
+        except ApiError as err:
+            views.show_api_error(err, doing=f"check whether job #{job['id']} reproduced")
+            return
+        shown = {True: st.success, False: st.warning}.get(checked["inside"], st.info)
+        shown(checked["verdict"] + ".")
+        if checked["config_same"] is False:
+            st.warning("Its config differs from the original's (config_sha256).")
+        differs = [f for f in checked["record_differs"] if f != "config_sha256"]
+        if differs:
+            st.caption("Its record differs from the original's in: " + ", ".join(differs))
+    finished = job["status"] in ("succeeded", "failed", "cancelled")
+    if finished and job["kind"] != "import" and access.can_change(job):
+        if st.button("Run again (same spec and seed)", icon=":material/replay:", key="run-rerun"):
+            try:
+                again = cached.rerun_job(job["id"])
+            except ApiError as err:
+                views.show_api_error(err, doing=f"run job #{job['id']} again")
+                return
+            # shown next: the picker takes it before it is drawn again
+            st.session_state["run-open-next"] = again["id"]
+            st.rerun()
+
+
 def read_evaluation(job: dict[str, Any]) -> dict[str, Any] | None:
     if job["status"] != "succeeded" or job["kind"] != "finetune":
         return None
@@ -514,6 +549,10 @@ def read_evaluation(job: dict[str, Any]) -> dict[str, Any] | None:
 
 
 st.title("Run detail")
+if "run-open-next" in st.session_state:  # a re-run just queued: open it
+    opened = st.session_state.pop("run-open-next")
+    st.session_state["run-job"] = opened
+    st.query_params["job"] = str(opened)
 job = views.pick_job(cached.jobs(limit=200)["items"], key="run-job")
 if job is None:
     st.info("No job submitted yet. Submit one on the Jobs page.")
@@ -534,6 +573,7 @@ with st.expander("Spec"):
     st.json(spec)
 with st.expander("Reproducibility record"):
     reproducibility_record(job)
+rerun_section(job)
 
 if job["kind"] == "finetune":
     links = st.columns(3)

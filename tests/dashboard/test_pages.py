@@ -430,6 +430,25 @@ def test_run_page_without_intervals_says_so_and_scores_again(api, pg_engine, see
     assert "95% CI [" in texts(at.caption)
 
 
+def test_run_page_runs_a_job_again_and_says_whether_it_reproduced(api, wait_job, seeded):
+    original = seeded.job_a["id"]
+    at = open_page("run", job=original)
+    at.button(key="run-rerun").click().run()
+    assert not at.exception and not at.error
+    rerun = api.get("/jobs", params={"limit": 1}).json()["items"][0]
+    assert (
+        rerun["rerun_of_id"] == original and rerun["spec"]["seed"] == seeded.job_a["spec"]["seed"]
+    )
+    assert at.header[0].value.startswith(f"#{rerun['id']} ")  # the re-run is shown now
+    finished = wait_job(rerun["id"])
+    assert finished["status"] == "succeeded", finished["error"]
+    at = open_page("run", job=rerun["id"])
+    assert not at.exception and not at.error
+    verdict = texts(at.success) + texts(at.warning)
+    assert "the original's 95% interval" in verdict
+    assert "config differs" not in verdict  # the same spec and seed: the same config
+
+
 def test_run_page_of_an_unknown_job_says_so(seeded):
     at = open_page("run", job=987654)
     assert not at.exception
