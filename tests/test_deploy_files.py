@@ -197,6 +197,9 @@ def _run_demo(tmp_path: Path, **env: str) -> tuple[dict[str, list[str]], dict[st
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # as from a terminal: a shell started in the background (CI may start the tests so)
+        # inherits SIGINT ignored, and bash cannot trap a signal ignored when it started
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     names = ("uvicorn", "celery", "streamlit", "seed")
     try:
