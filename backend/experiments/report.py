@@ -10,24 +10,12 @@ from typing import Any
 
 from backend.experiments.models import Experiment
 from backend.experiments.schemas import Cell, Matrix
+from backend.jobs.records import COMPARED
 
 __all__ = ["RECORD_SUMMARY", "csv_report", "markdown_report", "record_summary"]
 
-# the record's fields a reader checks first, in the order shown
-RECORD_SUMMARY = (
-    "detlab_version",
-    "git_commit",
-    "python",
-    "torch",
-    "mmcv",
-    "mmengine",
-    "mmdet",
-    "mmpretrain",
-    "cuda",
-    "gpu_model",
-    "train_ann_sha256",
-    "val_ann_sha256",
-)
+# the record's fields a comparison expects to be equal: the ones worth a summary
+RECORD_SUMMARY = COMPARED
 
 
 def record_summary(records: list[dict[str, Any] | None]) -> dict[str, str]:
