@@ -142,10 +142,12 @@ def create(
     artifact_root: Path | None = None,
     owner_id: int | None = None,
     quota: Quota | None = None,
+    **columns: Any,
 ) -> list[Job]:
     """Check a spec against what is stored and the owner's quota, and queue it as new jobs of
     `queue` owned by owner_id (their messages are the caller's to send): one job, or one per
-    replicate seed in a replicate group when a fine-tune asks for repeats."""
+    replicate seed in a replicate group when a fine-tune asks for repeats. `columns` are set
+    on every job (a re-run's rerun_of_id)."""
     jobs = prepare(
         session=session,
         spec=spec,
@@ -157,7 +159,7 @@ def create(
     )
     if quota is not None and owner_id is not None:
         job_quota.check_active(session=session, owner_id=owner_id, new_jobs=len(jobs), quota=quota)
-    add_queued(session=session, groups=[jobs])
+    add_queued(session=session, groups=[jobs], **columns)
     session.commit()
     return jobs
 
@@ -286,7 +288,7 @@ def rerun(
         raise Conflict(
             f"job {job_id}'s spec is no longer accepted, so it cannot be run again as it was: {exc}"
         ) from None
-    (job,) = prepare(
+    (job,) = create(
         session=session,
         spec=spec,
         roots=roots,
@@ -294,13 +296,8 @@ def rerun(
         artifact_root=artifact_root,
         owner_id=owner_id,
         quota=quota,
+        rerun_of_id=original.id,
     )
-    if quota is not None and owner_id is not None:
-        job_quota.check_active(session=session, owner_id=owner_id, new_jobs=1, quota=quota)
-    job.rerun_of_id = original.id
-    job.experiment_id = None
-    add_queued(session=session, groups=[[job]])
-    session.commit()
     return job
 
 
