@@ -8,6 +8,7 @@ from backend.experiments.models import Experiment
 from backend.jobs.models import Job, MetricPoint
 from backend.users.models import ApiToken, User
 from backend.weights.models import Weights
+from backend.workers.models import Worker
 
 __all__ = [
     "ApiToken",
@@ -22,4 +23,5 @@ __all__ = [
     "MetricPoint",
     "User",
     "Weights",
+    "Worker",
 ]

@@ -106,6 +106,10 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     worker_host: Mapped[str | None] = mapped_column(String(255))
+    # processes the job trains with (one per GPU; gloo processes on a CPU worker), and what the
+    # running attempt holds: GPU indices on its host, or ["cpu"]
+    gpus: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    devices: Mapped[list[str] | None] = mapped_column(JSONType)
     # The database is the queue: workers of `queue` claim its oldest queued job (by queued_at)
     # with a compare-and-set that writes a fresh claim_token; the attempt holding the token is
     # the only one whose writes count. sent_at: when a broker message was last sent for it.
