@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     # Origins whose web pages may call the API from a browser (CORS); none by default.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # The GPUs a worker runs jobs on (`detlab-worker --gpus 0,1`): GPU indices as nvidia-smi
+    # numbers them, "none" for a CPU worker, empty for CUDA_VISIBLE_DEVICES or every GPU found.
+    worker_gpus: str = Field(default="", pattern=r"^(|none|\d{1,3}(,\d{1,3})*)$")
+    # Jobs a CPU worker runs at once (a GPU worker runs up to one per GPU).
+    worker_cpu_slots: int = Field(default=1, ge=1, le=64)
+
     heartbeat_interval_s: float = Field(default=10, gt=0, le=3600)
     heartbeat_stale_s: float = Field(default=120, gt=0, le=7 * 24 * 3600)
     reconcile_interval_s: float = Field(default=60, gt=0, le=24 * 3600)

@@ -31,6 +31,7 @@ from backend.users.access import PUBLIC
 from backend.users.middleware import ConfiguredCors, HideServerPaths, RequireToken
 from backend.users.router import audit_router, tokens_router, users_router
 from backend.weights.router import router as weights_router
+from backend.workers.router import router as workers_router
 
 __all__ = ["create_app", "app"]
 
@@ -120,6 +121,7 @@ def create_app(*, migrate: bool = True) -> FastAPI:
         weights_router,
         runs_router,
         experiments_router,
+        workers_router,
         audit_router,
         # last, so the fuzzer (tests/test_fuzz_api.py) revokes its own token only at the end
         users_router,

@@ -40,6 +40,7 @@ page = st.navigation(
         st.Page(
             "app_pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"
         ),
+        st.Page("app_pages/fleet.py", title="Fleet", icon=":material/dns:", url_path="fleet"),
     ],
     # signed out, the sign-in form is the only thing to see
     position="sidebar" if session.token() else "hidden",

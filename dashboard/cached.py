@@ -60,6 +60,7 @@ __all__ = [
     "submit_job",
     "versus_leader",
     "weights",
+    "workers",
 ]
 
 API_URL_ENV = "DETLAB_API_URL"
@@ -162,6 +163,11 @@ def legend() -> dict[str, Any]:
 
 def weights() -> list[dict[str, Any]]:
     return _read(_recent, "weights", {})
+
+
+def workers(*, include_stopped: bool = False) -> dict[str, Any]:
+    """The fleet: heartbeats and the jobs on each GPU change by the second."""
+    return _read(_live, "workers", {"include_stopped": include_stopped})
 
 
 def jobs(*, live: bool = False, **params: Any) -> dict[str, Any]:

@@ -422,3 +422,11 @@ class ApiClient:
 
     def weights(self) -> list[dict[str, Any]]:
         return self._json("GET", "/weights", params={"limit": 500})["items"]
+
+    # -- fleet -----------------------------------------------------------------------------
+
+    def workers(self, *, include_stopped: bool = False) -> dict[str, Any]:
+        """The workers by name: state (alive, stale, stopped), heartbeat age, GPUs (each with
+        the job holding it, or null) and running jobs; stopped ones only if asked."""
+        params = {"include_stopped": "true" if include_stopped else None}
+        return self._json("GET", "/workers", params=params)

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import tomllib
 import yaml
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
@@ -25,11 +26,20 @@ DOCKERFILE = (ROOT / "Dockerfile.gpu").read_text()
 README = (ROOT / "README.md").read_text()
 
 
+WORKERS = ("worker-gpu0", "worker-gpu1")
+
+
 def test_compose_has_the_whole_stack():
-    assert set(COMPOSE["services"]) == {"postgres", "redis", "api", "worker", "dashboard"}
-    worker = COMPOSE["services"]["worker"]
-    devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert set(COMPOSE["services"]) == {"postgres", "redis", "api", *WORKERS, "dashboard"}
+    gpus, names = [], []
+    for name in WORKERS:
+        worker = COMPOSE["services"][name]
+        (devices,) = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert devices["driver"] == "nvidia" and "gpu" in devices["capabilities"]
+        gpus.append(tuple(devices["device_ids"]))
+        names.append(worker["command"][worker["command"].index("--name") + 1])
+    # two workers of one host: different GPUs, different names in the fleet
+    assert len(set(gpus)) == 2 and len(set(names)) == 2
     assert COMPOSE["services"]["api"]["build"]["dockerfile"] == "Dockerfile.gpu"
 
 
@@ -52,8 +62,13 @@ def test_commands_point_at_code_that_exists():
     api = COMPOSE["services"]["api"]["command"]
     module, attribute = api[1].split(":")
     assert hasattr(importlib.import_module(module), attribute)
-    worker = COMPOSE["services"]["worker"]["command"]
-    assert worker[:3] == ["celery", "-A", "worker.celery_app"]
+    for name in WORKERS:
+        command = COMPOSE["services"][name]["command"]
+        assert command[0] == "detlab-worker"
+        # the console script pyproject.toml installs, which starts worker.celery_app
+        script = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+        module, attribute = script["detlab-worker"].split(":")
+        assert hasattr(importlib.import_module(module), attribute)
     assert (ROOT / "worker" / "celery_app.py").is_file()
     dashboard = COMPOSE["services"]["dashboard"]["command"]
     assert (ROOT / dashboard[2]).is_file()
@@ -61,7 +76,7 @@ def test_commands_point_at_code_that_exists():
 
 def test_volumes_and_data_roots_agree():
     env = COMPOSE["x-detlab-env"]
-    for name in ("api", "worker"):
+    for name in ("api", *WORKERS):
         mounts = [v.split(":")[1] for v in COMPOSE["services"][name]["volumes"]]
         assert env["DETLAB_DATA_ROOTS"] in mounts and env["DETLAB_ARTIFACT_ROOT"] in mounts
     postgres = COMPOSE["services"]["postgres"]["environment"]

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import socket
 import threading
 import time
 
 from celery import Celery, Task
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from backend.config import get_settings
 from backend.db import get_engine, session_factory
 from backend.queue import TASK_NAME, celery_config
+from worker.fleet import Registration
+from worker.runner import worker_devices
 
 __all__ = ["app", "run"]
 
@@ -26,6 +29,10 @@ settings = get_settings()
 settings.prepare_folders()
 app = Celery("detlab-worker")
 app.conf.update(celery_config(settings))
+# one child per GPU (a multi-GPU job takes one child and several GPUs); CPU workers run
+# DETLAB_WORKER_CPU_SLOTS jobs at once. `--concurrency` on the command line still wins.
+app.conf.worker_concurrency = worker_devices(settings).slots
+registration: Registration | None = None
 
 
 @worker_process_init.connect
@@ -39,11 +46,28 @@ def _prepare_child(**_: object) -> None:
 
 
 @worker_ready.connect
-def _start_reconciler(**_: object) -> None:
-    """The queue's reconciler runs once now (jobs left by a dead worker, messages the broker
-    lost) and then every DETLAB_RECONCILE_INTERVAL_S, in a thread of this parent process."""
+def _start_reconciler(sender: object = None, **_: object) -> None:
+    """The worker registers itself (GET /workers) and beats every DETLAB_HEARTBEAT_INTERVAL_S;
+    the queue's reconciler runs once now (jobs left by a dead worker, messages the broker lost)
+    and then every DETLAB_RECONCILE_INTERVAL_S, in threads of this parent process."""
+    global registration
+    name = getattr(sender, "hostname", None) or f"detlab@{socket.gethostname()}"
+    pool = getattr(getattr(sender, "controller", None), "concurrency", None)
+    registration = Registration.start(
+        name=name,
+        settings=settings,
+        sessions=session_factory(),
+        devices=worker_devices(settings),
+        slots=pool if isinstance(pool, int) else None,
+    )
     thread = threading.Thread(target=_reconcile_forever, name="reconciler", daemon=True)
     thread.start()
+
+
+@worker_shutdown.connect
+def _deregister(**_: object) -> None:
+    if registration is not None:
+        registration.stop()
 
 
 def _reconcile_forever() -> None:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 from mmdet.evaluation.metrics import CocoMetric
 from mmdet.registry import METRICS
 
 from backend.analysis.metrics import coco_metrics
+from backend.artifacts_io import atomic_path
 
 __all__ = ["EngineCocoMetric"]
 
@@ -24,7 +28,24 @@ log = logging.getLogger(__name__)
 @METRICS.register_module()
 class EngineCocoMetric(CocoMetric):
     """CocoMetric (bbox) that writes the same results file and reports the same keys
-    (``bbox_mAP``, ``bbox_mAP_50``, ...; -1 where COCO has no objects of a size), unrounded."""
+    (``bbox_mAP``, ``bbox_mAP_50``, ...; -1 where COCO has no objects of a size), unrounded.
+    Its results files are written whole (artifacts_io), like every file under the artifact root."""
+
+    def results2json(self, results: Sequence[dict], outfile_prefix: str) -> dict:
+        folder, name = os.path.split(outfile_prefix)
+        os.makedirs(folder or ".", exist_ok=True)
+        # mmdet writes them in place; here into a scratch folder beside them, then each renamed
+        with tempfile.TemporaryDirectory(dir=folder or ".", prefix=f".{name}.tmp-") as scratch:
+            written = super().results2json(results, os.path.join(scratch, name))
+            files = {
+                key: outfile_prefix + os.path.basename(path)[len(name) :]
+                for key, path in written.items()
+            }
+            for key, path in written.items():
+                if os.path.exists(path):  # "proposal" names the "bbox" file again
+                    with atomic_path(files[key]) as partial:
+                        os.replace(path, partial)
+        return files
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         format_only: bool = self.format_only  # type: ignore[has-type]

@@ -23,6 +23,7 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend import registry
+from backend.artifacts_io import write_text_atomic
 from backend.config import Settings
 from backend.datasets.models import Dataset
 from backend.jobs import service as job_service
@@ -452,7 +453,7 @@ def run_evaluate(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
     results = _predict(
         model, _val_loader(cfg, dataset, spec.batch_size), mapping, amp=spec.amp, report=report
     )
-    paths.predictions.write_text(json.dumps(results), encoding="utf-8")
+    write_text_atomic(paths.predictions, json.dumps(results))
     store_evaluation(
         job_id=job.id,
         predictions=paths.predictions,

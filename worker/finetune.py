@@ -17,11 +17,12 @@ from backend.jobs.service import Claim
 from backend.jobs.spec import CheckpointInit, FinetuneSpec
 from backend.weights.models import Weights
 from worker.checkpoints import check_user_checkpoint
+from worker.distributed import World
 from worker.mmdet_config import build_finetune_config
 from worker.outcomes import JobFailed
-from worker.training import require_cuda_for_amp, save_config_and_record, train
+from worker.training import apply_world, require_cuda_for_amp, save_config_and_record, train
 
-__all__ = ["run_finetune", "store_evaluation"]
+__all__ = ["prepare_registries", "run_finetune", "store_evaluation", "validate_at_end"]
 
 
 def _load_inputs(
@@ -58,6 +59,7 @@ def run_finetune(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
     paths = JobPaths.for_job(settings.artifact_root, job.id)
     paths.work_dir.mkdir(parents=True, exist_ok=True)
     cfg = build_finetune_config(spec, dataset=dataset, paths=paths, weights_path=weights_path)
+    apply_world(cfg, World.of(job), lr=spec.lr, batch_size=spec.batch_size, norm=spec.resolved_norm)
     save_config_and_record(
         cfg,
         paths=paths,
@@ -68,20 +70,37 @@ def run_finetune(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
         val_ann=Path(dataset.val_ann),
     )
 
+    train(
+        cfg,
+        claim=claim,
+        sessions=sessions,
+        settings=settings,
+        config_path=paths.config,
+        prepare="worker.finetune:prepare_registries",
+        finish="worker.finetune:validate_at_end",
+        context={"predictions": str(paths.predictions)},
+    )
+    store_evaluation(job_id=job.id, predictions=paths.predictions, sessions=sessions)
+
+
+def prepare_registries(_context: dict[str, Any]) -> None:
+    """mmdet's modules and DetLab's val metric, as every rank needs them."""
     from mmdet.utils import register_all_modules
 
     import worker.coco_metric  # noqa: F401 - registers the val metric the config names
 
     register_all_modules(init_default_scope=True)
-    runner, hook = train(
-        cfg,
-        claim=claim,
-        sessions=sessions,
-        db_grace_s=settings.db_grace_s,
-    )
-    if hook.last_val_iter != runner.iter or not paths.predictions.is_file():
+
+
+def validate_at_end(runner: Any, hook: Any, context: dict[str, Any]) -> None:
+    """Validate the final model unless the last validation already scored it (rank 0 decides
+    for every rank: validation is collective)."""
+    from mmengine.dist import broadcast_object_list
+
+    decision = [hook.last_val_iter != runner.iter or not Path(context["predictions"]).is_file()]
+    broadcast_object_list(decision, src=0)
+    if decision[0]:
         runner.val()
-    store_evaluation(job_id=job.id, predictions=paths.predictions, sessions=sessions)
 
 
 def store_evaluation(

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.artifacts_io import write_text_atomic
 from backend.jobs.paths import JobPaths
 from backend.jobs.spec import DEFAULT_WARMUP, CheckpointInit, FinetuneSpec, WeightsInit
 from backend.registry import BACKBONES, DETECTORS
+from worker.atomic_checkpoints import apply_atomic_checkpoints
 
 __all__ = [
     "DetLabModel",
@@ -137,7 +139,7 @@ def write_train_subset(ann_file: Path, out: Path, *, fraction: float, seed: int)
     data["images"] = [image for image in images if image["id"] in chosen]
     data["annotations"] = [ann for ann in data["annotations"] if ann["image_id"] in chosen]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data), encoding="utf-8")
+    write_text_atomic(out, json.dumps(data))
     return out
 
 
@@ -241,6 +243,7 @@ def build_finetune_config(
     cfg.randomness = dict(seed=spec.seed, deterministic=False)
     cfg.work_dir = str(paths.work_dir)
     cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
+    apply_atomic_checkpoints(cfg)
     return cfg
 
 

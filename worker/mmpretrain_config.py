@@ -10,6 +10,7 @@ from typing import Any
 from backend.jobs.paths import JobPaths
 from backend.jobs.spec import PretrainSpec
 from backend.registry import BACKBONES, PRETRAIN_METHODS
+from worker.atomic_checkpoints import apply_atomic_checkpoints
 
 __all__ = ["build_pretrain_config", "mmpretrain_config_dir", "register_algorithm"]
 
@@ -127,4 +128,5 @@ def build_pretrain_config(spec: PretrainSpec, *, image_folder: str, paths: JobPa
     cfg.randomness = dict(seed=spec.seed, deterministic=False)
     cfg.work_dir = str(paths.work_dir)
     cfg.pop("find_unused_parameters", None)
+    apply_atomic_checkpoints(cfg)
     return cfg

@@ -8,17 +8,19 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from backend.artifacts_io import atomic_path
 from backend.config import Settings
 from backend.datasets.models import Dataset
 from backend.jobs.paths import JobPaths
 from backend.jobs.service import Claim
 from backend.jobs.spec import PretrainSpec
 from backend.weights import service as weights_service
+from worker.distributed import World
 from worker.mmpretrain_config import build_pretrain_config, register_algorithm
 from worker.outcomes import JobFailed
-from worker.training import require_cuda_for_amp, save_config_and_record, train
+from worker.training import apply_world, require_cuda_for_amp, save_config_and_record, train
 
-__all__ = ["run_pretrain", "export_backbone"]
+__all__ = ["run_pretrain", "export_at_end", "export_backbone", "prepare_registries"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif"}
 
@@ -40,10 +42,10 @@ def _image_folder(spec: PretrainSpec, sessions: sessionmaker[Session]) -> tuple[
         for p in folder.rglob("*")
         if p.suffix.lower() in IMAGE_SUFFIXES
     ]
-    if len(names) < spec.batch_size:
+    if len(names) < spec.batch_size * spec.gpus:
         raise JobFailed(
             f"the image folder {folder} holds {len(names)} images, fewer than one batch "
-            f"({spec.batch_size}); add images or lower batch_size"
+            f"({spec.batch_size}) per process ({spec.gpus}); add images or lower batch_size"
         )
     return str(folder), names
 
@@ -59,7 +61,8 @@ def export_backbone(model: Any, out: Path, *, meta: dict[str, Any]) -> str:
         if key.startswith("backbone.")
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state, "meta": meta}, out)
+    with atomic_path(out) as partial:
+        torch.save({"state_dict": state, "meta": meta}, partial)
     return hashlib.sha256(out.read_bytes()).hexdigest()
 
 
@@ -73,6 +76,7 @@ def run_pretrain(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
     paths = JobPaths.for_job(settings.artifact_root, job.id)
     paths.work_dir.mkdir(parents=True, exist_ok=True)
     cfg = build_pretrain_config(spec, image_folder=folder, paths=paths)
+    apply_world(cfg, World.of(job), lr=spec.lr, batch_size=spec.batch_size, norm=None)
     save_config_and_record(
         cfg,
         paths=paths,
@@ -82,16 +86,6 @@ def run_pretrain(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
         train_image_names=names,
     )
 
-    from mmpretrain.utils import register_all_modules
-
-    register_algorithm(spec.method)
-    register_all_modules(init_default_scope=True)
-    runner, _ = train(
-        cfg,
-        claim=claim,
-        sessions=sessions,
-        db_grace_s=settings.db_grace_s,
-    )
     name = f"{spec.method}-{spec.backbone}-job{job.id}"
     out = settings.artifact_root / "weights" / f"{name}.pth"
     meta = {
@@ -100,7 +94,17 @@ def run_pretrain(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
         "producing_job": job.id,
         "layout": "mmdet ResNet",
     }
-    sha256 = export_backbone(runner.model, out, meta=meta)
+    exported = train(
+        cfg,
+        claim=claim,
+        sessions=sessions,
+        settings=settings,
+        config_path=paths.config,
+        prepare="worker.pretrain:prepare_registries",
+        finish="worker.pretrain:export_at_end",
+        context={"method": spec.method, "out": str(out), "meta": meta},
+    )
+    sha256 = exported["sha256"]
     with sessions() as session:
         weights_service.register_produced(
             session=session,
@@ -110,6 +114,27 @@ def run_pretrain(claim: Claim, *, settings: Settings, sessions: sessionmaker[Ses
             path=out,
             sha256=sha256,
             job_id=job.id,
-            report={"iterations": runner.iter, "source_format": "detlab pretrain job"},
+            report={
+                "iterations": exported["iterations"],
+                "source_format": "detlab pretrain job",
+            },
             owner_id=job.owner_id,
         )
+
+
+def prepare_registries(context: dict[str, Any]) -> None:
+    """mmpretrain's modules and the job's method, as every rank needs them."""
+    from mmpretrain.utils import register_all_modules
+
+    register_algorithm(context["method"])
+    register_all_modules(init_default_scope=True)
+
+
+def export_at_end(runner: Any, _hook: Any, context: dict[str, Any]) -> dict[str, Any] | None:
+    """Rank 0 exports the trained backbone (export_backbone); its sha256 and the iterations."""
+    from mmengine.dist import get_rank
+
+    if get_rank() != 0:
+        return None
+    sha256 = export_backbone(runner.model, Path(context["out"]), meta=context["meta"])
+    return {"sha256": sha256, "iterations": runner.iter}

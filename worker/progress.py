@@ -35,8 +35,12 @@ class JobProgressHook(Hook):
         flush_every_s: float = 1.0,
         max_points_per_key: int = 5000,
         db_grace_s: float = 600.0,
+        writes: bool = True,
     ) -> None:
         self.job_id = job_id
+        # False in ranks other than 0 of a multi-process job: they train and validate alike,
+        # but only rank 0 reports (and sees a cancel; its supervisor then stops the others)
+        self.writes = writes
         self.sessions = sessions
         self.token = token  # the claim this attempt holds: its writes stop counting once lost
         self.db_grace_s = db_grace_s
@@ -68,7 +72,7 @@ class JobProgressHook(Hook):
         step = runner.iter + 1
         for key, value in (outputs or {}).items():
             if "loss" in key or key == "acc":
-                number = float(value)
+                number = float(value.item() if hasattr(value, "item") else value)
                 if "loss" in key and not math.isfinite(number):
                     raise JobFailed(
                         f"{key} became {number} at iteration {step}; the run diverged "
@@ -126,6 +130,10 @@ class JobProgressHook(Hook):
             raise JobCancelled(f"cancelled by request at iteration {step}")
 
     def _write(self, **progress: Any) -> bool:
+        if not self.writes:
+            self.pending = []
+            return False
+
         def write() -> bool:
             with self.sessions() as session:
                 return job_service.record_progress(

@@ -20,7 +20,6 @@ import logging
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from importlib import metadata
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from backend.artifacts_io import write_text_atomic
 from backend.jobs.records import FIELDS
 
 __all__ = [
@@ -184,11 +184,7 @@ def _store(path: Path, value: dict[str, str]) -> None:
     """Write a cache entry whole (a temporary file renamed), so a reader never sees half."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8"
-        ) as handle:
-            json.dump(value, handle)
-        os.replace(handle.name, path)
+        write_text_atomic(path, json.dumps(value))
     except OSError as exc:  # a cache that cannot be written only costs time
         log.warning("the hash cache %s could not be written: %s", path.parent, exc)
 

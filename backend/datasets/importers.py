@@ -13,6 +13,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from backend.artifacts_io import write_text_atomic
+
 __all__ = ["ImportFailed", "kitti_to_coco", "voc_to_coco", "main"]
 
 KITTI_FIELDS = tuple(
@@ -72,7 +74,7 @@ def _write_coco(
     }
     out_json = Path(out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(coco, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(out_json, json.dumps(coco, indent=1) + "\n")
 
 
 def _parse_kitti_line(line: str, where: str) -> tuple[str, tuple[float, float, float, float]]:

@@ -21,6 +21,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from backend.artifacts_io import write_text_atomic
+
 __all__ = ["CLASS_NAMES", "ShapesPaths", "generate_shapes", "main"]
 
 # The confusable pairs come first so that any K >= 2 keeps a hard pair.
@@ -317,7 +319,7 @@ def _write_split(
         "annotations": annotations,
         "categories": categories,
     }
-    ann_file.write_text(json.dumps(coco) + "\n", encoding="utf-8")
+    write_text_atomic(ann_file, json.dumps(coco) + "\n")
     return ann_file, image_dir
 
 

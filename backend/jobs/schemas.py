@@ -44,6 +44,9 @@ class JobRead(BaseModel):
     attempts: int
     error: str | None
     worker_host: str | None
+    # processes it trains with, and what its running attempt holds (GPU indices, or "cpu")
+    gpus: int = 1
+    devices: list[str] | None = None
     queue: str = Field(description="the broker queue whose workers run it")
     queue_position: int | None = Field(
         default=None, description="queued jobs only: 1 for the next job its workers claim"

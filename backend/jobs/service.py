@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -53,6 +54,7 @@ __all__ = [
     "ClaimLost",
     "cancel",
     "claim",
+    "waiting",
     "create",
     "add_queued",
     "rerun",
@@ -204,6 +206,7 @@ def prepare(
             queued_at=now,
             sent_at=now,
             owner_id=owner_id,
+            gpus=getattr(one, "gpus", 1),
             **row,
         )
 
@@ -420,19 +423,39 @@ def cancel(*, session: Session, job_id: int) -> Job:
     return job
 
 
-def claim(*, session: Session, queue: str, host: str) -> Claim | None:
-    """Claim the oldest queued job of `queue` for a worker on host, or None when none waits.
+def claim(
+    *,
+    session: Session,
+    queue: str,
+    host: str,
+    free_gpus: Sequence[str] | None = None,
+    max_processes: int | None = None,
+) -> Claim | None:
+    """Claim the oldest queued job of `queue` that fits this worker, for a worker on host, or
+    None when none waits.
 
-    The claim is a compare-and-set (status still queued) that writes a fresh token, so of two
-    workers racing for a job exactly one gets it; the loser tries the next job in line."""
+    `free_gpus`: a GPU worker's GPUs that no job holds (a job of n processes takes the first
+    n); `max_processes`: a CPU worker's limit on one job's gloo processes. A job that does not
+    fit now stays in line and younger jobs that fit run first (a 4-GPU job waits for a host
+    with 4 free GPUs without blocking 1-GPU jobs). The claim is a compare-and-set (status still
+    queued) that writes a fresh token, so of two workers racing for a job exactly one gets it;
+    the loser tries the next job in line."""
+    limit = len(free_gpus) if free_gpus is not None else max_processes
     skipped: list[int] = []
     while True:
-        query = select(Job.id).where(Job.status == JobStatus.queued, Job.queue == queue)
+        query = select(Job.id, Job.gpus).where(Job.status == JobStatus.queued, Job.queue == queue)
+        if limit is not None:
+            query = query.where(Job.gpus <= limit)
         if skipped:
             query = query.where(Job.id.not_in(skipped))
-        job_id = session.scalar(query.order_by(Job.queued_at, Job.id).limit(1))
-        if job_id is None:
+        row = session.execute(query.order_by(Job.queued_at, Job.id).limit(1)).first()
+        if row is None:
             return None
+        job_id, gpus = row
+        if free_gpus is not None:
+            held: list[str] | None = [str(index) for index in free_gpus[:gpus]]
+        else:
+            held = ["cpu"] if max_processes is not None else None
         token = uuid.uuid4().hex
         now = utcnow()
         won = _changed(
@@ -446,6 +469,7 @@ def claim(*, session: Session, queue: str, host: str) -> Claim | None:
                 started_at=func.coalesce(Job.started_at, now),
                 heartbeat_at=now,
                 worker_host=host,
+                devices=held,
             ),
         )
         session.commit()
@@ -454,6 +478,16 @@ def claim(*, session: Session, queue: str, host: str) -> Claim | None:
             session.refresh(job)
             return Claim(job=job, token=token, resuming=job.attempts > 1)
         skipped.append(job_id)
+
+
+def waiting(*, session: Session, queue: str) -> list[tuple[int, int]]:
+    """The queued jobs of `queue` as (id, gpus), oldest first."""
+    rows = session.execute(
+        select(Job.id, Job.gpus)
+        .where(Job.status == JobStatus.queued, Job.queue == queue)
+        .order_by(Job.queued_at, Job.id)
+    ).all()
+    return [(job_id, gpus) for job_id, gpus in rows]
 
 
 def _held(job_id: int, token: str | None) -> list[Any]:
@@ -562,6 +596,7 @@ def finish(
             error=error[:2000] if error else error,
             finished_at=now,
             heartbeat_at=now,
+            devices=None,
         ),
     )
     session.commit()
@@ -608,6 +643,7 @@ def requeue(*, session: Session, job_id: int, stale_s: float) -> Job:
             finished_at=None,
             queued_at=now,
             sent_at=now,
+            devices=None,
         ),
     )
     session.commit()
@@ -635,7 +671,7 @@ def requeue_stale(*, session: Session, queue: str, stale_s: float) -> list[int]:
             Job.queue == queue,
             or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None)),
         )
-        .values(status=JobStatus.queued, claim_token=None, sent_at=None)
+        .values(status=JobStatus.queued, claim_token=None, sent_at=None, devices=None)
         .returning(Job.id)
     ).all()
     session.commit()

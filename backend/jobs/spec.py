@@ -22,6 +22,20 @@ __all__ = [
 
 MAX_REPEATS = 20
 DEFAULT_WARMUP = 500
+MAX_GPUS = 8
+
+# One process per GPU on one host (gloo processes on a CPU worker). batch_size and lr are one
+# process's: the total batch is gpus x batch_size and the lr is gpus x lr (linear scaling).
+Gpus = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=MAX_GPUS,
+        description=f"processes the job trains with, one per GPU on one host (1-{MAX_GPUS}; "
+        "gloo processes on a CPU worker); batch_size and lr are per process, and the lr is "
+        "multiplied by gpus (linear scaling in the total batch)",
+    ),
+]
 
 
 def default_interval(length: int, *, by_epoch: bool) -> int:
@@ -105,6 +119,7 @@ class FinetuneSpec(_Strict):
     epochs: int | None = Field(default=None, ge=1, le=1000)
     iterations: int | None = Field(default=None, ge=1, le=10_000_000)
     batch_size: int = Field(default=2, ge=1, le=256)
+    gpus: Gpus = 1
     optimizer: Optimizer = "sgd"
     lr: float = Field(default=0.02, gt=0, le=10)
     weight_decay: float = Field(default=1e-4, ge=0, le=1)
@@ -260,6 +275,7 @@ class PretrainSpec(_Strict):
     epochs: int | None = Field(default=None, ge=1, le=10_000)
     iterations: int | None = Field(default=None, ge=1, le=10_000_000)
     batch_size: int = Field(default=32, ge=2, le=4096)
+    gpus: Gpus = 1
     image_size: int = Field(default=224, ge=32, le=1024, description="crop size of each view")
     lr: float = Field(default=0.03, gt=0, le=10)
     weight_decay: float = Field(default=1e-4, ge=0, le=1)
@@ -403,6 +419,7 @@ def accepted_values() -> dict[str, Any]:
         "norm": list(get_args(Norm)),
         "optimizer": list(get_args(Optimizer)),
         "max_repeats": MAX_REPEATS,
+        "max_gpus": MAX_GPUS,
         "defaults": FinetuneSpec.model_construct().model_dump(
             exclude={"dataset_id", "epochs", "iterations", "name"}
         ),

@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
+from backend.artifacts_io import atomic_path
 from backend.config import Settings
 from backend.datasets import service as dataset_service
 from backend.errors import DomainError, Invalid, NotFound
@@ -99,7 +100,7 @@ def _save(upload: BinaryIO, path: Path, *, limit: int) -> int:
     """Copy the upload to path in blocks; TooLarge as soon as it passes limit bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     size = 0
-    with path.open("wb") as out:
+    with atomic_path(path) as partial, partial.open("wb") as out:
         while block := upload.read(CHUNK):
             size += len(block)
             if size > limit:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from backend.artifacts_io import write_bytes_atomic
 from backend.datasets.validation import PathOutsideRoots, confine
 from backend.errors import Conflict, Invalid, NotFound
 from backend.weights.convert import SUFFIXES, ConvertedWeights, WeightsFileError, load_backbone
@@ -132,18 +132,11 @@ def _store(converted: ConvertedWeights, folder: Path) -> tuple[Path, str]:
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".part", delete=False) as handle:
-        partial = Path(handle.name)
-    try:
-        meta = {"architecture": converted.architecture, "source_format": converted.source_format}
-        torch.save({"state_dict": converted.state_dict, "meta": meta}, partial)
-        digest = hashlib.sha256()
-        with partial.open("rb") as saved:
-            for block in iter(lambda: saved.read(1 << 20), b""):
-                digest.update(block)
-        target = folder / f"{digest.hexdigest()}.pth"
-        partial.chmod(0o644)  # mkstemp makes it private; the worker may run as another user
-        os.replace(partial, target)  # atomic: a reader never sees half a file
-    finally:
-        partial.unlink(missing_ok=True)
-    return target, digest.hexdigest()
+    meta = {"architecture": converted.architecture, "source_format": converted.source_format}
+    with io.BytesIO() as buffer:  # the file is named by its hash, known once it is serialised
+        torch.save({"state_dict": converted.state_dict, "meta": meta}, buffer)
+        data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    target = folder / f"{digest}.pth"
+    write_bytes_atomic(target, data)
+    return target, digest

@@ -298,6 +298,17 @@ def finetune_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str
             values["data_fraction"] = number(
                 middle, "Share of the train split", "data_fraction", step=0.1
             )
+            values["gpus"] = number(
+                right,
+                "GPUs (processes)",
+                "gpus",
+                min_value=1,
+                max_value=options["max_gpus"],
+                step=1,
+                help="Train across this many GPUs of one host (gloo processes on a CPU "
+                "worker). Batch size and learning rate are per GPU: the total batch and the "
+                "lr are multiplied by this number.",
+            )
             values["eval_interval"] = number(
                 right,
                 "Evaluate every (epochs or iterations)",
@@ -384,6 +395,7 @@ def pretrain_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str
             "temperature": ("Temperature", None, 0.05),
             "seed": ("Seed", None, 1),
             "num_workers": ("Loader workers", None, 1),
+            "gpus": ("GPUs (processes)", None, 1),
         }
         more = st.columns(4)
         for position, (field, (label, column, step)) in enumerate(numbers.items()):

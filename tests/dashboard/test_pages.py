@@ -299,6 +299,7 @@ def test_jobs_page_submits_shows_live_progress_and_cancels(api, wait_job, seeded
         "num_workers": 0,
         "roi_samples_per_image": 64,
         "test_proposals_per_image": 100,
+        "gpus": 1,
     }.items():
         at.number_input(key=f"finetune-{field}").set_value(value)
     at.button(key="FormSubmitter:submit-finetune-Submit fine-tune job").click().run()
@@ -307,6 +308,7 @@ def test_jobs_page_submits_shows_live_progress_and_cancels(api, wait_job, seeded
     job_id = int(texts(at.success).split("#")[1].split(" ")[0])
     job = api.get(f"/jobs/{job_id}").json()
     assert job["name"] == "dash-long" and job["spec"]["iterations"] == 5000
+    assert job["spec"]["gpus"] == job["gpus"] == 1
     assert job["spec"]["roi_samples_per_image"] == TINY["roi_samples_per_image"]
 
     wait_job(job_id, until=lambda j: j["status"] == "running" and j["progress_iter"] >= 2)

@@ -167,7 +167,11 @@ def test_every_pretraining_method_and_backbone_builds_in_mmpretrain(method, back
     cfg = build_pretrain_config(spec, image_folder=str(tmp_path), paths=JobPaths(tmp_path))
     entry = PRETRAIN_METHODS[method]
     if entry.algorithm_module:
-        assert cfg.custom_imports["imports"] == [entry.algorithm_module]
+        # the algorithm's module, and the atomic checkpoint writer every training config names
+        assert cfg.custom_imports["imports"] == [
+            entry.algorithm_module,
+            "worker.atomic_checkpoints",
+        ]
     register_algorithm(method)
     register_all_modules(init_default_scope=True)
     algorithm = MODELS.get(cfg.model["type"])
