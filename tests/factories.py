@@ -9,10 +9,12 @@ so a test can build several of a kind.
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import insert
@@ -251,3 +253,18 @@ def user(session: Session, *, role: str = "member", name: str | None = None) -> 
     made = user_service.create_user(session=session, name=name or _unique(role), role=Role(role))
     _, secret = user_service.create_token(session=session, user=made, name="tests")
     return made, secret
+
+
+def config_dataset(folder: Path, classes: Iterable[str]) -> SimpleNamespace:
+    """The fields of a registered dataset that the config builders read, over an empty
+    annotation file with these classes in `folder` (no images: configs are built, not run)."""
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
+    ann = folder / "ann.json"
+    ann.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
+    return SimpleNamespace(
+        train_ann=str(ann),
+        val_ann=str(ann),
+        train_images=str(folder),
+        val_images=str(folder),
+        stats={"categories": categories},
+    )

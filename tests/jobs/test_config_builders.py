@@ -9,10 +9,10 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import factories
 import pytest
 import torch
 
@@ -28,17 +28,7 @@ CLASSES = ("circle", "square", "triangle")
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """The fields of a registered dataset that the config builder reads."""
-    root = tmp_path_factory.mktemp("coco")
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(CLASSES)]
-    ann = root / "ann.json"
-    ann.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
-    return SimpleNamespace(
-        train_ann=str(ann),
-        val_ann=str(ann),
-        train_images=str(root),
-        val_images=str(root),
-        stats={"categories": categories},
-    )
+    return factories.config_dataset(tmp_path_factory.mktemp("coco"), CLASSES)
 
 
 # Swin computes its drop-path schedule with Tensor.item(), which the meta device refuses, so

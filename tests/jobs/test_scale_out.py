@@ -3,7 +3,6 @@ GPUs, and the config of a multi-process job. (The real workers: test_scale_out_e
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -117,18 +116,7 @@ def test_a_cpu_worker_takes_jobs_up_to_its_process_limit(db, dataset_id):
 
 @pytest.fixture()
 def spec_dataset(tmp_path):
-    categories = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}]
-    ann = tmp_path / "ann.json"
-    ann.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
-    from types import SimpleNamespace
-
-    return SimpleNamespace(
-        train_ann=str(ann),
-        val_ann=str(ann),
-        train_images=str(tmp_path),
-        val_images=str(tmp_path),
-        stats={"categories": categories},
-    )
+    return factories.config_dataset(tmp_path, ("circle", "square"))
 
 
 def test_a_two_process_config_states_its_world_and_scales_the_lr(spec_dataset, tmp_path):
