@@ -179,3 +179,48 @@ def test_jobs_run_in_submission_order_whatever_order_the_broker_delivers(filesys
     assert [claimed for _, claimed in order] == ids  # oldest first, on every message
     assert [named for named, _ in order] != ids  # though the messages came in another order
     assert waiting_messages(settings) == 0
+
+
+def test_a_worker_that_cannot_fit_what_waits_wakes_one_that_can(lab, tmp_path):
+    """A 1-GPU worker woken for a 4-GPU job leaves it queued and sends the wake on, because
+    the fleet shows a live worker with 4 free GPUs; with no such worker it sends nothing."""
+    from backend.workers import service as workers_service
+    from backend.workers.models import Worker
+    from worker import runner
+    from worker.devices import Gpu, WorkerDevices
+
+    settings, sessions = lab
+    (job_id,) = _queued(sessions, settings, 1, age_s=0)
+    with sessions() as session:
+        session.execute(Job.__table__.update().where(Job.id == job_id).values(gpus=4))
+        session.commit()
+    one_gpu = WorkerDevices(gpus=[Gpu("0", "test GPU", 1000)], lock_folder=tmp_path)
+    key = f"{settings.worker_gpus}/{settings.worker_cpu_slots}"
+    saved = runner._devices.get(key)
+    runner._devices[key] = one_gpu
+    try:
+        assert runner.run_job(job_id, settings=settings, sessions=sessions, host="small@a") is None
+        assert waiting_messages(settings) == 0  # nobody could take it: no spare wake
+        with sessions() as session:
+            workers_service.register(
+                session=session,
+                name="big@b",
+                host="b",
+                pid=1,
+                gpus=[{"index": i, "name": "test GPU", "memory_mb": 1000} for i in range(4)],
+                queues=[settings.queue],
+                slots=4,
+                max_job_gpus=4,
+                version="test",
+            )
+        assert runner.run_job(job_id, settings=settings, sessions=sessions, host="small@a") is None
+        assert waiting_messages(settings) == 1  # the wake went on, for big@b to take
+        with sessions() as session:
+            assert session.get(Job, job_id).status == JobStatus.queued
+    finally:
+        runner._devices.pop(key)
+        if saved is not None:
+            runner._devices[key] = saved
+        with sessions() as session:
+            session.execute(delete(Worker).where(Worker.name == "big@b"))
+            session.commit()
