@@ -22,6 +22,8 @@ __all__ = [
     "Backbone",
     "Detector",
     "PretrainMethod",
+    "c4_backbones",
+    "c4_detectors",
     "importable_architectures",
     "mmdet_config_file",
     "mmdet_configs_root",
@@ -43,6 +45,17 @@ class Detector:
     class_heads: tuple[str, ...]
     # neck settings this detector needs beyond in/out channels (e.g. RetinaNet's P3-P7)
     neck_overrides: dict[str, Any] = field(default_factory=dict)
+    # mmdet's model file for a C4 backbone (no neck; RPN and RoI head on stage 3, stage 4 run
+    # per RoI as the head's shared layer); None: the detector takes no C4 backbone
+    c4_base_model: str | None = None
+
+    def base_model_for(self, backbone: Backbone) -> str:
+        """The `_base_/models` file this detector is built from with that backbone."""
+        if backbone.c4:
+            if self.c4_base_model is None:
+                raise ValueError(f"{self.name} takes no C4 backbone")
+            return self.c4_base_model
+        return self.base_model
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,9 @@ class Backbone:
     pretrainable: bool = False
     # parameter name parts trained without weight decay (mmengine paramwise custom_keys)
     no_weight_decay: tuple[str, ...] = ()
+    # the C4 layout: stages 1-3 in the backbone, stage 4 in the RoI head, no neck (a detector
+    # with a c4_base_model only). Its weights are the whole ResNet's, in the same key layout.
+    c4: bool = False
 
     @property
     def has_batch_norm(self) -> bool:
@@ -95,6 +111,7 @@ DETECTORS: dict[str, Detector] = _entries(
         base_model="faster-rcnn_r50_fpn.py",
         two_stage=True,
         class_heads=("roi_head.bbox_head",),
+        c4_base_model="faster-rcnn_r50-caffe-c4.py",
     ),
     Detector(
         "cascade_rcnn",
@@ -142,6 +159,19 @@ BACKBONES: dict[str, Backbone] = _entries(
         imagenet="torchvision://resnet50",
         key_layout="resnet",
         pretrainable=True,
+    ),
+    # ResNet-50 in the C4 layout of the MoCo/DetCo detection benchmarks. mmdet's C4 files are
+    # caffe-style (stride in the 1x1 conv, BGR input) for their MSRA weights; DetLab runs it
+    # pytorch-style on RGB like its other ResNets, so torchvision, MoCo and DetLab's own
+    # ResNet-50 weights fit it and inits compare on the same model.
+    Backbone(
+        "resnet50_c4",
+        mmdet_type="ResNet",
+        arch={"depth": 50},
+        channels=_RESNET_CHANNELS,
+        imagenet="torchvision://resnet50",
+        key_layout="resnet",
+        c4=True,
     ),
     Backbone(
         "resnet101",
@@ -210,6 +240,16 @@ PRETRAIN_METHODS: dict[str, PretrainMethod] = _entries(
 def pretrainable_backbones() -> tuple[str, ...]:
     """Backbones a pretrain job may train."""
     return tuple(name for name, entry in BACKBONES.items() if entry.pretrainable)
+
+
+def c4_backbones() -> tuple[str, ...]:
+    """Backbones in the C4 layout (no neck; stage 4 in the RoI head)."""
+    return tuple(name for name, entry in BACKBONES.items() if entry.c4)
+
+
+def c4_detectors() -> tuple[str, ...]:
+    """Detectors that take a C4 backbone."""
+    return tuple(name for name, entry in DETECTORS.items() if entry.c4_base_model is not None)
 
 
 def importable_architectures() -> tuple[str, ...]:

@@ -36,14 +36,14 @@ def mmdet_config_dir() -> Path:
     return Path(mmdet.__file__).resolve().parent / ".mim" / "configs"
 
 
-def _load_bases(detector: str) -> Any:
+def _load_bases(detector: str, backbone: str) -> Any:
     from mmengine.config import Config
 
     # absolute paths, not 'mmdet::': mmengine resolves those through pkg_resources,
     # which the setuptools that torch 2.14 needs no longer ships
     base = mmdet_config_dir() / "_base_"
     files = [
-        base / "models" / DETECTORS[detector].base_model,
+        base / "models" / DETECTORS[detector].base_model_for(BACKBONES[backbone]),
         base / "datasets" / "coco_detection.py",
         base / "schedules" / "schedule_1x.py",
         base / "default_runtime.py",
@@ -82,17 +82,68 @@ def _backbone(name: str, *, norm: str | None, init_cfg: dict[str, Any] | None) -
             convert_weights=init_cfg is not None,
             init_cfg=init_cfg,
         )
-    frozen = norm == "frozen_bn"
     return dict(
         type=entry.mmdet_type,
         **entry.arch,
         num_stages=4,
         out_indices=(0, 1, 2, 3),
-        frozen_stages=1 if frozen else -1,
-        norm_cfg=dict(type="SyncBN" if norm == "syncbn" else "BN", requires_grad=not frozen),
-        norm_eval=frozen,
+        frozen_stages=1 if norm == "frozen_bn" else -1,
+        **_batch_norm(norm),
         style="pytorch",
         init_cfg=init_cfg,
+    )
+
+
+def _batch_norm(norm: str | None) -> dict[str, Any]:
+    frozen = norm == "frozen_bn"
+    return dict(
+        norm_cfg=dict(type="SyncBN" if norm == "syncbn" else "BN", requires_grad=not frozen),
+        norm_eval=frozen,
+    )
+
+
+# the input normalisation of mmdet's FPN model files (ImageNet RGB statistics), which
+# pytorch-style ResNet weights (torchvision, MoCo, DetLab's own) were trained with
+_RGB_PREPROCESSOR = dict(
+    type="DetDataPreprocessor",
+    mean=[123.675, 116.28, 103.53],
+    std=[58.395, 57.12, 57.375],
+    bgr_to_rgb=True,
+    pad_size_divisor=32,
+)
+
+
+def _set_architecture(
+    model: Any,
+    *,
+    detector: str,
+    backbone: str,
+    neck: str | None,
+    norm: str | None,
+    init_cfg: dict[str, Any] | None,
+) -> None:
+    """The backbone and neck of a model config loaded by `_load_bases`; in the C4 layout, the
+    backbone's stages 1-3 and the RoI head's stage 4 (mmdet's shared head), no neck."""
+    entry = BACKBONES[backbone]
+    if not entry.c4:
+        model.backbone = _backbone(backbone, norm=norm, init_cfg=init_cfg)
+        model.neck = _neck(detector=detector, backbone=backbone, neck=neck or "fpn")
+        return
+    # mmdet's C4 file fixes the stages, strides and outputs; its caffe style, BGR input and MSRA
+    # weights give way to DetLab's pytorch-style ResNets. The shared head loads the same file
+    # as the backbone (its keys are the ResNet's layer4.*), as mmdet's own C4 configs do.
+    frozen_stages = 1 if norm == "frozen_bn" else -1
+    model.data_preprocessor = dict(_RGB_PREPROCESSOR)
+    model.backbone.update(
+        type=entry.mmdet_type,
+        **entry.arch,
+        frozen_stages=frozen_stages,
+        **_batch_norm(norm),
+        style="pytorch",
+        init_cfg=init_cfg,
+    )
+    model.roi_head.shared_head.update(
+        depth=entry.arch["depth"], style="pytorch", **_batch_norm(norm), init_cfg=init_cfg
     )
 
 
@@ -174,13 +225,17 @@ def build_finetune_config(
     weights_path: str | None = None,
 ) -> Any:
     """The mmengine Config for a fine-tune job on a registered dataset."""
-    cfg = _load_bases(spec.detector)
+    cfg = _load_bases(spec.detector, spec.backbone)
     classes = tuple(c["name"] for c in dataset.stats["categories"])
 
-    cfg.model.backbone = _backbone(
-        spec.backbone, norm=spec.resolved_norm, init_cfg=_init_cfg(spec, weights_path)
+    _set_architecture(
+        cfg.model,
+        detector=spec.detector,
+        backbone=spec.backbone,
+        neck=spec.neck,
+        norm=spec.resolved_norm,
+        init_cfg=_init_cfg(spec, weights_path),
     )
-    cfg.model.neck = _neck(detector=spec.detector, backbone=spec.backbone, neck=spec.neck)
     _set_num_classes(cfg.model, spec.detector, len(classes))
     _set_sampling(cfg.model, spec)
 
@@ -251,13 +306,13 @@ def build_finetune_config(
 class DetLabModel:
     """One of DetLab's detector x backbone x neck models, as a checkpoint to score was built.
 
-    ``norm``: the backbone's norm when trained (None: plain BN where it has batch norm; at
-    test time every BN variant computes the same). ``test_proposals_per_image``: None keeps
-    mmdet's base config (1000)."""
+    ``neck``: None for a backbone in the C4 layout. ``norm``: the backbone's norm when trained
+    (None: plain BN where it has batch norm; at test time every BN variant computes the same).
+    ``test_proposals_per_image``: None keeps mmdet's base config (1000)."""
 
     detector: str
     backbone: str
-    neck: str = "fpn"
+    neck: str | None = "fpn"
     norm: str | None = None
     test_proposals_per_image: int | None = None
 
@@ -281,11 +336,16 @@ def build_evaluate_config(
     from mmengine.config import Config
 
     if isinstance(model, DetLabModel):
-        cfg = _load_bases(model.detector)
+        cfg = _load_bases(model.detector, model.backbone)
         entry = BACKBONES[model.backbone]
-        norm = model.norm or ("bn" if entry.has_batch_norm else None)
-        cfg.model.backbone = _backbone(model.backbone, norm=norm, init_cfg=None)
-        cfg.model.neck = _neck(detector=model.detector, backbone=model.backbone, neck=model.neck)
+        _set_architecture(
+            cfg.model,
+            detector=model.detector,
+            backbone=model.backbone,
+            neck=model.neck,
+            norm=model.norm or ("bn" if entry.has_batch_norm else None),
+            init_cfg=None,
+        )
         _set_num_classes(cfg.model, model.detector, len(classes))
         if model.test_proposals_per_image is not None and DETECTORS[model.detector].two_stage:
             _set_test_proposals(cfg.model, model.test_proposals_per_image)

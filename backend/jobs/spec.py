@@ -64,6 +64,41 @@ else:
     PretrainBackboneName = Literal[registry.pretrainable_backbones()]
 
 
+NECK_DESCRIPTION = (
+    "multi-scale neck on the backbone's stages; unset: fpn, and none for backbones in the C4 "
+    f"layout ({', '.join(registry.c4_backbones())}), whose RPN and RoI head read stage 3 and "
+    "run stage 4 per RoI; the stored spec holds the neck used"
+)
+
+
+def _fill_neck(data: Any, default_backbone: str | None) -> Any:
+    """The neck a spec leaves unset (or null): fpn, or none for a C4 backbone."""
+    if not isinstance(data, dict) or data.get("neck") is not None:
+        return data
+    name = data.get("backbone") or default_backbone
+    if name is not None and (name not in registry.BACKBONES or registry.BACKBONES[name].c4):
+        return data  # C4: no neck; an unknown name is reported by the field
+    return {**data, "neck": "fpn"}
+
+
+def _check_layout(detector: str, backbone: str, neck: str | None) -> None:
+    """A C4 backbone takes no neck and needs a detector with a C4 model (registry)."""
+    if not registry.BACKBONES[backbone].c4:
+        return
+    if neck is not None:
+        raise ValueError(
+            f"neck {neck!r} does not apply to {backbone}: in the C4 layout the RPN and RoI head "
+            "read stage 3 directly and stage 4 runs in the RoI head; leave neck unset"
+        )
+    takes_c4 = registry.c4_detectors()
+    if detector not in takes_c4:
+        raise ValueError(
+            f"{backbone} (the C4 layout) works with {', '.join(takes_c4)}; mmdet has no C4 "
+            f"model for {detector}: use an FPN backbone such as "
+            f"{next(n for n, e in registry.BACKBONES.items() if not e.c4)} with {detector}"
+        )
+
+
 class _Strict(BaseModel):
     """Refuses unknown fields, naming the ones that are accepted."""
 
@@ -106,7 +141,7 @@ class FinetuneSpec(_Strict):
     dataset_id: int = Field(ge=1, le=2**31 - 1)
     detector: DetectorName = "faster_rcnn"
     backbone: BackboneName = "resnet50"
-    neck: Neck = "fpn"
+    neck: Neck | None = Field(default=None, description=NECK_DESCRIPTION)
     init: InitSpec = "imagenet"
     norm: Norm | None = Field(
         default=None,
@@ -169,6 +204,7 @@ class FinetuneSpec(_Strict):
                 f"image_scale {self.image_scale} is not accepted; "
                 "width and height must be between 32 and 4096"
             )
+        _check_layout(self.detector, self.backbone, self.neck)
         if not registry.BACKBONES[self.backbone].has_batch_norm and self.norm is not None:
             raise ValueError(
                 f"norm applies to backbones with batch norm; {self.backbone} uses LayerNorm, "
@@ -199,6 +235,11 @@ class FinetuneSpec(_Strict):
                 f"leave it unset for min({DEFAULT_WARMUP}, a tenth of the run)"
             )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_neck(cls, data: Any) -> Any:
+        return _fill_neck(data, cls.model_fields["backbone"].default)
 
     @model_validator(mode="before")
     @classmethod
@@ -337,7 +378,7 @@ class EvaluateSpec(_Strict):
     )
     detector: DetectorName | None = None
     backbone: BackboneName | None = None
-    neck: Neck = "fpn"
+    neck: Neck | None = Field(default=None, description=NECK_DESCRIPTION)
     mmdet_config: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_.\-]{1,200}$",
@@ -346,6 +387,11 @@ class EvaluateSpec(_Strict):
     image_scale: Annotated[tuple[int, int] | None, Field(description="(width, height)")] = None
     batch_size: int = Field(default=1, ge=1, le=64, description="images per inference batch")
     amp: bool = Field(default=False, description="fp16 inference (needs a CUDA GPU)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_neck(cls, data: Any) -> Any:
+        return _fill_neck(data, None)
 
     @model_validator(mode="after")
     def _one_model(self) -> EvaluateSpec:
@@ -366,6 +412,8 @@ class EvaluateSpec(_Strict):
             )
         if ours and (self.detector is None or self.backbone is None):
             raise ValueError("give both detector and backbone")
+        if self.detector is not None and self.backbone is not None:
+            _check_layout(self.detector, self.backbone, self.neck)
         if self.source_job_id is None and self.checkpoint is None:
             raise ValueError(f"{given[0]} needs a checkpoint file")
         if self.image_scale is not None:

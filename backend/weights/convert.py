@@ -7,8 +7,14 @@ Layouts, recognised from the keys (after a DistributedDataParallel ``module.`` i
 - ``openmmlab``: OpenSelfSup, mmselfsup, mmpretrain and mmdet checkpoints (``backbone.``);
   neck, heads and momentum encoders are dropped.
 - ``detectron2``: ``stem.``/``resN.`` names (model-zoo ``.pkl`` files converted from
-  torchvision or MoCo; ``backbone.bottom_up.`` in detector checkpoints).
+  torchvision or MoCo; ``backbone.bottom_up.`` in FPN detector checkpoints, ``backbone.`` in
+  C4 ones).
 - ``torchvision``: plain ResNet state dicts (``conv1.weight``, ``layer1.0.conv1.weight``, ...).
+
+A C4 detector runs stage 4 in its RoI head: in its checkpoints that stage is taken from
+``roi_head.shared_head.layer4.`` (mmdet) or ``roi_heads.res5.`` (detectron2), so the result is
+the whole ResNet either way; a C4 fine-tune loads stages 1-3 into its backbone and stage 4
+into the RoI head from that one file.
 
 Nothing is unpickled in a way that could run code: ``torch.load`` runs with
 ``weights_only=True``, and ``.pkl`` files go through an unpickler that builds numpy arrays
@@ -63,6 +69,8 @@ _PREFIXES = (
     ("openmmlab", "backbone."),
 )
 _RESNET_KEY = re.compile(r"^(conv1|bn1|layer\d+)\.")
+# stage 4 in the RoI head of a C4 detector: mmdet's shared head, detectron2's res5
+_ROI_HEAD_STAGE4 = re.compile(r"^(roi_head\.shared_head\.(?=layer4\.)|roi_heads\.(?=res5\.))")
 _DETECTRON2_KEY = re.compile(r"^(stem|res[2-5])\.")
 _CAFFE2_KEY = re.compile(r"^(conv1_w|res_conv1_bn_[sb]|res\d+_\d+_branch\w+)$")
 _DETECTRON2_RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
@@ -328,8 +336,10 @@ def _detect(path: Path, keys: list[str]) -> tuple[str, str]:
             "(converted from torchvision or MoCo) or a torchvision/MoCo/OpenSelfSup checkpoint"
         )
     for source_format, prefix in _PREFIXES:
-        if any(key.startswith(prefix) for key in keys):
-            return source_format, prefix
+        inner = [key.removeprefix(prefix) for key in keys if key.startswith(prefix)]
+        if inner:  # detectron2's C4 detectors keep stem.*/resN.* names under backbone.
+            named = "detectron2" if any(_DETECTRON2_KEY.match(key) for key in inner) else None
+            return named or source_format, prefix
     if any(_DETECTRON2_KEY.match(key) for key in keys):
         return "detectron2", ""
     if any(_RESNET_KEY.match(key) for key in keys):
@@ -376,10 +386,14 @@ def _to_mmdet_layout(
     state: dict[str, torch.Tensor] = {}
     dropped: Counter[str] = Counter()
     for original, key in zip(arrays, keys, strict=True):
-        if not key.startswith(prefix):  # key encoder, queue, neck, heads, ...
+        stage4 = _ROI_HEAD_STAGE4.match(key)
+        if stage4:
+            name = key[stage4.end() :]
+        elif key.startswith(prefix):
+            name = key.removeprefix(prefix)
+        else:  # key encoder, queue, neck, heads, ...
             dropped[_group(key, prefix)] += 1
             continue
-        name = key.removeprefix(prefix)
         if source_format == "detectron2":
             name = _detectron2_name(name)
         if _RESNET_KEY.match(name):

@@ -225,7 +225,13 @@ def finetune_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str
         values: dict[str, Any] = {
             "detector": pick(columns[0], "Detector", "detector", options["detector"]),
             "backbone": pick(columns[1], "Backbone", "backbone", options["backbone"]),
-            "neck": pick(columns[2], "Neck", "neck", options["neck"]),
+            "neck": pick(
+                columns[2],
+                "Neck",
+                "neck",
+                [None, *options["neck"]],
+                format_func=lambda n: n or "default for the backbone",
+            ),
             "norm": pick(
                 columns[3],
                 "Norm",

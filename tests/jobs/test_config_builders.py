@@ -18,7 +18,13 @@ import torch
 
 from backend.jobs.paths import JobPaths
 from backend.jobs.spec import FinetuneSpec, PretrainSpec, accepted_values
-from backend.registry import BACKBONES, DETECTORS, PRETRAIN_METHODS, pretrainable_backbones
+from backend.registry import (
+    BACKBONES,
+    DETECTORS,
+    PRETRAIN_METHODS,
+    c4_detectors,
+    pretrainable_backbones,
+)
 from worker.mmdet_config import build_finetune_config
 from worker.mmpretrain_config import build_pretrain_config, register_algorithm
 
@@ -62,7 +68,7 @@ def _build_detector(cfg, backbone: str, neck: str = "fpn") -> torch.nn.Module | 
 
     _register_mmdet()
     with DefaultScope.overwrite_default_scope("mmdet"):
-        if backbone in SIGNATURE_ONLY or (neck != "fpn" and backbone not in SMALL):
+        if backbone in SIGNATURE_ONLY or (neck == "pafpn" and backbone not in SMALL):
             _check_signatures(cfg)
             return None
         with torch.device("cpu" if backbone in ON_CPU else "meta"):
@@ -80,9 +86,18 @@ def _class_heads(model: torch.nn.Module, detector: str) -> list[torch.nn.Module]
 OPTIONS = accepted_values()
 
 
-@pytest.mark.parametrize(
-    ("detector", "backbone", "neck"), list(itertools.product(DETECTORS, BACKBONES, OPTIONS["neck"]))
-)
+def _architectures() -> list[tuple[str, str, str | None]]:
+    """Every detector x backbone x neck the spec accepts: a backbone in the C4 layout has no
+    neck and goes with the detectors that have a C4 model (the others are refused, test_c4)."""
+    return [
+        (detector, backbone, neck)
+        for detector, backbone in itertools.product(DETECTORS, BACKBONES)
+        for neck in ([None] if BACKBONES[backbone].c4 else OPTIONS["neck"])
+        if not BACKBONES[backbone].c4 or detector in c4_detectors()
+    ]
+
+
+@pytest.mark.parametrize(("detector", "backbone", "neck"), _architectures())
 def test_every_detector_backbone_and_neck_builds_in_mmdet(
     detector, backbone, neck, dataset, tmp_path
 ):
@@ -96,7 +111,7 @@ def test_every_detector_backbone_and_neck_builds_in_mmdet(
     )
     cfg = build_finetune_config(spec, dataset=dataset, paths=JobPaths(tmp_path))
     reread = cfg
-    if neck == "fpn":
+    if neck != "pafpn":
         # the saved file is what users re-run with mmdet's tools: it must read back the same
         # (once per detector and backbone: the dump's formatting costs a third of a second)
         cfg.dump(str(tmp_path / "config.py"))
@@ -108,9 +123,13 @@ def test_every_detector_backbone_and_neck_builds_in_mmdet(
     model = _build_detector(reread, backbone, neck)
     if model is None:
         return
-    assert type(model.neck).__name__ == {"fpn": "FPN", "pafpn": "PAFPN"}[neck]
     assert type(model.backbone).__name__ == BACKBONES[backbone].mmdet_type
-    assert list(model.neck.in_channels) == list(BACKBONES[backbone].channels)
+    if neck is None:  # C4: stage 4 is the RoI head's shared layer, fed by stage 3
+        assert not model.with_neck and model.backbone.out_indices == (2,)
+        assert type(model.roi_head.shared_head).__name__ == "ResLayer"
+    else:
+        assert type(model.neck).__name__ == {"fpn": "FPN", "pafpn": "PAFPN"}[neck]
+        assert list(model.neck.in_channels) == list(BACKBONES[backbone].channels)
     # every classification head predicts the dataset's classes
     heads = _class_heads(model, detector)
     assert [h.num_classes for h in heads] == [len(CLASSES)] * len(heads)

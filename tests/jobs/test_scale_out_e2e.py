@@ -131,15 +131,17 @@ def test_a_two_process_job_trains_with_gloo_and_writes_each_point_once(
     assert api.get(f"/jobs/{job_id}/evaluation").json()["bbox_mAP"] >= 0
 
 
-def test_killing_one_of_two_workers_lets_the_other_resume_its_job(
+def test_killing_one_of_two_workers_lets_the_other_resume_its_two_process_job(
     api, fleet, fleet_dataset, submit, wait_job, fleet_env, lab_home, lab_env
 ):
     job_id = submit(
-        dataset_id=fleet_dataset, iterations=60, eval_interval=60, checkpoint_interval=10
+        dataset_id=fleet_dataset, iterations=40, eval_interval=40, checkpoint_interval=10, gpus=2
     )
     work = Path(lab_env["DETLAB_ARTIFACT_ROOT"]) / "jobs" / str(job_id) / "work"
     job = wait_job(
-        job_id, until=lambda j: j["progress_iter"] >= 14 and (work / "iter_10.pth").is_file()
+        job_id,
+        until=lambda j: j["progress_iter"] >= 14 and (work / "iter_10.pth").is_file(),
+        timeout=900,
     )
     victim = job["worker_host"].split("@")[0]
     survivor = "w2" if victim == "w1" else "w1"
@@ -148,12 +150,19 @@ def test_killing_one_of_two_workers_lets_the_other_resume_its_job(
     for pid in [process.pid, *map(int, children.stdout.split())]:
         os.kill(pid, signal.SIGKILL)  # the whole worker dies without any cleanup
     process.wait()
+    # its two training processes die with it (PR_SET_PDEATHSIG), leaving nothing on the cores
+    first = f"worker.rank {work}/ranks-attempt1/"
+    deadline = time.monotonic() + 30
+    while subprocess.run(["pgrep", "-f", first], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "a rank of the killed worker is still running"
+        time.sleep(0.5)
 
     done = wait_job(job_id, until=_finished, timeout=900)
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 2 and done["worker_host"].split("@")[0] == survivor
     series = api.get(f"/jobs/{job_id}/metrics", params={"key": "train/loss"}).json()["series"]
-    assert series[0]["steps"] == list(range(1, 61))  # resumed, no step twice
+    assert series[0]["steps"] == list(range(1, 41))  # every process resumed; no step twice
+    assert (work / "ranks-attempt2" / "outcome1.json").is_file()
 
     workers = api.get("/workers").json()["items"]
     states = {w["name"].split("@")[0]: w["state"] for w in workers if "@" in w["name"]}
