@@ -80,7 +80,7 @@ def _finished(job: dict) -> bool:
 def test_two_workers_run_two_jobs_at_once_and_list_themselves(
     api, fleet, fleet_dataset, submit, wait_job
 ):
-    ids = [submit(dataset_id=fleet_dataset, iterations=40, eval_interval=40) for _ in range(2)]
+    ids = [submit(dataset_id=fleet_dataset, iterations=20, eval_interval=20) for _ in range(2)]
     together = set()
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -135,7 +135,7 @@ def test_killing_one_of_two_workers_lets_the_other_resume_its_two_process_job(
     api, fleet, fleet_dataset, submit, wait_job, fleet_env, lab_home, lab_env
 ):
     job_id = submit(
-        dataset_id=fleet_dataset, iterations=40, eval_interval=40, checkpoint_interval=10, gpus=2
+        dataset_id=fleet_dataset, iterations=30, eval_interval=30, checkpoint_interval=10, gpus=2
     )
     work = Path(lab_env["DETLAB_ARTIFACT_ROOT"]) / "jobs" / str(job_id) / "work"
     job = wait_job(
@@ -161,7 +161,7 @@ def test_killing_one_of_two_workers_lets_the_other_resume_its_two_process_job(
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 2 and done["worker_host"].split("@")[0] == survivor
     series = api.get(f"/jobs/{job_id}/metrics", params={"key": "train/loss"}).json()["series"]
-    assert series[0]["steps"] == list(range(1, 41))  # every process resumed; no step twice
+    assert series[0]["steps"] == list(range(1, 31))  # every process resumed; no step twice
     assert (work / "ranks-attempt2" / "outcome1.json").is_file()
 
     workers = api.get("/workers").json()["items"]
