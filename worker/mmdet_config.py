@@ -290,6 +290,8 @@ def build_finetune_config(
     )
     if spec.amp:
         cfg.optim_wrapper.update(dtype="float16", loss_scale="dynamic")
+    if spec.grad_clip is not None:
+        cfg.optim_wrapper["clip_grad"] = dict(max_norm=spec.grad_clip, norm_type=2)
     no_decay = BACKBONES[spec.backbone].no_weight_decay
     if no_decay:
         cfg.optim_wrapper["paramwise_cfg"] = dict(
@@ -460,7 +462,7 @@ def _schedule(cfg: Any, spec: FinetuneSpec) -> None:
                 end=warmup,
             )
         )
-    if milestones:
+    if spec.lr_schedule == "step" and milestones:
         schedulers.append(
             dict(
                 type="MultiStepLR",
@@ -469,6 +471,17 @@ def _schedule(cfg: Any, spec: FinetuneSpec) -> None:
                 by_epoch=spec.by_epoch,
                 milestones=milestones,
                 gamma=0.1,
+            )
+        )
+    elif spec.lr_schedule == "cosine":
+        schedulers.append(
+            dict(
+                type="CosineAnnealingLR",
+                T_max=total,
+                eta_min=0.0,
+                begin=0,
+                end=total,
+                by_epoch=spec.by_epoch,
             )
         )
     cfg.param_scheduler = schedulers

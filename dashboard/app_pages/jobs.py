@@ -304,6 +304,16 @@ def finetune_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str
             values["data_fraction"] = number(
                 middle, "Share of the train split", "data_fraction", step=0.1
             )
+            values["lr_schedule"] = pick(
+                left, "LR schedule after warm-up", "lr_schedule", options["lr_schedule"]
+            )
+            values["grad_clip"] = number(
+                middle,
+                "Clip gradient norm at",
+                "grad_clip",
+                min_value=0.001,
+                placeholder="no clipping",
+            )
             values["gpus"] = number(
                 right,
                 "GPUs (processes)",

@@ -300,8 +300,10 @@ def test_jobs_page_submits_shows_live_progress_and_cancels(api, wait_job, seeded
         "roi_samples_per_image": 64,
         "test_proposals_per_image": 100,
         "gpus": 1,
+        "grad_clip": 5.0,
     }.items():
         at.number_input(key=f"finetune-{field}").set_value(value)
+    at.selectbox(key="finetune-lr_schedule").select("cosine")
     at.button(key="FormSubmitter:submit-finetune-Submit fine-tune job").click().run()
     assert not at.error, texts(at.error)
     assert "queued: #" in texts(at.success)
@@ -309,6 +311,7 @@ def test_jobs_page_submits_shows_live_progress_and_cancels(api, wait_job, seeded
     job = api.get(f"/jobs/{job_id}").json()
     assert job["name"] == "dash-long" and job["spec"]["iterations"] == 5000
     assert job["spec"]["gpus"] == job["gpus"] == 1
+    assert job["spec"]["grad_clip"] == 5.0 and job["spec"]["lr_schedule"] == "cosine"
     assert job["spec"]["roi_samples_per_image"] == TINY["roi_samples_per_image"]
 
     wait_job(job_id, until=lambda j: j["status"] == "running" and j["progress_iter"] >= 2)

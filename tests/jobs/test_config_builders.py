@@ -212,3 +212,40 @@ def test_paths_are_under_the_job_folder(tmp_path: Path):
     paths = JobPaths.for_job(tmp_path, 7)
     assert paths.config == tmp_path / "jobs" / "7" / "config.py"
     assert paths.predictions.name == "predictions.bbox.json"
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine", "constant"])
+def test_the_lr_schedule_and_gradient_clipping_reach_mmengine(schedule, dataset, tmp_path):
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import PARAM_SCHEDULERS
+
+    spec = FinetuneSpec(
+        dataset_id=1,
+        backbone="resnet18",
+        iterations=120,
+        warmup_iters=20,
+        lr=0.04,
+        lr_schedule=schedule,
+        grad_clip=10,
+    )
+    cfg = build_finetune_config(spec, dataset=dataset, paths=JobPaths(tmp_path))
+    model = _build_detector(cfg, "resnet18").to_empty(device="cpu")
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    assert wrapper.clip_grad_kwargs == {"max_norm": 10, "norm_type": 2}
+    schedulers = [
+        PARAM_SCHEDULERS.build({**step, "optimizer": wrapper.optimizer})
+        for step in cfg.param_scheduler
+    ]
+    lrs = []
+    for _ in range(120):
+        lrs.append(wrapper.get_lr()["lr"][0])
+        for scheduler in schedulers:
+            scheduler.step()
+    # warm-up from 0.001 x lr; the cosine decays from the start, under the warm-up too
+    assert lrs[0] < 0.04 * 0.01 and 0.9 * 0.04 < max(lrs) <= 0.04 * 1.0001
+    late = lrs[110]
+    expected = {"step": 0.04 * 0.01, "cosine": None, "constant": 0.04}[schedule]
+    if expected is None:  # a cosine decays smoothly toward zero by the end
+        assert 0 < late < 0.04 * 0.05 and lrs[60] < 0.04 * 0.75
+    else:
+        assert late == pytest.approx(expected, rel=0.01)
