@@ -79,8 +79,10 @@ def _fill_neck(data: Any, default_backbone: str | None) -> Any:
     if not isinstance(data, dict) or data.get("neck") is not None:
         return data
     name = data.get("backbone") or default_backbone
-    if name is not None and (name not in registry.BACKBONES or registry.BACKBONES[name].c4):
-        return data  # C4: no neck; an unknown name is reported by the field
+    if name is not None and (
+        not isinstance(name, str) or name not in registry.BACKBONES or registry.BACKBONES[name].c4
+    ):
+        return data  # C4: no neck; a wrong or unknown name is reported by its field
     return {**data, "neck": "fpn"}
 
 

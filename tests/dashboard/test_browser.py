@@ -169,6 +169,8 @@ def test_sign_in_and_out_in_a_browser(page, signed_out_dashboard_url, api, make_
 
     sidebar.get_by_role("button", name="Sign out").click()
     main.get_by_role("heading", name="Sign in to DetLab").wait_for()
+    # the sidebar is redrawn after the main area: wait for the old line to go (up to 15 s)
+    sidebar.get_by_text("Signed in as").wait_for(state="detached", timeout=15_000)
     assert sidebar.get_by_text("Signed in as").count() == 0
 
 

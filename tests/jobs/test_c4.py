@@ -259,3 +259,13 @@ def test_a_c4_checkpoint_is_scored_with_the_c4_model(tiny, tmp_path):
     assert model.roi_head.bbox_head.num_classes == 2
     assert not hasattr(model, "neck") or model.neck is None
     assert cfg.model.roi_head.shared_head.init_cfg is None
+
+
+@pytest.mark.parametrize("kind", ["finetune", "evaluate"])
+def test_a_backbone_that_is_not_a_name_is_a_422_while_the_neck_is_filled(client, dataset_id, kind):
+    """The neck's default reads the backbone before the field is validated: a list there (as
+    the fuzzer sent) must reach the field's own 422, not a 500."""
+    body = {"kind": kind, "dataset_id": dataset_id, "backbone": [None, None], "neck": None}
+    body.update({"iterations": 10} if kind == "finetune" else {"source_job_id": 1})
+    response = client.post("/jobs", json=body)
+    assert response.status_code == 422 and "backbone" in response.text
