@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_gpu_finetune import throughput  # noqa: E402
+from benchmarks.bench_gpu_finetune import register_shapes, throughput  # noqa: E402
 
 
 def main() -> int:
@@ -46,8 +46,6 @@ def main() -> int:
     os.environ.update(env)
 
     from backend.config import get_settings
-    from backend.datasets import service as dataset_service
-    from backend.datasets.schemas import DatasetCreate
     from backend.datasets.shapes import generate_shapes
     from backend.db import session_factory
     from backend.jobs import service as job_service
@@ -64,18 +62,7 @@ def main() -> int:
         home / "data" / "shapes", seed=0, num_train=args.images, num_val=4, image_size=size
     )
     sessions = session_factory()
-    with sessions() as session:
-        dataset = dataset_service.register(
-            session=session,
-            dataset_in=DatasetCreate(
-                name="fleet-bench",
-                train_ann=str(shapes.train_ann),
-                val_ann=str(shapes.val_ann),
-                train_images=str(shapes.train_images),
-                val_images=str(shapes.val_images),
-            ),
-            roots=settings.data_roots,
-        )
+    dataset = register_shapes(shapes, name="fleet-bench", sessions=sessions, settings=settings)
 
     def submit(processes: int = 1) -> int:
         spec = FinetuneSpec(

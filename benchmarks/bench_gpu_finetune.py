@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {
@@ -39,6 +40,25 @@ def throughput(work_dir: Path, batch_size: int, warmup: float = 0.3) -> tuple[fl
     return batch_size / statistics.mean(kept), len(kept)
 
 
+def register_shapes(shapes: Any, *, name: str, sessions: Any, settings: Any) -> Any:
+    """Register generate_shapes' dataset through the datasets service; the Dataset."""
+    from backend.datasets import service as dataset_service
+    from backend.datasets.schemas import DatasetCreate
+
+    with sessions() as session:
+        return dataset_service.register(
+            session=session,
+            dataset_in=DatasetCreate(
+                name=name,
+                train_ann=str(shapes.train_ann),
+                val_ann=str(shapes.val_ann),
+                train_images=str(shapes.train_images),
+                val_images=str(shapes.val_images),
+            ),
+            roots=settings.data_roots,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
@@ -54,8 +74,6 @@ def main() -> int:
     import torchvision
 
     from backend.config import get_settings
-    from backend.datasets import service as dataset_service
-    from backend.datasets.schemas import DatasetCreate
     from backend.datasets.shapes import generate_shapes
     from backend.db import session_factory
     from backend.jobs import service as job_service
@@ -77,18 +95,7 @@ def main() -> int:
     torch.save(torchvision.models.resnet50().state_dict(), backbone)
 
     sessions = session_factory()
-    with sessions() as session:
-        dataset = dataset_service.register(
-            session=session,
-            dataset_in=DatasetCreate(
-                name="bench",
-                train_ann=str(shapes.train_ann),
-                val_ann=str(shapes.val_ann),
-                train_images=str(shapes.train_images),
-                val_images=str(shapes.val_images),
-            ),
-            roots=settings.data_roots,
-        )
+    dataset = register_shapes(shapes, name="bench", sessions=sessions, settings=settings)
 
     worker_log = (home / "worker.log").open("w")
     worker = subprocess.Popen(
