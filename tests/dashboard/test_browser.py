@@ -190,6 +190,8 @@ def test_leaderboard_in_a_browser(page, dashboard_url, seeded):
     page.goto(f"{dashboard_url}/run?job={seeded.job_a['id']}")
     main.get_by_role("heading", name=f"#{seeded.job_a['id']} · dash-a").wait_for()
     main.get_by_text("Learning rate").first.wait_for()
+    # the metrics may be drawn after the chart: wait for the sixth before counting them
+    main.get_by_test_id("stMetric").nth(5).wait_for()
     assert main.get_by_test_id("stMetric").count() == 6
     screenshot(page, "run")
 
