@@ -53,13 +53,13 @@ def _start_reconciler(sender: object = None, **_: object) -> None:
     global registration
     name = getattr(sender, "hostname", None) or f"detlab@{socket.gethostname()}"
     pool = getattr(getattr(sender, "controller", None), "concurrency", None)
-    registration = Registration.start(
+    registration = Registration(
         name=name,
         settings=settings,
         sessions=session_factory(),
         devices=worker_devices(settings),
         slots=pool if isinstance(pool, int) else None,
-    )
+    ).start()
     thread = threading.Thread(target=_reconcile_forever, name="reconciler", daemon=True)
     thread.start()
 

@@ -52,11 +52,10 @@ class Registration:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="fleet-heartbeat", daemon=True)
 
-    @classmethod
-    def start(cls, **kwargs: object) -> Registration:
-        registration = cls(**kwargs)  # type: ignore[arg-type]
-        registration._thread.start()
-        return registration
+    def start(self) -> Registration:
+        """Register and beat from a thread of this process; self."""
+        self._thread.start()
+        return self
 
     def register(self) -> None:
         with self.sessions() as session:
