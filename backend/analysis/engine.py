@@ -36,6 +36,7 @@ from backend.analysis.inputs import (
     parse_ground_truth,
     parse_results,
 )
+from backend.analysis.masks import Masks, mask_pairs, parse_masks, result_boxes
 
 __all__ = [
     "AREA_LABELS",
@@ -122,15 +123,27 @@ class CocoStats:
         }
 
 
-def evaluate(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> CocoMatches:
-    """Validate a COCO ground-truth dict and results list, then match them as COCOeval does."""
+def evaluate(
+    gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], *, iou_type: str = "bbox"
+) -> CocoMatches:
+    """Validate a COCO ground-truth dict and results list, then match them as COCOeval does
+    with ``iou_type`` "bbox" or "segm" (masks: see ``backend.analysis.masks``)."""
     ground_truth = parse_ground_truth(gt)
-    return evaluate_arrays(ground_truth, parse_results(results, ground_truth))
+    if iou_type == "bbox":
+        return evaluate_arrays(ground_truth, parse_results(results, ground_truth))
+    if iou_type != "segm":
+        raise ValueError(f"iou_type is {iou_type!r}; expected 'bbox' or 'segm'")
+    results = result_boxes(results)
+    detections = parse_results(results, ground_truth)
+    masks = parse_masks(gt, ground_truth, results, detections)
+    return evaluate_arrays(ground_truth, detections, masks=masks)
 
 
-def evaluate_arrays(ground_truth: GroundTruth, detections: Detections) -> CocoMatches:
+def evaluate_arrays(
+    ground_truth: GroundTruth, detections: Detections, *, masks: Masks | None = None
+) -> CocoMatches:
     """Match parsed detections (every score: COCO uses no cut) to parsed ground truth as
-    COCOeval (bbox) does."""
+    COCOeval does: by box IoU, or by mask IoU when ``masks`` are given (iouType "segm")."""
     iscrowd = ground_truth.iscrowd
     n_images = ground_truth.n_images
     order = sorted(range(n_images), key=ground_truth.image_ids.__getitem__)
@@ -146,14 +159,18 @@ def evaluate_arrays(ground_truth: GroundTruth, detections: Detections) -> CocoMa
     )
     group = det_category[grouped] * n_images + det_image[grouped]
     gt_start = np.searchsorted(gt.group, group, side="left")
-    pairs = candidate_pairs(
-        detections.xywh[grouped],
-        gt_start,
-        np.searchsorted(gt.group, group, side="right") - gt_start,
-        gt.xywh,
-        gt.crowd,
-        min_iou=float(_MATCH_THRESHOLDS.min()),
-    )
+    gt_count_of = np.searchsorted(gt.group, group, side="right") - gt_start
+    min_iou = float(_MATCH_THRESHOLDS.min())
+    if masks is None:
+        pairs = candidate_pairs(
+            detections.xywh[grouped], gt_start, gt_count_of, gt.xywh, gt.crowd, min_iou=min_iou
+        )
+        det_area = detections.xywh[:, 2] * detections.xywh[:, 3]
+    else:
+        pairs = mask_pairs(
+            masks, grouped, group, gt_start, gt_count_of, gt.annotation, gt.crowd, min_iou=min_iou
+        )
+        det_area = masks.det_area
     candidates, taken = greedy_match(*pairs, group, gt.regular, gt.crowd, _MATCH_THRESHOLDS)
 
     position = np.empty(len(detections), dtype=np.int64)
@@ -162,7 +179,7 @@ def evaluate_arrays(ground_truth: GroundTruth, detections: Detections) -> CocoMa
     det_rank[grouped] = rank
     tp, ignored, matched = outcomes(
         gt,
-        detections.xywh[final],
+        det_area[final],
         position[grouped[candidates]],
         taken,
         area_ranges=AREA_RANGES,

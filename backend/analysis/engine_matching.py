@@ -194,24 +194,24 @@ def greedy_match(
 
 def outcomes(
     gt: GtRows,
-    xywh: np.ndarray,
+    area: np.ndarray,
     columns: np.ndarray,
     taken: np.ndarray,
     *,
     area_ranges: np.ndarray,
     n_thresholds: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(tp, ignored, matched), each (A, T, N), of detections ``xywh`` in accumulate order.
+    """(tp, ignored, matched), each (A, T, N), of detections of ``area`` (box or mask area, by
+    which a detection is out of an area range) in accumulate order.
 
     ``columns`` are the detections that had a GT in reach, ``taken`` (len(columns), A, T)
     the GT row each took or -1; the others are unmatched everywhere.
     """
     n_areas, n_thr = len(area_ranges), n_thresholds
-    area = xywh[:, 2] * xywh[:, 3]
     out_of_range = (area < area_ranges[:, :1]) | (area > area_ranges[:, 1:])
-    tp = np.zeros((n_areas, n_thr, len(xywh)), dtype=bool)
+    tp = np.zeros((n_areas, n_thr, len(area)), dtype=bool)
     ignored = np.repeat(out_of_range[:, None, :], n_thr, axis=1)
-    matched = np.full((n_areas, n_thr, len(xywh)), -1, dtype=np.int32)
+    matched = np.full((n_areas, n_thr, len(area)), -1, dtype=np.int32)
     if len(columns):
         hit = taken >= 0
         row = np.where(hit, taken, 0)

@@ -6,7 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["JobPaths"]
+__all__ = ["JobPaths", "mask_predictions_of"]
+
+BBOX_SUFFIX = ".bbox.json"
+SEGM_SUFFIX = ".segm.json"
+
+
+def mask_predictions_of(predictions: str | Path) -> Path | None:
+    """The mask predictions written beside a bbox predictions file (mmdet's CocoMetric writes
+    ``<prefix>.bbox.json`` and, for a model with masks, ``<prefix>.segm.json``), or None when
+    the file's name does not follow that pattern."""
+    name = str(predictions)
+    if not name.endswith(BBOX_SUFFIX):
+        return None
+    return Path(name[: -len(BBOX_SUFFIX)] + SEGM_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,10 @@ class JobPaths:
     @property
     def predictions(self) -> Path:  # CocoMetric appends ".bbox.json" to the prefix
         return self.root / "predictions.bbox.json"
+
+    @property
+    def mask_predictions(self) -> Path:  # ".segm.json": a detector with a mask head only
+        return self.root / "predictions.segm.json"
 
     @property
     def train_subset(self) -> Path:
