@@ -24,6 +24,7 @@ __all__ = [
     "PretrainMethod",
     "c4_backbones",
     "c4_detectors",
+    "mask_detectors",
     "importable_architectures",
     "mmdet_config_file",
     "mmdet_configs_root",
@@ -48,6 +49,14 @@ class Detector:
     # mmdet's model file for a C4 backbone (no neck; RPN and RoI head on stage 3, stage 4 run
     # per RoI as the head's shared layer); None: the detector takes no C4 backbone
     c4_base_model: str | None = None
+    # has a mask head: trains on instance masks (datasets with a segmentation on every box)
+    # and is scored on masks (segm) beside boxes
+    masks: bool = False
+
+    @property
+    def iou_types(self) -> tuple[str, ...]:
+        """What its predictions are scored on: COCO's bbox, and segm for a mask head."""
+        return ("bbox", "segm") if self.masks else ("bbox",)
 
     def base_model_for(self, backbone: Backbone) -> str:
         """The `_base_/models` file this detector is built from with that backbone."""
@@ -112,6 +121,14 @@ DETECTORS: dict[str, Detector] = _entries(
         two_stage=True,
         class_heads=("roi_head.bbox_head",),
         c4_base_model="faster-rcnn_r50-caffe-c4.py",
+    ),
+    Detector(
+        "mask_rcnn",
+        base_model="mask-rcnn_r50_fpn.py",
+        two_stage=True,
+        class_heads=("roi_head.bbox_head", "roi_head.mask_head"),
+        c4_base_model="mask-rcnn_r50-caffe-c4.py",
+        masks=True,
     ),
     Detector(
         "cascade_rcnn",
@@ -250,6 +267,11 @@ def c4_backbones() -> tuple[str, ...]:
 def c4_detectors() -> tuple[str, ...]:
     """Detectors that take a C4 backbone."""
     return tuple(name for name, entry in DETECTORS.items() if entry.c4_base_model is not None)
+
+
+def mask_detectors() -> tuple[str, ...]:
+    """Detectors with a mask head (they need datasets with instance masks)."""
+    return tuple(name for name, entry in DETECTORS.items() if entry.masks)
 
 
 def importable_architectures() -> tuple[str, ...]:

@@ -381,6 +381,7 @@ class ApiClient:
         max_width: int | None = None,
         min_width: int | None = None,
         legend: str | None = None,
+        masks: str | None = None,
         error_type: str | None = None,
         category: str | None = None,
         gt_class: str | None = None,
@@ -388,13 +389,15 @@ class ApiClient:
     ) -> bytes:
         """The overlay PNG; a setting left out (None) is the API's default. `max_width` /
         `min_width` ask the API to shrink larger images or enlarge smaller ones before
-        drawing; `legend`: auto, inside, below or none; the filters as `images` takes them."""
+        drawing; `legend`: auto, inside, below or none; `masks`: "true" to fill the boxes'
+        masks; the filters as `images` takes them."""
         params = {
             "score_thr": score_thr,
             "show": show,
             "max_width": max_width,
             "min_width": min_width,
             "legend": legend,
+            "masks": masks,
             "error_type": error_type,
             "class": category,
             "gt_class": gt_class,

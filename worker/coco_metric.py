@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 @METRICS.register_module()
 class EngineCocoMetric(CocoMetric):
-    """CocoMetric (bbox) that writes the same results file and reports the same keys
-    (``bbox_mAP``, ``bbox_mAP_50``, ...; -1 where COCO has no objects of a size), unrounded.
+    """CocoMetric (bbox, and segm for a mask head) that writes the same results files and
+    reports the same keys (``bbox_mAP``, ``bbox_mAP_50``, ..., ``segm_mAP``, ...; -1 where COCO
+    has no objects of a size), unrounded.
     Its results files are written whole (artifacts_io), like every file under the artifact root."""
 
     def results2json(self, results: Sequence[dict], outfile_prefix: str) -> dict:
@@ -49,7 +50,8 @@ class EngineCocoMetric(CocoMetric):
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         format_only: bool = self.format_only  # type: ignore[has-type]
-        if self.metrics != ["bbox"] or self.outfile_prefix is None or format_only:
+        metrics: list[str] = list(self.metrics)
+        if not set(metrics) <= {"bbox", "segm"} or self.outfile_prefix is None or format_only:
             return super().compute_metrics(results)
         # CocoMetric's format_only path converts and writes the predictions, nothing more
         self.format_only = True
@@ -57,9 +59,14 @@ class EngineCocoMetric(CocoMetric):
             super().compute_metrics(results)
         finally:
             self.format_only = False
-        with open(f"{self.outfile_prefix}.bbox.json", encoding="utf-8") as handle:
-            predictions = json.load(handle)
-        found: dict[str, Any] = coco_metrics(self._coco_api.dataset, predictions)
-        found.pop("classwise")
-        log.info("COCO bbox metrics (DetLab engine): %s", found)
-        return {key: -1.0 if value is None else value for key, value in found.items()}
+        scored: dict[str, float] = {}
+        for iou_type in metrics:
+            with open(f"{self.outfile_prefix}.{iou_type}.json", encoding="utf-8") as handle:
+                predictions = json.load(handle)
+            found: dict[str, Any] = coco_metrics(
+                self._coco_api.dataset, predictions, iou_type=iou_type
+            )
+            found.pop("classwise")
+            log.info("COCO %s metrics (DetLab engine): %s", iou_type, found)
+            scored.update({key: -1.0 if value is None else value for key, value in found.items()})
+        return scored

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.artifacts_io import write_text_atomic
+from backend.datasets.service import masks_missing
 from backend.jobs.paths import JobPaths
 from backend.jobs.spec import DEFAULT_WARMUP, CheckpointInit, FinetuneSpec, WeightsInit
 from backend.registry import BACKBONES, DETECTORS
@@ -42,9 +43,11 @@ def _load_bases(detector: str, backbone: str) -> Any:
     # absolute paths, not 'mmdet::': mmengine resolves those through pkg_resources,
     # which the setuptools that torch 2.14 needs no longer ships
     base = mmdet_config_dir() / "_base_"
+    entry = DETECTORS[detector]
     files = [
-        base / "models" / DETECTORS[detector].base_model_for(BACKBONES[backbone]),
-        base / "datasets" / "coco_detection.py",
+        base / "models" / entry.base_model_for(BACKBONES[backbone]),
+        # a mask head trains on the annotations' masks: mmdet's instance pipelines load them
+        base / "datasets" / ("coco_instance.py" if entry.masks else "coco_detection.py"),
         base / "schedules" / "schedule_1x.py",
         base / "default_runtime.py",
     ]
@@ -273,7 +276,7 @@ def build_finetune_config(
     cfg.val_evaluator = dict(
         type="EngineCocoMetric",
         ann_file=dataset.val_ann,
-        metric="bbox",
+        metric=list(DETECTORS[spec.detector].iou_types),
         format_only=False,
         outfile_prefix=str(paths.predictions_prefix),
     )
@@ -361,10 +364,16 @@ def build_evaluate_config(
     # an mmdet config may import modules of its own (its projects): they stay
     imports = list((cfg.get("custom_imports") or {}).get("imports", []))
     cfg.custom_imports = dict(imports=[*imports, "worker.coco_metric"], allow_failed_imports=False)
+    # a mask model is scored on masks too where the dataset has them (on a box-only one, boxes)
+    has_masks = (
+        DETECTORS[model.detector].masks
+        if isinstance(model, DetLabModel)
+        else bool((cfg.model.get("roi_head") or {}).get("mask_head"))
+    ) and masks_missing(dataset.stats or {}) is None
     cfg.test_evaluator = dict(
         type="EngineCocoMetric",
         ann_file=dataset.val_ann,
-        metric="bbox",
+        metric=["bbox", "segm"] if has_masks else ["bbox"],
         format_only=False,
         outfile_prefix=str(paths.predictions_prefix),
     )

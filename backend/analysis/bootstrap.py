@@ -35,7 +35,7 @@ import numpy as np
 
 from backend.analysis.bootstrap_stats import plan_resampling, weighted_stats
 from backend.analysis.engine import CocoMatches, summarize
-from backend.analysis.tables import METRICS
+from backend.analysis.tables import ALL_METRICS, METRICS
 
 __all__ = [
     "METHOD",
@@ -186,7 +186,7 @@ def describe_difference(
 ) -> str:
     """One plain sentence on ``metric`` (in points, x100): who wins by how much, or that the
     val set cannot tell the two runs apart at ``alpha``."""
-    labels = {m.key: m.label for m in METRICS}
+    labels = {m.key: m.label for m in ALL_METRICS}
     if metric not in labels:
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(labels)}")
     label, found = labels[metric], comparison.metrics[metric]

@@ -83,7 +83,7 @@ def _result_rle(i: int, result: Mapping[str, Any], size: tuple[int, int]) -> dic
     return {"size": list(size), "counts": counts}
 
 
-def result_boxes(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def result_boxes(results: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The results with a "bbox" where they have none: their masks' bounding boxes (as
     pycocotools' loadRes does for mask results). The input is not modified."""
     if isinstance(results, str | bytes | Mapping) or not isinstance(results, Sequence):

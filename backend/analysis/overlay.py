@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from pycocotools import mask as mask_utils
 
 from backend.analysis import tables
 from backend.analysis.tables import BOX_COLOURS, DEFAULTS
@@ -21,6 +22,7 @@ __all__ = [
     "DEFAULT_SHOW",
     "LEGEND_PLACES",
     "SHOW_GROUPS",
+    "decode_mask",
     "encode_png",
     "label_font_px",
     "render_overlay",
@@ -42,6 +44,9 @@ _POOL: tuple[int, ThreadPoolExecutor, int] | None = None
 _POOL_LOCK = threading.Lock()
 _LINE_WIDTH = 2
 _PAD = 2
+# A mask is filled with its box's colour at this opacity (the picture stays readable under
+# it), and outlined in that colour _LINE_WIDTH pixels wide.
+_MASK_ALPHA = 0.38
 # Label text is sized to the PNG's width: one pixel of type per this many pixels of picture,
 # within these bounds. A PNG shown at about its own width (as the dashboard asks for its tiles)
 # then has labels that read, and small pictures are not buried under their labels.
@@ -73,14 +78,86 @@ def shown_outcomes(show: Collection[str]) -> frozenset[str]:
 
 
 def scaled_boxes(items: Sequence[Any], factor: float) -> list[dict[str, Any]]:
-    """GT boxes or predictions as dicts with coordinates times factor, for a resized image."""
-    fields = ("category_id", "score", "error_type", "gt_category_id", "missed", "ignored")
+    """GT boxes or predictions as dicts with coordinates times factor, for a resized image (a
+    ``mask`` is kept as it is: render_overlay fits masks to the picture it draws on)."""
+    fields = ("category_id", "score", "error_type", "gt_category_id", "missed", "ignored", "mask")
     out = []
     for item in items:
         entry = {name: _field(item, name) for name in fields}
         entry["bbox"] = [v * factor for v in _field(item, "bbox")]
         out.append(entry)
     return out
+
+
+def decode_mask(segmentation: Any, height: int, width: int) -> np.ndarray | None:
+    """A COCO segmentation as an HxW bool array: polygons [[x1, y1, x2, y2, ...], ...] drawn
+    at the image's height and width, or an RLE {"size": [h, w], "counts": ...} (compressed or
+    not). None for no segmentation (absent or empty: a box-only annotation); ValueError, saying
+    what is accepted, for one that cannot be read."""
+    if segmentation is None or (isinstance(segmentation, list | dict) and not segmentation):
+        return None
+    try:
+        if isinstance(segmentation, list):
+            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        elif isinstance(segmentation, Mapping) and isinstance(segmentation.get("counts"), list):
+            rle = mask_utils.frPyObjects(dict(segmentation), height, width)
+        elif isinstance(segmentation, Mapping) and isinstance(
+            segmentation.get("counts"), str | bytes
+        ):
+            counts = segmentation["counts"]
+            rle = {
+                "size": list(segmentation["size"]),
+                "counts": counts.encode() if isinstance(counts, str) else counts,
+            }
+        else:
+            raise TypeError(f"got {type(segmentation).__name__}")
+        return np.asarray(mask_utils.decode(rle), dtype=bool)
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        raise ValueError(
+            "segmentation: expected polygons [[x1, y1, x2, y2, ...], ...] or a COCO RLE "
+            f"{{'size': [height, width], 'counts': ...}}; {exc}"
+        ) from None
+
+
+def _fitted(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``mask`` (a whole image's) as a bool array of the picture's ``size`` (width, height):
+    resized as overlay images are, nearest neighbour up and bilinear down."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape == (size[1], size[0]):
+        return mask
+    larger = size[0] * size[1] > mask.shape[0] * mask.shape[1]
+    resample = Image.Resampling.NEAREST if larger else Image.Resampling.BILINEAR
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, resample)
+    return np.asarray(resized) > 127
+
+
+def _eroded(mask: np.ndarray, steps: int) -> np.ndarray:
+    """``mask`` less ``steps`` pixels all round (4-neighbour), outside counting as empty."""
+    for _ in range(steps):
+        padded = np.pad(mask, 1)
+        mask = mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask
+
+
+def _paint_masks(canvas: Image.Image, masks: Sequence[tuple[str, np.ndarray]]) -> Image.Image:
+    """The canvas with each (outcome, mask) filled translucently in the outcome's colour and
+    outlined in it, in the order given."""
+    if not masks:
+        return canvas
+    pixels = np.array(canvas)
+    for outcome, mask in masks:
+        fitted = _fitted(mask, canvas.size)
+        rows, cols = np.flatnonzero(fitted.any(axis=1)), np.flatnonzero(fitted.any(axis=0))
+        if not len(rows):
+            continue
+        # only the mask's bounding window is touched: masks are small beside their pictures
+        window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        inside, region = fitted[window], pixels[window]  # views: writes reach ``pixels``
+        colour = np.array(BOX_COLOURS[outcome], dtype=np.float32)
+        blended = region[inside] * (1 - _MASK_ALPHA) + colour * _MASK_ALPHA
+        region[inside] = np.rint(blended).astype(np.uint8)
+        region[inside & ~_eroded(inside, _LINE_WIDTH)] = colour.astype(np.uint8)
+    return Image.fromarray(pixels)
 
 
 def _as_rgb(image: Image.Image | np.ndarray) -> Image.Image:
@@ -132,22 +209,27 @@ def render_overlay(
     ``category_id``, ``score``, ``error_type`` and optionally ``gt_category_id``.
     ``show`` takes "gt", "tp", "errors" (every error and missed GT) or outcome names.
     Predictions below ``score_thr`` and ignored predictions are not drawn. ``legend``: one of
-    LEGEND_PLACES.
+    LEGEND_PLACES. A box that has a ``mask`` (an HxW bool array over the whole image, see
+    decode_mask; fitted to the picture when its size differs) and is drawn gets the mask
+    filled and outlined in its colour, under every box and label.
     """
     if legend not in LEGEND_PLACES:
         raise ValueError(f"legend: unknown value {legend!r}; accepted: {', '.join(LEGEND_PLACES)}")
     wanted = shown_outcomes(show)
     canvas = _as_rgb(image)
-    draw = ImageDraw.Draw(canvas)
 
-    # (outcome, box, label) in drawing order: GT first, then predictions by rising score.
+    # (outcome, box, label) in drawing order: GT first, then predictions by rising score;
+    # the masks of those that have one, in the same order.
     items: list[tuple[str, list[float], str]] = []
+    masks: list[tuple[str, np.ndarray]] = []
     for gt in gt_boxes:
         outcome = "missed" if _field(gt, "missed", False) else "gt"
         if outcome in wanted:
             name = categories.get(_field(gt, "category_id"), str(_field(gt, "category_id")))
             text = f"{name} (missed)" if outcome == "missed" else name
             items.append((outcome, list(_field(gt, "bbox")), text))
+            if _field(gt, "mask") is not None:
+                masks.append((outcome, _field(gt, "mask")))
     preds = [
         m
         for m in matches
@@ -160,7 +242,11 @@ def render_overlay(
         gt_name = categories.get(gt_cat, str(gt_cat)) if gt_cat not in (None, cat) else None
         text = _label(categories.get(cat, str(cat)), _field(m, "score"), gt_name)
         items.append((_field(m, "error_type"), list(_field(m, "bbox")), text))
+        if _field(m, "mask") is not None:
+            masks.append((_field(m, "error_type"), _field(m, "mask")))
 
+    canvas = _paint_masks(canvas, masks)
+    draw = ImageDraw.Draw(canvas)
     for outcome, (x, y, w, h), _ in items:
         # Pillow refuses corners out of order, which a GT box narrower than 1 px would give.
         corners = (x, y, max(x, x + w - 1), max(y, y + h - 1))

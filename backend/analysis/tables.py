@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "ALL_METRICS",
     "BOX_COLOURS",
     "COUNTED",
     "DEFAULTS",
@@ -18,6 +19,7 @@ __all__ = [
     "FILTERABLE_ERRORS",
     "GT_COLOUR",
     "MAJOR_ERRORS",
+    "MASK_METRICS",
     "METRICS",
     "METRIC_KEYS",
     "OUTCOMES",
@@ -26,9 +28,11 @@ __all__ = [
     "Defaults",
     "Metric",
     "Outcome",
+    "box_key",
     "code",
     "is_error_code",
     "legend",
+    "mask_key",
 ]
 
 
@@ -163,7 +167,29 @@ METRICS: tuple[Metric, ...] = (
     Metric("bbox_mAP_m", "AP medium", 4, "AP of objects between 32x32 and 96x96 px"),
     Metric("bbox_mAP_l", "AP large", 5, "AP of objects over 96x96 px"),
 )
-METRIC_KEYS: tuple[str, ...] = tuple(m.key for m in METRICS)
+# The same six figures of instance masks (iouType "segm"), for detectors with a mask head
+MASK_METRICS: tuple[Metric, ...] = tuple(
+    Metric(
+        "segm" + m.key.removeprefix("bbox"),
+        "mask " + m.label,
+        m.stat,
+        m.description.replace("AP", "mask AP", 1),
+    )
+    for m in METRICS
+)
+ALL_METRICS: tuple[Metric, ...] = METRICS + MASK_METRICS
+# every stored figure a leaderboard, an experiment or a comparison can be ranked by
+METRIC_KEYS: tuple[str, ...] = tuple(m.key for m in ALL_METRICS)
+
+
+def mask_key(box_key: str) -> str:
+    """The mask figure of a box figure's key: bbox_mAP_50 -> segm_mAP_50."""
+    return "segm" + box_key.removeprefix("bbox")
+
+
+def box_key(key: str) -> str:
+    """The box figure behind a key, mask or box: segm_mAP_50 -> bbox_mAP_50."""
+    return "bbox" + key.removeprefix("segm") if key.startswith("segm") else key
 
 
 @dataclass(frozen=True)
@@ -207,7 +233,7 @@ def legend() -> dict[str, object]:
             for name, (label, members) in SHOW_GROUPS.items()
         ],
         "metrics": [
-            {"key": m.key, "label": m.label, "description": m.description} for m in METRICS
+            {"key": m.key, "label": m.label, "description": m.description} for m in ALL_METRICS
         ],
         "defaults": {
             "count_score_thr": DEFAULTS.count_score_thr,

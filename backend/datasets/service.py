@@ -15,7 +15,7 @@ from backend.datasets.schemas import DatasetCreate
 from backend.datasets.validation import PathOutsideRoots, check_splits, confine, oversized_files
 from backend.errors import Conflict, Invalid, NotFound
 
-__all__ = ["register", "list_datasets", "get", "image_file", "SPLITS"]
+__all__ = ["register", "list_datasets", "get", "image_file", "masks_missing", "SPLITS"]
 
 SPLITS = ("train", "val")
 
@@ -81,6 +81,26 @@ def register(
     session.add(dataset)
     session.commit()
     return dataset
+
+
+def masks_missing(stats: dict) -> str | None:
+    """Why the dataset with these stats cannot train a mask model (a segmentation on every
+    non-crowd box of both splits), or None when it can."""
+    reasons = []
+    for split in SPLITS:
+        counts = stats.get(split) or {}
+        if "masks" not in counts:
+            return "it was registered before DetLab recorded masks; register it again"
+        boxes, masks = counts.get("boxes", 0), counts["masks"]
+        if boxes == 0:
+            reasons.append(f"{split}: it has no boxes")
+        elif masks == 0:
+            reasons.append(f"{split}: none of its {boxes} boxes has a segmentation")
+        elif masks < boxes:
+            lacking = boxes - masks
+            verb = "has" if lacking == 1 else "have"
+            reasons.append(f"{split}: {lacking} of {boxes} boxes {verb} no segmentation")
+    return "; ".join(reasons) or None
 
 
 def _registered_as(session: Session, *, train_ann: Path, val_ann: Path) -> Dataset | None:

@@ -2,8 +2,9 @@
 
 The demo and test dataset of DetLab. Every image draws its randomness from
 ``(seed, split, index)``, so the same seed gives byte-identical annotations and images.
-Boxes are each shape's full extent (also where a later shape covers part of it); a
-shape is only placed where it leaves every earlier shape at least 30% visible.
+Boxes, areas and segmentation polygons are each shape's full extent (also where a later
+shape covers part of it); a shape is only placed where it leaves every earlier shape at least
+30% visible.
 """
 
 from __future__ import annotations
@@ -82,6 +83,28 @@ class _Shape:
     colour: np.ndarray
     area: int
     visible: int
+    polygon: np.ndarray  # (N, 2) x, y: the outline that was filled, in image pixels
+
+
+def _segmentation(polygon: np.ndarray) -> list[list[float]]:
+    """The COCO polygon of the pixels OpenCV filled for this outline (see _rasterise).
+
+    cv2.fillPoly fills every pixel whose centre, at integer coordinates, the outline's boundary
+    passes within about half a pixel of, as well as those inside: the outline grown by half a
+    pixel. pycocotools takes pixel (i, j) to be the square from (i, j) to (i + 1, j + 1), so the
+    same pixels are that grown outline moved by half a pixel."""
+    following = np.roll(polygon, -1, axis=0)
+    edges = following - polygon
+    normals = np.stack([edges[:, 1], -edges[:, 0]], axis=1)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    # (dy, -dx) points outward when the corners run clockwise on screen (y down): the shoelace
+    # sum is then positive
+    if np.sum(polygon[:, 0] * following[:, 1] - following[:, 0] * polygon[:, 1]) < 0:
+        normals = -normals
+    before, after = np.roll(normals, 1, axis=0), normals
+    # each corner moves to where its two edges, each pushed out by half a pixel, meet
+    grown = polygon + 0.5 * (before + after) / (1 + np.sum(before * after, axis=1, keepdims=True))
+    return [[round(float(v), 2) for v in (grown + 0.5).ravel()]]
 
 
 def _background(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
@@ -171,9 +194,9 @@ def _centre(
     return rng.uniform(*x_range), rng.uniform(*y_range)
 
 
-def _rasterise(outline: np.ndarray, cx: float, cy: float) -> tuple[int, int, np.ndarray]:
-    """The shape's mask, cropped to its tight box, and the box's top-left corner."""
-    points = outline + (cx, cy)
+def _rasterise(points: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """The mask of a polygon in image pixels, cropped to its tight box, and the box's
+    top-left corner."""
     x0, y0 = (int(v) for v in np.floor(points.min(axis=0)))
     x1, y1 = (int(v) + 2 for v in np.ceil(points.max(axis=0)))
     canvas = np.zeros((y1 - y0, x1 - x0), np.uint8)
@@ -231,7 +254,8 @@ def _render(
             centre = _centre(rng, outline, shapes, width, height)
             if centre is None:
                 break
-            x0, y0, mask = _rasterise(outline, *centre)
+            polygon = outline + centre
+            x0, y0, mask = _rasterise(polygon)
             if not mask.any():
                 continue
             h, w = mask.shape
@@ -247,7 +271,7 @@ def _render(
             for shape, n in zip(shapes, lost, strict=True):
                 shape.visible -= int(n)
             area = int(mask.sum())
-            shapes.append(_Shape(category + 1, x0, y0, mask, colour, area, area))
+            shapes.append(_Shape(category + 1, x0, y0, mask, colour, area, area, polygon))
             break
     grain = rng.standard_normal((height, width), dtype=np.float32) * rng.uniform(3, 10)
     planes = []
@@ -306,6 +330,7 @@ def _write_split(
                     # the full shape's pixel area, as COCO uses segment area for size ranges
                     "area": float(shape.area),
                     "iscrowd": 0,
+                    "segmentation": _segmentation(shape.polygon),
                 }
             )
     categories = [

@@ -218,6 +218,69 @@ def _check_box(ann: dict, image: dict | None) -> str | None:
     return None
 
 
+SEGMENTATION_ACCEPTED = (
+    "a segmentation is COCO polygons (a list of [x1, y1, x2, y2, x3, y3, ...] lists of "
+    "finite numbers) or RLE ({'size': [height, width] of its image, 'counts': a string or "
+    "a list of ints}); leave it out, null or [] for a box-only annotation"
+)
+
+
+def _has_segmentation(ann: dict) -> bool:
+    """Whether the annotation carries a mask: box-only COCO exports often write [] or null."""
+    return ann.get("segmentation") not in (None, [])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_polygons(polygons: list) -> str | None:
+    for index, polygon in enumerate(polygons):
+        if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
+            return f"polygon {index} is not a flat list of numbers"
+        if not all(math.isfinite(v) for v in polygon):
+            return f"polygon {index} has a non-finite coordinate"
+        if len(polygon) < 6 or len(polygon) % 2:
+            return (
+                f"polygon {index} has {len(polygon)} numbers; expected an even count of at "
+                "least 6 (x, y of three or more points)"
+            )
+    return None
+
+
+def _check_rle(rle: dict, image: dict | None) -> str | None:
+    size, counts = rle.get("size"), rle.get("counts")
+    if not isinstance(size, list) or len(size) != 2 or not all(type(v) is int for v in size):
+        return f"RLE size {size!r} is not [height, width] integers"
+    if image is not None and [image.get("height"), image.get("width")] != size:
+        return (
+            f"RLE size {size} is not its image's [height, width], "
+            f"[{image.get('height')}, {image.get('width')}]"
+        )
+    if isinstance(counts, list):
+        if not all(type(v) is int and v >= 0 for v in counts):
+            return "RLE counts is a list holding other than non-negative integers"
+        if sum(counts) != size[0] * size[1]:
+            return (
+                f"RLE counts add up to {sum(counts)} pixels; expected height x width = "
+                f"{size[0] * size[1]}"
+            )
+    elif not isinstance(counts, str):
+        return f"RLE counts is of type {type(counts).__name__}"
+    return None
+
+
+def _check_segmentation(ann: dict, image: dict | None) -> str | None:
+    if not _has_segmentation(ann):
+        return None
+    segmentation = ann["segmentation"]
+    if isinstance(segmentation, list):
+        return _check_polygons(segmentation)
+    if isinstance(segmentation, dict):
+        return _check_rle(segmentation, image)
+    return f"segmentation is of type {type(segmentation).__name__}"
+
+
 def _check_images(report: SplitReport, images: dict[Any, dict], image_dir: Path) -> None:
     bad_meta = [
         str(i)
@@ -262,7 +325,7 @@ def check_split(split: str, ann_file: Path, image_dir: Path) -> SplitReport:
     categories = _ids(report, where, data["categories"], "categories")
     _check_category_names(report, where, categories)
     annotations = _ids(report, where, data["annotations"], "annotations")
-    unknown_images, unknown_cats, bad_boxes = [], [], []
+    unknown_images, unknown_cats, bad_boxes, bad_segmentations = [], [], [], []
     for ann in annotations.values():
         if ann.get("image_id") not in images:
             unknown_images.append(f"{ann['id']} (image_id {ann.get('image_id')!r})")
@@ -271,6 +334,9 @@ def check_split(split: str, ann_file: Path, image_dir: Path) -> SplitReport:
         box_problem = _check_box(ann, images.get(ann.get("image_id")))
         if box_problem:
             bad_boxes.append(f"annotation {ann['id']}: {box_problem}")
+        segmentation_problem = _check_segmentation(ann, images.get(ann.get("image_id")))
+        if segmentation_problem:
+            bad_segmentations.append(f"annotation {ann['id']}: {segmentation_problem}")
     if unknown_images:
         report.add(
             where,
@@ -286,6 +352,12 @@ def check_split(split: str, ann_file: Path, image_dir: Path) -> SplitReport:
         )
     if bad_boxes:
         report.add(where, f"{len(bad_boxes)} bad boxes: {'; '.join(bad_boxes[:MAX_LISTED])}")
+    if bad_segmentations:
+        report.add(
+            where,
+            f"{len(bad_segmentations)} bad segmentations: "
+            f"{'; '.join(bad_segmentations[:MAX_LISTED])}; {SEGMENTATION_ACCEPTED}",
+        )
     _check_images(report, images, image_dir)
     if report.problems:
         return report
@@ -347,11 +419,13 @@ def _check_with_pycocotools(report: SplitReport, ann_file: Path) -> None:
 def _stats(images: dict, annotations: dict, categories: dict) -> dict[str, Any]:
     per_class: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
-    crowd = 0
+    crowd = masks = 0
     for ann in annotations.values():
         if ann.get("iscrowd", 0):
             crowd += 1
             continue
+        if _has_segmentation(ann):
+            masks += 1
         per_class[str(categories[ann["category_id"]].get("name", ann["category_id"]))] += 1
         x, y, w, h = ann["bbox"]
         area = float(ann.get("area") or w * h)
@@ -360,6 +434,8 @@ def _stats(images: dict, annotations: dict, categories: dict) -> dict[str, Any]:
         "images": len(images),
         "boxes": sum(per_class.values()),
         "crowd_boxes": crowd,
+        # non-crowd boxes with a segmentation: a mask model needs one on every box
+        "masks": masks,
         "per_class": {
             str(c.get("name", c["id"])): per_class.get(str(c.get("name", c["id"])), 0)
             for c in sorted(categories.values(), key=lambda c: c["id"])

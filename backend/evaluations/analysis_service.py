@@ -14,22 +14,32 @@ from backend.analysis.confusion import confusion_of
 from backend.analysis.inputs import Detections, GroundTruth
 from backend.analysis.metrics import class_labels, score
 from backend.analysis.summary import analyze_arrays
-from backend.analysis.tables import COUNTED, DEFAULTS
+from backend.analysis.tables import COUNTED, DEFAULTS, mask_key
 from backend.datasets import service as dataset_service
 from backend.evaluations import service as evaluation_service
-from backend.evaluations.inputs import parse_predictions, sha256_of
+from backend.evaluations.inputs import parse_predictions, score_mask_predictions, sha256_of
 from backend.evaluations.models import Evaluation, ImageError, ImageResult
 from backend.jobs import service as job_service
+from backend.jobs.paths import mask_predictions_of
 
 __all__ = ["evaluate_job", "intervals_json"]
 
 
-def intervals_json(intervals: Intervals, labels: dict[int, str]) -> dict[str, Any]:
-    """Intervals as stored and served: per-class entries under the class labels."""
+def intervals_json(
+    intervals: Intervals, labels: dict[int, str], masks: Intervals | None = None
+) -> dict[str, Any]:
+    """Intervals as stored and served: per-class entries under the class labels; a mask
+    model's mask figures join 'metrics' under their segm_ keys, its classes 'per_class_mask'."""
     stored = intervals.as_dict()
     stored["per_class"] = {
         labels[int(cat)]: interval for cat, interval in stored["per_class"].items()
     }
+    if masks is not None:
+        found = masks.as_dict()
+        stored["metrics"].update({mask_key(key): value for key, value in found["metrics"].items()})
+        stored["per_class_mask"] = {
+            labels[int(cat)]: interval for cat, interval in found["per_class"].items()
+        }
     return stored
 
 
@@ -70,7 +80,21 @@ def evaluate_job(
         "predictions_sha256": sha256_of(path),
         "val_sha256": sha256_of(dataset.val_ann),
     }
-    kept = {key: value for key, value in earlier.items() if key not in computed}
+    # a model with a mask head wrote its masks beside the boxes: scored as COCO segm too
+    mask_path = mask_predictions_of(path)
+    masks = None
+    if mask_path is not None and mask_path.is_file():
+        masks = score_mask_predictions(
+            job_id=job_id, gt=gt, ground_truth=ground_truth, predictions=mask_path
+        )
+        computed["masks"] = {
+            "iou_type": "segm",
+            "predictions_path": str(mask_path),
+            "predictions_sha256": sha256_of(mask_path),
+            "predictions": masks.record["predictions"],
+            "size_ranges": "by each prediction's mask area, as mmdet's CocoMetric scores masks",
+        }
+    kept = {k: v for k, v in earlier.items() if k not in computed and k != "masks"}
     record = {**kept, **computed, **(record_extra or {})}
     analysis = _analysis(
         ground_truth,
@@ -82,8 +106,9 @@ def evaluate_job(
     evaluation = evaluation_service.store(
         session=session,
         job_id=job_id,
-        metrics=coco.metrics,
+        metrics={**coco.metrics, **(masks.metrics if masks else {})},
         per_class_ap=coco.per_class_ap,
+        per_class_mask_ap=masks.per_class_ap if masks else None,
         predictions_path=str(path),
         analysis=analysis.pop("summary"),
         record=record,
@@ -95,6 +120,7 @@ def evaluate_job(
         evaluation.intervals = intervals_json(
             bootstrap_intervals(coco.matches, resamples=resamples, seed=seed),
             class_labels(ground_truth),
+            bootstrap_intervals(masks.matches, resamples=resamples, seed=seed) if masks else None,
         )
         session.commit()
     return evaluation

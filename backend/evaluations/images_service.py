@@ -11,7 +11,7 @@ box list shows, so a count, a tile and its box list always agree.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -30,7 +30,7 @@ from backend.analysis.confusion import (
 )
 from backend.analysis.inputs import parse_ground_truth, parse_results
 from backend.analysis.matching import MatchTable, match_table
-from backend.analysis.overlay import render_overlay, scaled_boxes, shown_outcomes
+from backend.analysis.overlay import decode_mask, render_overlay, scaled_boxes, shown_outcomes
 from backend.analysis.summary import BoxSelection
 from backend.analysis.tables import (
     BOX_COLOURS,
@@ -42,9 +42,10 @@ from backend.analysis.tables import (
 from backend.datasets import service as dataset_service
 from backend.datasets.models import Dataset
 from backend.errors import Conflict, Invalid, NotFound
-from backend.evaluations.inputs import load_inputs, parse_predictions
+from backend.evaluations.inputs import NotJson, load_inputs, parse_predictions, read_json
 from backend.evaluations.models import Evaluation, ImageResult
 from backend.jobs import service as job_service
+from backend.jobs.paths import mask_predictions_of
 
 __all__ = [
     "SORTS",
@@ -349,6 +350,9 @@ class _ImageBoxes:
     score_thr: float  # the lowest score of the predictions listed
     predictions: list[dict[str, Any]]
     ground_truth: list[dict[str, Any]]
+    # each box's segmentation (None: it has none), in the order of the boxes
+    prediction_masks: list[Any]
+    truth_masks: list[Any]
 
 
 def _outcomes(show: Collection[str] | None) -> set[str]:
@@ -361,6 +365,55 @@ def _outcomes(show: Collection[str] | None) -> set[str]:
         raise Invalid(str(exc)) from None
 
 
+def _has_segmentation(segmentation: Any) -> bool:
+    """Whether a GT annotation's or a mask result's segmentation holds a mask (polygons or an
+    RLE); box-only annotations have none, or an empty list."""
+    if isinstance(segmentation, Mapping):
+        return "counts" in segmentation
+    return isinstance(segmentation, list) and bool(segmentation)
+
+
+def _mask_results(evaluation: Evaluation, results: Sequence[Any]) -> Sequence[Any] | None:
+    """The job's mask predictions (mmdet's segm file beside its bbox file), position for
+    position the same detections as ``results``; None for a box-only model (no such file)."""
+    path = mask_predictions_of(evaluation.predictions_path or "")
+    if path is None:
+        return None
+    try:
+        masks = read_json(path)
+    except FileNotFoundError:
+        return None
+    except NotJson as exc:
+        raise Invalid(
+            f"the mask predictions of job {evaluation.job_id} cannot be read: {exc}"
+        ) from None
+    if not isinstance(masks, list) or len(masks) != len(results):
+        found = f"{len(masks)} entries" if isinstance(masks, list) else type(masks).__name__
+        raise Invalid(
+            f"the mask predictions of job {evaluation.job_id} ({path}) do not pair with its box "
+            f"predictions: {found} for {len(results)} boxes; the segm file must list the bbox "
+            "file's detections in the same order, each with its 'segmentation'"
+        )
+    return masks
+
+
+def _prediction_mask(job_id: int, position: int, result: Any, masks: Sequence[Any]) -> Any:
+    """The segmentation of the bbox result at ``position`` (None: it has none), checked to be
+    of the same detection."""
+    entry = masks[position]
+    if not isinstance(entry, Mapping) or any(
+        entry.get(key) != result.get(key) for key in ("image_id", "category_id")
+    ):
+        raise Invalid(
+            f"the mask predictions of job {job_id} do not pair with its box predictions: entry "
+            f"{position} of the segm file is not the bbox file's detection {position} (image "
+            f"{result.get('image_id')!r}, category {result.get('category_id')!r}); the segm "
+            "file must list the same detections in the same order"
+        )
+    segmentation = entry.get("segmentation")
+    return segmentation if _has_segmentation(segmentation) else None
+
+
 def _image_boxes(
     session: Session,
     job_id: int,
@@ -369,9 +422,11 @@ def _image_boxes(
     score_thr: float | None,
     show: Collection[str] | None,
     image_filter: ImageFilter,
+    masks: bool,
 ) -> _ImageBoxes:
     """The boxes of one image that ``show``, the filter and ``score_thr`` (None: the
-    analysis' own) select, with their outcomes as the job's analysis finds them."""
+    analysis' own) select, with their outcomes as the job's analysis finds them; with
+    ``masks``, each with its segmentation where it has one (else None everywhere)."""
     inputs = load_inputs(session=session, job_id=job_id)
     image_filter.check(inputs.dataset)
     outcomes = _outcomes(show)
@@ -386,7 +441,9 @@ def _image_boxes(
         "categories": gt["categories"],
         "annotations": [a for a in gt["annotations"] if a["image_id"] == image_id],
     }
-    mine = [r for r in inputs.results if r.get("image_id") == image_id]
+    # the positions of the image's results in the file: mask predictions pair by position
+    positions = [i for i, r in enumerate(inputs.results) if r.get("image_id") == image_id]
+    mine = [inputs.results[i] for i in positions]
     cell = image_filter.cell
     # A prediction's outcome depends only on the predictions that score higher, so matching
     # from the lower of the two thresholds gives the analysis' outcomes to those it counted.
@@ -449,12 +506,27 @@ def _image_boxes(
         }
         for i in np.flatnonzero(truth).tolist()
     ]
+    prediction_masks: list[Any] = [None] * len(drawn_predictions)
+    truth_masks: list[Any] = [None] * len(drawn_truth)
+    if masks:
+        mask_results = _mask_results(inputs.evaluation, inputs.results)
+        if mask_results is not None:
+            prediction_masks = [
+                _prediction_mask(job_id, positions[p], mine[p], mask_results)
+                for p in det.index[chosen].tolist()
+            ]
+        segmentations = {a["id"]: a.get("segmentation") for a in one_image["annotations"]}
+        truth_masks = [
+            s if _has_segmentation(s := segmentations.get(g["id"])) else None for g in drawn_truth
+        ]
     return _ImageBoxes(
         image=image,
         names=names,
         score_thr=score_thr,
         predictions=drawn_predictions,
         ground_truth=drawn_truth,
+        prediction_masks=prediction_masks,
+        truth_masks=truth_masks,
     )
 
 
@@ -469,7 +541,8 @@ def image_detections(
 ) -> dict[str, Any]:
     """The boxes of one image with their outcome, IoU and ground truth: every one from
     ``score_thr`` (None: the analysis' threshold), or those ``show`` and the filter select,
-    which are the ones the overlay with the same parameters draws."""
+    which are the ones the overlay with the same parameters draws; ``has_mask`` says which of
+    them its ``masks=true`` overlay draws a mask for."""
     boxes = _image_boxes(
         session,
         job_id,
@@ -477,6 +550,7 @@ def image_detections(
         score_thr=score_thr,
         show=show,
         image_filter=image_filter or ImageFilter(),
+        masks=True,
     )
     image = boxes.image
     return {
@@ -486,14 +560,45 @@ def image_detections(
         "height": image["height"],
         "score_thr": boxes.score_thr,
         "detections": [
-            {k: v for k, v in d.items() if k != "gt_category_id"} for d in boxes.predictions
+            {**{k: v for k, v in d.items() if k != "gt_category_id"}, "has_mask": m is not None}
+            for d, m in zip(boxes.predictions, boxes.prediction_masks, strict=True)
         ],
-        "ground_truth": boxes.ground_truth,
+        "ground_truth": [
+            {**g, "has_mask": m is not None}
+            for g, m in zip(boxes.ground_truth, boxes.truth_masks, strict=True)
+        ],
     }
 
 
 # how much overlay.png's min_width may enlarge an image
 MAX_ENLARGE = 8
+
+
+def _with_masks(
+    boxes: list[dict[str, Any]], segmentations: list[Any], image: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The boxes, those with a segmentation given its decoded "mask" at the image's size."""
+    height, width = image.get("height"), image.get("width")
+    out = []
+    for box, segmentation in zip(boxes, segmentations, strict=True):
+        if segmentation is None:
+            out.append(box)
+            continue
+        where = f"the mask of box {box.get('id', box['bbox'])} in image {image['id']}"
+        if not isinstance(height, int) or not isinstance(width, int):
+            raise Invalid(
+                f"{where} needs the image's int height and width; got {height!r}, {width!r}"
+            )
+        try:
+            mask = decode_mask(segmentation, height, width)
+        except ValueError as exc:
+            raise Invalid(f"{where} cannot be drawn: {exc}") from None
+        if mask is not None and mask.shape != (height, width):
+            raise Invalid(
+                f"{where} is {mask.shape[1]}x{mask.shape[0]} px; its image is {width}x{height}"
+            )
+        out.append({**box, "mask": mask})
+    return out
 
 
 def overlay_png(
@@ -507,12 +612,15 @@ def overlay_png(
     max_width: int | None = None,
     min_width: int | None = None,
     legend: str = "auto",
+    masks: bool = False,
 ) -> bytes:
     """The image with the boxes ``show`` and the filter select drawn, coloured by outcome.
 
     ``max_width`` shrinks larger images before drawing (cheaper to render and send);
     ``min_width`` enlarges smaller ones (nearest neighbour, so pixels stay honest, at most
-    MAX_ENLARGE times). Labels are drawn at a size that reads at the PNG's own width."""
+    MAX_ENLARGE times). Labels are drawn at a size that reads at the PNG's own width.
+    ``masks``: the drawn boxes that have a mask (GT segmentations, a mask model's
+    predictions) get it drawn under them; those that have none are drawn as boxes alone."""
     from PIL import Image
 
     if max_width and min_width and min_width > max_width:
@@ -525,13 +633,14 @@ def overlay_png(
         score_thr=score_thr,
         show=show,
         image_filter=image_filter or ImageFilter(),
+        masks=masks,
     )
     job = job_service.get(session=session, job_id=job_id)
     dataset = dataset_service.get(session=session, dataset_id=job.dataset_id or 0)
     path = dataset_service.image_file(dataset=dataset, image_id=image_id, split="val")
     with Image.open(path) as image:
-        gt_boxes: list[Any] = boxes.ground_truth
-        predictions: list[Any] = boxes.predictions
+        gt_boxes: list[Any] = _with_masks(boxes.ground_truth, boxes.truth_masks, boxes.image)
+        predictions: list[Any] = _with_masks(boxes.predictions, boxes.prediction_masks, boxes.image)
         factor, resample = 1.0, Image.Resampling.BILINEAR
         if max_width and image.width > max_width:
             factor = max_width / image.width

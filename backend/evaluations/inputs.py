@@ -20,6 +20,7 @@ from backend.analysis.inputs import (
     parse_ground_truth,
     parse_results,
 )
+from backend.analysis.metrics import CocoScore, score_masks
 from backend.datasets import service as dataset_service
 from backend.datasets.models import Dataset
 from backend.errors import Conflict, Invalid, NotFound
@@ -33,6 +34,7 @@ __all__ = [
     "ParsedPredictions",
     "load_inputs",
     "parse_predictions",
+    "score_mask_predictions",
     "read_json",
     "sha256_of",
 ]
@@ -112,6 +114,22 @@ def parse_predictions(
     except AnalysisInputError as exc:
         raise Invalid(f"the predictions of job {job_id} cannot be scored: {exc}") from None
     return ParsedPredictions(gt=gt, ground_truth=ground_truth, detections=detections)
+
+
+def score_mask_predictions(
+    *, job_id: int, gt: dict[str, Any], ground_truth: GroundTruth, predictions: str | Path
+) -> CocoScore:
+    """The mask (segm) metrics of a job's mask predictions file; Invalid saying why not."""
+    try:
+        results = read_json(predictions)
+    except FileNotFoundError as exc:
+        raise NotFound(f"a file of job {job_id}'s evaluation is gone: {exc.filename}") from None
+    except NotJson as exc:
+        raise Invalid(f"the mask predictions of job {job_id} cannot be scored: {exc}") from None
+    try:
+        return score_masks(gt, ground_truth, results)
+    except AnalysisInputError as exc:
+        raise Invalid(f"the mask predictions of job {job_id} cannot be scored: {exc}") from None
 
 
 def load_inputs(*, session: Session, job_id: int) -> EvaluationInputs:

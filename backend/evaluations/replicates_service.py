@@ -90,6 +90,7 @@ def compare(
 ) -> dict[str, Any]:
     """Mean of B's runs - mean of A's, with intervals and p-values over val images and seeds."""
     significance_service.check_metric(metric)
+    masks = significance_service.is_mask_metric(metric)
     groups = []
     for group_id in (group_a, group_b):
         runs = [
@@ -99,7 +100,9 @@ def compare(
         ]
         if not runs:
             raise Conflict(f"replicate group {group_id} has no scored run yet")
-        groups.append([significance_service.scored_matches(session, job_id) for job_id in runs])
+        groups.append(
+            [significance_service.scored_matches(session, job_id, masks=masks) for job_id in runs]
+        )
     val_hashes = {scored.val_sha256 for group in groups for scored in group}
     if len(val_hashes) > 1:
         raise Invalid(
@@ -115,6 +118,8 @@ def compare(
         )
     except ValueError as exc:
         raise Invalid(f"groups {group_a} and {group_b} cannot be compared: {exc}") from None
+    if masks:
+        comparison = significance_service.as_mask_comparison(comparison)
     return significance_service.answer(
         comparison,
         labels=groups[0][0].labels,

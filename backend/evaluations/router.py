@@ -225,6 +225,13 @@ def overlay(
             "below or none"
         ),
     ] = "auto",
+    masks: Annotated[
+        bool,
+        Query(
+            description="also fill the masks of the drawn boxes that have one (ground truth "
+            "with a segmentation, a mask model's predictions; see the detections' has_mask)"
+        ),
+    ] = False,
     error_type: str | None = None,
     class_name: ClassName = None,
     gt_class: GtClass = None,
@@ -242,6 +249,7 @@ def overlay(
         max_width=max_width,
         min_width=min_width,
         legend=legend,
+        masks=masks,
     )
     return Response(png, media_type="image/png")
 

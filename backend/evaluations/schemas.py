@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, computed_field, create_model
 
-from backend.analysis.tables import COUNTED, METRICS, OUTCOMES
+from backend.analysis.tables import ALL_METRICS, COUNTED, OUTCOMES
+from backend.jobs.paths import mask_predictions_of
 
 __all__ = [
     "METRIC_FIELDS",
@@ -25,7 +26,7 @@ __all__ = [
 # one optional float field per COCO metric of the analysis tables (0..1, None where COCO has
 # no objects of that kind), for every schema that carries the figures
 METRIC_FIELDS: dict[str, Any] = {
-    m.key: (float | None, Field(description=m.description)) for m in METRICS
+    m.key: (float | None, Field(description=m.description)) for m in ALL_METRICS
 }
 
 
@@ -66,6 +67,10 @@ class _EvaluationBase(BaseModel):
 
     job_id: int
     per_class_ap: dict[str, Any] = Field(description="class -> COCO AP .50:.95 (None: no boxes)")
+    per_class_mask_ap: dict[str, Any] | None = Field(
+        default=None,
+        description="class -> COCO mask AP .50:.95 (None: no masks); null for box-only models",
+    )
     analysis: AnalysisRead | None
     record: dict[str, Any] | None = Field(
         description="what produced these figures: scoring engine, IoU thresholds, max dets, "
@@ -75,11 +80,23 @@ class _EvaluationBase(BaseModel):
     )
     intervals: dict[str, Any] | None = Field(
         description="95% bootstrap intervals over val images: 'metrics' and 'per_class' map "
-        "to {estimate, low, high, defined}; with 'resamples', 'seed', 'level' and 'method' "
-        "that reproduce them (None before intervals were kept: POST /jobs/{id}/analysis)"
+        "to {estimate, low, high, defined} ('per_class_mask' too for a mask model, whose "
+        "'metrics' hold the segm_ figures beside the bbox_ ones); with 'resamples', 'seed', "
+        "'level' and 'method' that reproduce them (None before intervals were kept: POST "
+        "/jobs/{id}/analysis)"
     )
     predictions_path: str | None
     created_at: datetime
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="whether the predictions have masks (a mask model's segm file beside "
+        "them): the overlays draw them with masks=true"
+    )
+    @property
+    def has_masks(self) -> bool:
+        # read from the file itself, so that it cannot disagree with what overlays draw
+        path = mask_predictions_of(self.predictions_path) if self.predictions_path else None
+        return path is not None and path.is_file()
 
 
 # one field per COCO metric (0..1, None where COCO has no objects of that kind)

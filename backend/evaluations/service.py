@@ -44,6 +44,7 @@ def store(
     metrics: dict[str, Any],
     per_class_ap: dict[str, Any],
     predictions_path: str,
+    per_class_mask_ap: dict[str, Any] | None = None,
     analysis: dict[str, Any] | None = None,
     record: dict[str, Any] | None = None,
     intervals: dict[str, Any] | None = None,
@@ -55,6 +56,7 @@ def store(
     evaluation = Evaluation(
         job_id=job_id,
         per_class_ap=per_class_ap,
+        per_class_mask_ap=per_class_mask_ap,
         predictions_path=predictions_path,
         analysis=analysis,
         record=record,

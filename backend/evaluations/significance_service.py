@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -12,18 +13,21 @@ from sqlalchemy.orm import Session
 from backend.analysis.bootstrap import Comparison, describe_difference, holm, paired_comparison
 from backend.analysis.engine import CocoMatches, evaluate_arrays
 from backend.analysis.metrics import class_labels
-from backend.analysis.tables import DEFAULTS, METRIC_KEYS
+from backend.analysis.tables import DEFAULTS, METRIC_KEYS, mask_key
 from backend.datasets import service as dataset_service
 from backend.errors import Invalid, NotFound
 from backend.evaluations import service as evaluation_service
-from backend.evaluations.inputs import parse_predictions, sha256_of
+from backend.evaluations.inputs import parse_predictions, score_mask_predictions, sha256_of
 from backend.jobs import service as job_service
+from backend.jobs.paths import mask_predictions_of
 
 __all__ = [
     "Scored",
     "answer",
+    "as_mask_comparison",
     "check_metric",
     "compare_jobs",
+    "is_mask_metric",
     "scored_matches",
     "versus_leader",
 ]
@@ -40,23 +44,43 @@ class Scored:
 
 @lru_cache(maxsize=8)
 def _score_files(
-    job_id: int, val_ann: str, val_mtime: int, predictions: str, predictions_mtime: int
+    job_id: int,
+    val_ann: str,
+    val_mtime: int,
+    predictions: str,
+    predictions_mtime: int,
+    masks: str | None = None,
+    masks_mtime: int = 0,
 ) -> Scored:
-    """The engine's matches of one predictions file, kept while neither file changes (a page
-    comparing several runs with one leader asks for the leader's again and again)."""
+    """The engine's matches of one predictions file (of its mask predictions file, when
+    ``masks`` names it), kept while no file changes (a page comparing several runs with one
+    leader asks for the leader's again and again)."""
     parsed = parse_predictions(job_id=job_id, val_ann=val_ann, predictions=predictions)
+    if masks is None:
+        matches = evaluate_arrays(parsed.ground_truth, parsed.detections)
+    else:
+        matches = score_mask_predictions(
+            job_id=job_id, gt=parsed.gt, ground_truth=parsed.ground_truth, predictions=masks
+        ).matches
     return Scored(
-        matches=evaluate_arrays(parsed.ground_truth, parsed.detections),
+        matches=matches,
         labels=class_labels(parsed.ground_truth),
         val_sha256=sha256_of(val_ann),
     )
 
 
-def _scored(session: Session, job_id: int) -> tuple[Scored, str]:
-    """A job's matches and a name to show for it; NotFound/Invalid saying why not."""
+def _scored(session: Session, job_id: int, *, masks: bool = False) -> tuple[Scored, str]:
+    """A job's matches (on boxes, or on masks) and a name to show for it; NotFound/Invalid
+    saying why not."""
     path = evaluation_service.predictions_file(session=session, job_id=job_id)
     job_row = job_service.get(session=session, job_id=job_id)
     dataset = dataset_service.get(session=session, dataset_id=job_row.dataset_id or 0)
+    mask_path = mask_predictions_of(path) if masks else None
+    if masks and (mask_path is None or not mask_path.is_file()):
+        raise Invalid(
+            f"job {job_id} has no mask predictions (a box-only model, or scored on a box-only "
+            "dataset); compare it on a bbox_ metric"
+        )
     try:
         scored = _score_files(
             job_id,
@@ -64,21 +88,33 @@ def _scored(session: Session, job_id: int) -> tuple[Scored, str]:
             Path(dataset.val_ann).stat().st_mtime_ns,
             str(path),
             path.stat().st_mtime_ns,
+            str(mask_path) if mask_path else None,
+            mask_path.stat().st_mtime_ns if mask_path else 0,
         )
     except FileNotFoundError as exc:  # gone before it could be read
         raise NotFound(f"a file of job {job_id}'s evaluation is gone: {exc.filename}") from None
     return scored, job_row.name or f"job {job_id}"
 
 
-def scored_matches(session: Session, job_id: int) -> Scored:
-    """The engine's matches of a job's stored predictions (kept while the files are unchanged)."""
-    return _scored(session, job_id)[0]
+def scored_matches(session: Session, job_id: int, *, masks: bool = False) -> Scored:
+    """The engine's matches of a job's stored predictions, on boxes or on masks (kept while
+    the files are unchanged)."""
+    return _scored(session, job_id, masks=masks)[0]
+
+
+def as_mask_comparison(comparison: Comparison) -> Comparison:
+    """A comparison computed on mask matches, its figures under their segm_ keys."""
+    return dataclasses.replace(
+        comparison, metrics={mask_key(k): v for k, v in comparison.metrics.items()}
+    )
 
 
 def _compare(
-    session: Session, job_a: int, job_b: int, *, resamples: int, seed: int
+    session: Session, job_a: int, job_b: int, *, resamples: int, seed: int, masks: bool = False
 ) -> tuple[Comparison, Scored, str, str]:
-    (a, name_a), (b, name_b) = _scored(session, job_a), _scored(session, job_b)
+    """B - A on boxes, or on masks (the comparison's figures then under their segm_ keys)."""
+    a, name_a = _scored(session, job_a, masks=masks)
+    b, name_b = _scored(session, job_b, masks=masks)
     if a.val_sha256 != b.val_sha256:
         raise Invalid(
             f"jobs {job_a} and {job_b} were scored on different val splits (annotation files "
@@ -89,7 +125,14 @@ def _compare(
         comparison = paired_comparison(a.matches, b.matches, resamples=resamples, seed=seed)
     except ValueError as exc:
         raise Invalid(f"jobs {job_a} and {job_b} cannot be paired: {exc}") from None
+    if masks:
+        comparison = as_mask_comparison(comparison)
     return comparison, a, name_a, name_b
+
+
+def is_mask_metric(metric: str) -> bool:
+    """Whether a metric key is a mask (segm) figure."""
+    return metric.startswith("segm_")
 
 
 def check_metric(metric: str) -> None:
@@ -137,7 +180,7 @@ def compare_jobs(
     scored on the same resampled val images, and one sentence on ``metric``."""
     check_metric(metric)
     comparison, scored, name_a, name_b = _compare(
-        session, job_a, job_b, resamples=resamples, seed=seed
+        session, job_a, job_b, resamples=resamples, seed=seed, masks=is_mask_metric(metric)
     )
     return answer(
         comparison,
@@ -163,7 +206,9 @@ def versus_leader(
     Holm's adjusted p over the jobs given, and whether the two are tied at alpha."""
     found: dict[int, dict[str, Any]] = {}
     for job_id in others:
-        comparison, _, _, _ = _compare(session, leader, job_id, resamples=resamples, seed=seed)
+        comparison, _, _, _ = _compare(
+            session, leader, job_id, resamples=resamples, seed=seed, masks=is_mask_metric(metric)
+        )
         difference = comparison.metrics[metric]
         found[job_id] = {"difference": difference.estimate, "p_value": difference.p_value}
     tested = [job_id for job_id, row in found.items() if row["p_value"] is not None]

@@ -24,6 +24,20 @@ R50_FPN_1X = {
 }
 
 
+# The self-supervised detection benchmark (MoCo's and OpenSelfSup's protocol): Mask R-CNN,
+# mmdet's 1x schedule, SyncBN, lr 0.02 at a batch of 16 (8 GPUs x 2: the spec's lr and batch are
+# per process, scaled linearly with gpus)
+SSL_BENCHMARK = {
+    "kind": "finetune",
+    "detector": "mask_rcnn",
+    "epochs": 12,
+    "batch_size": 2,
+    "lr": 0.0025,
+    "norm": "syncbn",
+    "gpus": 8,
+}
+
+
 def _registered_inits(session: Session, architecture: str) -> list[dict[str, int]]:
     ids = session.scalars(
         select(Weights.id).where(Weights.architecture == architecture).order_by(Weights.id)
@@ -65,6 +79,23 @@ def templates(*, session: Session) -> list[Template]:
             base=R50_FPN_1X,
             axes={"data_fraction": [0.01, 0.05, 0.1, 1.0], "init": inits},
             repeats=3,
+            needs=["dataset_id"],
+        ),
+        Template(
+            name="ssl-benchmark",
+            title="Self-supervised detection benchmark: Mask R-CNN R50-FPN and R50-C4, 1x, SyncBN",
+            description="The protocol of MoCo's and OpenSelfSup's detection benchmark: Mask R-CNN "
+            "fine-tuned from ImageNet and from every registered ResNet-50 (self-supervised) "
+            "backbone, on FPN and on C4, 12 epochs (set epochs 24 for 2x), SyncBN, lr 0.02 at "
+            "a batch of 16 on 8 GPUs; box AP and mask AP side by side on the leaderboard. "
+            "Fewer GPUs: lower gpus, and lr and batch follow (linear scaling). Needs a dataset "
+            "with instance masks (COCO polygons or RLE).",
+            base=SSL_BENCHMARK,
+            axes={
+                "init": [i for i in inits if i != "scratch"],
+                "backbone": ["resnet50", "resnet50_c4"],
+            },
+            repeats=1,
             needs=["dataset_id"],
         ),
     ]

@@ -108,6 +108,21 @@ def _check_dataset(session: Session, dataset_id: int) -> Dataset:
         ) from None
 
 
+def _check_masks(detector: str, dataset: Dataset) -> None:
+    """A detector with a mask head needs a dataset with a segmentation on every box."""
+    if not registry.DETECTORS[detector].masks:
+        return
+    missing = dataset_service.masks_missing(dataset.stats or {})
+    if missing is not None:
+        box_detectors = [n for n, e in registry.DETECTORS.items() if not e.masks]
+        raise Invalid(
+            f"detector: {detector} trains and is scored on instance masks, and dataset "
+            f"{dataset.id} ({dataset.name!r}) lacks them ({missing}); choose a box detector "
+            f"({', '.join(box_detectors)}) or a dataset whose annotations carry a segmentation "
+            "(COCO polygons or RLE; VOC and KITTI imports have none)"
+        )
+
+
 def _check_pretrain(session: Session, spec: PretrainSpec, roots: list[Path]) -> PretrainSpec:
     if spec.dataset_id is not None:
         _check_dataset(session, spec.dataset_id)
@@ -218,6 +233,7 @@ def prepare(
         jobs = [queued(JobKind.pretrain, _check_pretrain(session, spec, roots))]
     else:
         dataset = _check_dataset(session, spec.dataset_id)
+        _check_masks(spec.detector, dataset)
         spec, weights_id = _check_init(session, spec, roots)
         images = int((dataset.stats or {}).get("train", {}).get("images") or 0)
         per_epoch = max(1, math.ceil(images * spec.data_fraction / spec.batch_size))

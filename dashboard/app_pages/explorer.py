@@ -4,7 +4,8 @@ which boxes are counted, drawn and listed. A click enlarges one image with its b
 
 The job comes from the `job` query parameter, the filters from `class`, `error_type` or
 `gt_class` and `predicted_class` (a confusion cell, as the run page links to it), and the
-enlarged image from `image`.
+enlarged image from `image`. A run whose predictions have masks (a mask model's) offers a
+"Masks" toggle that fills the drawn boxes' masks.
 """
 
 from __future__ import annotations
@@ -93,15 +94,32 @@ def box_table(detections: list[dict[str, Any]]):
     )
 
 
+def with_masks(filters: cached.Filters, *, masks: bool) -> cached.Filters:
+    """An overlay's parameters: the filters, and masks=true when the masks are drawn."""
+    return cached.as_filters(**dict(filters), masks="true" if masks else None)
+
+
 @st.dialog("Image", width="large", on_dismiss=close_image)
 def enlarged(
-    job_id: int, image_id: int, *, score_thr: float, show: str, filters: cached.Filters
+    job_id: int,
+    image_id: int,
+    *,
+    score_thr: float,
+    show: str,
+    filters: cached.Filters,
+    masks: bool,
 ) -> None:
     """The overlay at full size, the list of the boxes it draws and the legend of the
     colours."""
     try:
         found = cached.detections(job_id, image_id, score_thr=score_thr, show=show, filters=filters)
-        png = cached.overlay(job_id, image_id, score_thr=score_thr, show=show, filters=filters)
+        png = cached.overlay(
+            job_id,
+            image_id,
+            score_thr=score_thr,
+            show=show,
+            filters=with_masks(filters, masks=masks),
+        )
     except ApiError as err:
         views.show_api_error(err, doing=f"load image {image_id}")
         return
@@ -125,7 +143,8 @@ def enlarged(
 
 def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     """The filter widgets (a confusion cell from the URL replaces class and error type), the
-    threshold boxes are drawn from, and what to draw."""
+    threshold boxes are drawn from, what to draw, and whether to draw masks (offered only when
+    the run's predictions have them)."""
     classes = [c["name"] for c in cached.dataset(job["dataset_id"])["stats"]["categories"]]
     for param, (key, _) in URL_FILTERS.items():
         if key not in st.session_state and st.query_params.get(param):
@@ -189,7 +208,12 @@ def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
         "Draw boxes from score", 0.0, 1.0, step=0.05, key="explorer-thr", format="%.2f"
     )
     groups = views.show_groups()
-    shown = st.pills(
+    has_masks = bool(evaluation.get("has_masks"))
+    if has_masks:
+        draw_col, masks_col = st.columns([5, 1], vertical_alignment="bottom")
+    else:
+        draw_col, masks_col = st.container(), None
+    shown = draw_col.pills(
         "Draw",
         list(groups),
         format_func=lambda name: groups[name][0],
@@ -197,7 +221,13 @@ def filters(job: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
         default=list(groups),
         key="explorer-show",
     ) or list(groups)
-    return {**chosen, "score_thr": score_thr, "show": ",".join(shown)}
+    masks = masks_col is not None and masks_col.toggle(
+        "Masks",
+        key="explorer-masks",
+        help="Fill the masks of the boxes drawn: the predictions' and the ground truth's "
+        "(where the dataset has segmentations), in the boxes' colours",
+    )
+    return {**chosen, "score_thr": score_thr, "show": ",".join(shown), "masks": masks}
 
 
 def confusion_thresholds(evaluation: dict[str, Any]) -> dict[str, float]:
@@ -245,8 +275,8 @@ if not evaluation["analysis"]:
     )
     st.stop()
 chosen = filters(job, evaluation)
-score_thr, show = chosen.pop("score_thr"), chosen.pop("show")
-overlay_filters = cached.as_filters(
+score_thr, show, masks = chosen.pop("score_thr"), chosen.pop("show"), chosen.pop("masks")
+box_filters = cached.as_filters(
     error_type=chosen["error_type"],
     category=chosen["category"],
     gt_class=chosen["gt_class"],
@@ -301,7 +331,7 @@ for position, tile in cached.overlay_tiles(
     [(job["id"], item["image_id"]) for item in listing["items"]],
     score_thr=score_thr,
     show=show,
-    filters=overlay_filters,
+    filters=with_masks(box_filters, masks=masks),
 ):
     slots[position].image(
         tile, caption=image_caption(listing["items"][position], listing), width="stretch"
@@ -312,4 +342,4 @@ if pages > 1:
 
 image_id = views.query_int("image")
 if image_id is not None:
-    enlarged(job["id"], image_id, score_thr=score_thr, show=show, filters=overlay_filters)
+    enlarged(job["id"], image_id, score_thr=score_thr, show=show, filters=box_filters, masks=masks)

@@ -59,6 +59,8 @@ def test_kitti_converts_boxes_exactly_and_skips_dontcare(kitti_root: Path, tmp_p
     cyclist = next(a for a in data["annotations"] if names[a["category_id"]] == "Cyclist")
     assert cyclist["bbox"] == [1.0, 2.0, 2.5, 2.5]
     assert len({a["id"] for a in data["annotations"]}) == 4
+    # boxes only: a mask model refuses the dataset rather than train on made-up masks
+    assert not any("segmentation" in a for a in data["annotations"])
     coco = COCO(str(out))
     assert len(coco.getAnnIds(catIds=[1])) == 2
 
@@ -172,6 +174,7 @@ def test_voc_converts_one_based_inclusive_boxes_exactly(voc_root: Path, tmp_path
     assert boxes[("000007.jpg", "dog")] == [99.0, 49.0, 100.0, 100.0]
     areas = {a["id"]: a["area"] for a in data["annotations"]}
     assert sorted(areas.values()) == [9.0, 9.0, 200.0, 10000.0]
+    assert not any("segmentation" in a for a in data["annotations"])  # boxes only
 
 
 def test_voc_difficult_objects_become_ignored_crowd_boxes(voc_root: Path, tmp_path: Path) -> None:

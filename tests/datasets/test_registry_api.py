@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from pycocotools import mask as mask_utils
+
+from backend.datasets.service import masks_missing
 
 
 @pytest.fixture
@@ -54,6 +57,9 @@ def test_register_shapes_with_statistics(client, shapes, shapes_payload):
         train["annotations"]
     )
     assert [c["name"] for c in stats["categories"]] == [c["name"] for c in train["categories"]]
+    assert stats["train"]["masks"] == stats["train"]["boxes"]  # a polygon on every shape
+    assert stats["val"]["masks"] == stats["val"]["boxes"] > 0
+    assert masks_missing(stats) is None
 
     listed = client.get("/datasets").json()
     assert listed["total"] == before + 1 and listed["items"][0]["id"] == dataset["id"]
@@ -116,6 +122,38 @@ def test_traversal_by_file_name_and_symlink_is_refused(client, copy_of_shapes, t
             lambda d: d["categories"][1].update(name=d["categories"][0]["name"]),
             "categories share a name: 'square' (ids 1, 2)",
         ),
+        (
+            lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4, 5, 6, 7]]),
+            "1 bad segmentations: annotation 1: polygon 0 has 7 numbers; expected an even count",
+        ),
+        (
+            lambda d: d["annotations"][0]["segmentation"].append([1.0, 2.0, 3.0, 4.0]),
+            "annotation 1: polygon 1 has 4 numbers; expected an even count of at least 6",
+        ),
+        (
+            lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, float("inf"), 5, 6]]),
+            "annotation 1: polygon 0 has a non-finite coordinate",
+        ),
+        (
+            lambda d: d["annotations"][0].update(segmentation=[1, 2, 3, 4, 5, 6]),
+            "annotation 1: polygon 0 is not a flat list of numbers",
+        ),
+        (
+            lambda d: d["annotations"][0].update(segmentation="the dog"),
+            "annotation 1: segmentation is of type str",
+        ),
+        (
+            lambda d: d["annotations"][0].update(segmentation={"size": [64, 64], "counts": "0"}),
+            "annotation 1: RLE size [64, 64] is not its image's [height, width], [128, 128]",
+        ),
+        (
+            lambda d: d["annotations"][0].update(segmentation={"size": [128, 128], "counts": 5}),
+            "annotation 1: RLE counts is of type int",
+        ),
+        (
+            lambda d: d["annotations"][0].update(segmentation={"size": [128, 128], "counts": [9]}),
+            "annotation 1: RLE counts add up to 9 pixels; expected height x width = 16384",
+        ),
     ],
     ids=[
         "no-categories",
@@ -128,6 +166,14 @@ def test_traversal_by_file_name_and_symlink_is_refused(client, copy_of_shapes, t
         "far-outside",
         "missing-file",
         "same-class-name",
+        "odd-polygon",
+        "short-polygon",
+        "inf-polygon",
+        "unnested-polygon",
+        "string-segmentation",
+        "rle-wrong-size",
+        "rle-int-counts",
+        "rle-short-counts",
     ],
 )
 def test_bad_annotations_get_a_precise_422(client, copy_of_shapes, change, expected):
@@ -135,6 +181,64 @@ def test_bad_annotations_get_a_precise_422(client, copy_of_shapes, change, expec
     message = _problems(client.post("/datasets", json=_payload(copy_of_shapes)))
     assert expected in message
     assert "train.json" in message or "/train" in message
+
+
+def test_a_bad_segmentation_is_refused_saying_what_is_accepted(client, copy_of_shapes):
+    def break_two(data):
+        data["annotations"][0]["segmentation"] = [[1, 2, 3]]
+        data["annotations"][4]["segmentation"] = {"counts": "0"}
+
+    _mutate(copy_of_shapes, "val", break_two)
+    message = _problems(client.post("/datasets", json=_payload(copy_of_shapes)))
+    assert "val.json: 2 bad segmentations: annotation 1: polygon 0 has 3 numbers" in message
+    assert "annotation 5: RLE size None is not [height, width] integers" in message
+    assert "a segmentation is COCO polygons" in message and "or RLE" in message
+
+
+def _rle(polygons: list[list[float]], height: int, width: int) -> dict:
+    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def test_masks_are_counted_on_non_crowd_boxes(client, copy_of_shapes):
+    """A box without a segmentation (absent, null or []) is box-only; RLE counts as a mask."""
+
+    def mix(data):
+        anns = data["annotations"]
+        del anns[0]["segmentation"]
+        anns[1]["segmentation"] = []
+        anns[2]["segmentation"] = None
+        anns[3]["segmentation"] = _rle(anns[3]["segmentation"], 128, 128)
+        # a crowd region in uncompressed RLE: neither a box nor a mask in the stats
+        anns[4].update(iscrowd=1, segmentation={"size": [128, 128], "counts": [50, 9, 16325]})
+
+    _mutate(copy_of_shapes, "train", mix)
+    total = len(json.loads((copy_of_shapes / "annotations/train.json").read_text())["annotations"])
+    response = client.post("/datasets", json=_payload(copy_of_shapes))
+    assert response.status_code == 201, response.text
+    stats = response.json()["stats"]
+    assert stats["train"]["boxes"] == total - 1 and stats["train"]["crowd_boxes"] == 1
+    assert stats["train"]["masks"] == total - 4
+    assert stats["val"]["masks"] == stats["val"]["boxes"]
+    assert masks_missing(stats) == f"train: 3 of {total - 1} boxes have no segmentation"
+
+
+def test_a_box_only_dataset_has_no_masks(client, copy_of_shapes):
+    def drop_segmentations(data):
+        for annotation in data["annotations"]:
+            del annotation["segmentation"]
+
+    for split in ("train", "val"):
+        _mutate(copy_of_shapes, split, drop_segmentations)
+    response = client.post("/datasets", json=_payload(copy_of_shapes))
+    assert response.status_code == 201, response.text
+    stats = response.json()["stats"]
+    train, val = stats["train"], stats["val"]
+    assert train["masks"] == val["masks"] == 0 and train["boxes"] > 0 and val["boxes"] > 0
+    assert masks_missing(stats) == (
+        f"train: none of its {train['boxes']} boxes has a segmentation; "
+        f"val: none of its {val['boxes']} boxes has a segmentation"
+    )
 
 
 def test_not_json_and_unreadable_files(client, copy_of_shapes):
@@ -190,6 +294,7 @@ def test_kitti_and_voc_imports_register(client, data_root):
     )
     assert response.status_code == 201, response.text
     assert response.json()["stats"]["train"]["per_class"] == {"Car": 2, "Pedestrian": 2}
+    assert response.json()["stats"]["train"]["masks"] == 0  # imports are box-only
 
     voc = data_root / "voc"
     (voc / "Annotations").mkdir(parents=True)

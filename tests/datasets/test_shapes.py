@@ -224,3 +224,54 @@ def test_cli_accepts_a_single_int_size_and_rejects_bad_sizes(
         main([str(tmp_path), "--size", "big"])
     assert "WIDTHxHEIGHT" in capsys.readouterr().err
     assert main([str(tmp_path), "--classes", "9"]) == 2
+
+
+def _drawn_and_coco_masks(paths: ShapesPaths, seed: int, num_classes: int = len(CLASS_NAMES)):
+    """(annotation, its pycocotools mask, the mask the generator drew) for every annotation;
+    the drawn shapes come from rendering each image again from its own random stream."""
+    for split in ("train", "val"):
+        coco = COCO(str(getattr(paths, f"{split}_ann")))
+        for image in coco.loadImgs(coco.getImgIds()):
+            height, width = image["height"], image["width"]
+            yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+            rng = np.random.default_rng([seed, shapes_module.SPLIT_STREAMS[split], image["id"]])
+            _, drawn = shapes_module._render(rng, num_classes, xx, yy)
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+            # the same scene as the file's: same boxes, in the same order
+            assert [a["bbox"] for a in anns] == [
+                [s.x0, s.y0, s.mask.shape[1], s.mask.shape[0]] for s in drawn
+            ]
+            for ann, shape in zip(anns, drawn, strict=True):
+                full = np.zeros((height, width), bool)
+                h, w = shape.mask.shape
+                full[shape.y0 : shape.y0 + h, shape.x0 : shape.x0 + w] = shape.mask
+                yield ann, coco.annToMask(ann).astype(bool), full
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_segmentations_are_coco_polygons_of_the_drawn_shapes(dataset: ShapesPaths) -> None:
+    ious: list[float] = []
+    for ann, mask, drawn in _drawn_and_coco_masks(dataset, seed=3):
+        (polygon,) = ann["segmentation"]
+        assert len(polygon) >= 6 and len(polygon) % 2 == 0
+        assert all(isinstance(v, float) and round(v, 2) == v for v in polygon)
+        iou = _mask_iou(mask, drawn)
+        # a few pixels of a tiny shape's edge may round either way
+        assert iou >= (0.85 if ann["area"] < 32**2 else 0.95), (ann["id"], iou)
+        ious.append(iou)
+        # amodal like the box: the full shape, within its box give or take a pixel
+        x, y, w, h = ann["bbox"]
+        rows, cols = np.nonzero(mask)
+        assert x - 1 <= cols.min() and cols.max() + 1 <= x + w + 1, ann["id"]
+        assert y - 1 <= rows.min() and rows.max() + 1 <= y + h + 1, ann["id"]
+        assert abs(int(mask.sum()) - ann["area"]) <= 0.15 * ann["area"], ann["id"]
+    assert len(ious) > 150 and float(np.mean(ious)) >= 0.97
+
+
+def test_every_segmentation_covers_its_drawn_shape_at_the_default_size(tmp_path: Path) -> None:
+    paths = generate_shapes(tmp_path, seed=0, num_train=16, num_val=4)
+    ious = [_mask_iou(mask, drawn) for _, mask, drawn in _drawn_and_coco_masks(paths, seed=0)]
+    assert len(ious) > 50 and min(ious) >= 0.9

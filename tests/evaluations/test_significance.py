@@ -8,7 +8,7 @@ import json
 import factories
 import pytest
 
-from backend.analysis.tables import METRIC_KEYS
+from backend.analysis.tables import METRIC_KEYS, METRICS
 
 RESAMPLES = {"resamples": 300}
 
@@ -53,7 +53,9 @@ def test_a_run_compared_with_its_twin_differs_by_nothing(client, db, dataset_id,
 
     found = client.get(f"/jobs/{a}/compare/{b}", params=RESAMPLES).json()
 
-    assert set(found["metrics"]) == set(METRIC_KEYS)
+    assert set(found["metrics"]) == {m.key for m in METRICS}  # box-only runs: box figures
+    masks = client.get(f"/jobs/{a}/compare/{b}", params={**RESAMPLES, "metric": "segm_mAP"})
+    assert masks.status_code == 422 and "no mask predictions" in masks.json()["detail"]["message"]
     mean_ap = found["metrics"]["bbox_mAP"]
     assert mean_ap["estimate"] == 0 and mean_ap["p_value"] == 1
     assert found["sentence"].startswith("no significant difference in mAP between a and b")

@@ -200,7 +200,7 @@ def test_templates_fill_the_form_for_the_studies(client, db, dataset_id):
     weights = factories.weights(db, architecture="resnet50")
     other = factories.weights(db, architecture="resnet18")
     found = {t["name"]: t for t in client.get("/experiments/templates").json()}
-    assert set(found) == {"init-study", "backbone-study", "low-data-study"}
+    assert set(found) == {"init-study", "backbone-study", "low-data-study", "ssl-benchmark"}
     init = found["init-study"]
     assert init["base"]["epochs"] == 12 and init["base"]["lr"] == 0.0025
     assert init["axes"]["init"] == ["scratch", "imagenet", {"weights_id": weights.id}]
@@ -223,6 +223,24 @@ def test_templates_fill_the_form_for_the_studies(client, db, dataset_id):
     created = client.post("/experiments", json=body)
     assert created.status_code == 201, created.text
     assert created.json()["jobs"] == 4 * 2 * 3 and created.json()["template"] == "low-data-study"
+
+    # the self-supervised benchmark protocol: Mask R-CNN on FPN and C4, SyncBN, 0.02 at 16
+    ssl = found["ssl-benchmark"]
+    assert ssl["base"]["detector"] == "mask_rcnn" and ssl["base"]["norm"] == "syncbn"
+    assert ssl["base"]["lr"] * ssl["base"]["gpus"] == 0.02
+    assert ssl["base"]["batch_size"] * ssl["base"]["gpus"] == 16
+    assert ssl["axes"]["backbone"] == ["resnet50", "resnet50_c4"]
+    assert ssl["axes"]["init"] == ["imagenet", {"weights_id": weights.id}]
+    body = {
+        "name": "ssl benchmark",
+        "base": {**ssl["base"], "dataset_id": dataset_id},
+        "axes": ssl["axes"],
+        "repeats": ssl["repeats"],
+        "template": ssl["name"],
+    }
+    created = client.post("/experiments", json=body)
+    assert created.status_code == 201, created.text  # the shapes data carry polygons
+    assert created.json()["jobs"] == 2 * 2
 
 
 def test_a_rerun_queues_the_same_spec_and_says_if_it_reproduced(client, db, dataset_id):

@@ -46,7 +46,7 @@ def _registered() -> None:
 
 def test_the_registry_names_the_c4_backbone_and_its_detectors():
     assert c4_backbones() == (C4,)
-    assert c4_detectors() == ("faster_rcnn",)
+    assert c4_detectors() == ("faster_rcnn", "mask_rcnn")
     assert DETECTORS["faster_rcnn"].base_model_for(BACKBONES[C4]) == "faster-rcnn_r50-caffe-c4.py"
 
 
@@ -114,7 +114,10 @@ def test_a_c4_faster_rcnn_config_is_mmdets_c4_model_and_trains_a_step(tiny, tmp_
     [
         ({"neck": "pafpn"}, "neck 'pafpn' does not apply to resnet50_c4"),
         ({"neck": "fpn"}, "leave neck unset"),
-        ({"detector": "cascade_rcnn"}, "resnet50_c4 (the C4 layout) works with faster_rcnn"),
+        (
+            {"detector": "cascade_rcnn"},
+            "resnet50_c4 (the C4 layout) works with faster_rcnn, mask_rcnn",
+        ),
         ({"detector": "retinanet"}, "mmdet has no C4 model for retinanet"),
     ],
 )
