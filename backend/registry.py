@@ -17,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "BACKBONES",
+    "BOX_PRETRAINABLE_DETECTORS",
     "DETECTORS",
     "PRETRAIN_METHODS",
     "Backbone",
@@ -95,11 +96,13 @@ class Backbone:
 
 @dataclass(frozen=True)
 class PretrainMethod:
-    """A self-supervised method as mmpretrain runs it."""
+    """A self-supervised method: image-domain ones pretrain a backbone as mmpretrain runs
+    them; box-domain ones (AlignDet) pretrain a whole mmdet detector on unlabelled images."""
 
     name: str
-    # mmpretrain config the recipe starts from (views, augmentations, schedule)
-    base_config: str
+    # mmpretrain config the recipe starts from (views, augmentations, schedule); None for a
+    # box-domain method, whose recipe is DetLab's own (worker/aligndet.py)
+    base_config: str | None
     # an mmpretrain MODELS type that replaces the base config's algorithm; None keeps it
     algorithm: str | None = None
     # the module that registers `algorithm` in mmpretrain's registry; the worker imports it
@@ -108,6 +111,9 @@ class PretrainMethod:
     # the algorithm reads every backbone stage (given their channels) instead of a neck on
     # the last stage
     all_stages: bool = False
+    # pretrains a whole detector (backbone, neck and heads) on unsupervised box proposals;
+    # its output is weights of kind "detector"
+    box_domain: bool = False
 
 
 def _entries(*items: Any) -> dict[str, Any]:
@@ -251,7 +257,20 @@ PRETRAIN_METHODS: dict[str, PretrainMethod] = _entries(
         algorithm_module="worker.detco",
         all_stages=True,
     ),
+    # AlignDet's box-domain stage (ICCV 2023): the detector learns box-level contrast between two
+    # views and regression toward unsupervised proposals
+    PretrainMethod(
+        "aligndet",
+        base_config=None,
+        algorithm="AlignDet",
+        algorithm_module="worker.aligndet",
+        box_domain=True,
+    ),
 )
+
+# Detectors a box-domain method can pretrain: those with RoI features to contrast (a dense head
+# such as RetinaNet's would need its own box features: see worker/aligndet.py)
+BOX_PRETRAINABLE_DETECTORS: tuple[str, ...] = ("faster_rcnn", "mask_rcnn")
 
 
 def pretrainable_backbones() -> tuple[str, ...]:

@@ -17,12 +17,19 @@ from typing import Any
 from backend.artifacts_io import write_text_atomic
 from backend.datasets.service import masks_missing
 from backend.jobs.paths import JobPaths
-from backend.jobs.spec import DEFAULT_WARMUP, CheckpointInit, FinetuneSpec, WeightsInit
+from backend.jobs.spec import (
+    DEFAULT_WARMUP,
+    CheckpointInit,
+    FinetuneSpec,
+    PretrainSpec,
+    WeightsInit,
+)
 from backend.registry import BACKBONES, DETECTORS
 from worker.atomic_checkpoints import apply_atomic_checkpoints
 
 __all__ = [
     "DetLabModel",
+    "build_box_pretrain_config",
     "build_evaluate_config",
     "build_finetune_config",
     "mmdet_config_dir",
@@ -57,7 +64,7 @@ def _load_bases(detector: str, backbone: str) -> Any:
         return Config.fromfile(handle.name)
 
 
-def _init_cfg(spec: FinetuneSpec, weights_path: str | None) -> dict[str, Any] | None:
+def _init_cfg(spec: FinetuneSpec | PretrainSpec, weights_path: str | None) -> dict[str, Any] | None:
     if spec.init == "scratch":
         return None
     if spec.init == "imagenet":
@@ -226,10 +233,16 @@ def build_finetune_config(
     dataset: Any,
     paths: JobPaths,
     weights_path: str | None = None,
+    weights_kind: str = "backbone",
 ) -> Any:
-    """The mmengine Config for a fine-tune job on a registered dataset."""
+    """The mmengine Config for a fine-tune job on a registered dataset; ``weights_kind``
+    "detector": the weights are a whole detector's, loaded before the first step
+    (worker/detector_init.py) instead of into the backbone alone."""
     cfg = _load_bases(spec.detector, spec.backbone)
     classes = tuple(c["name"] for c in dataset.stats["categories"])
+    whole = weights_kind == "detector"
+    if whole and weights_path is None:
+        raise ValueError("detector weights need their file")
 
     _set_architecture(
         cfg.model,
@@ -237,7 +250,7 @@ def build_finetune_config(
         backbone=spec.backbone,
         neck=spec.neck,
         norm=spec.resolved_norm,
-        init_cfg=_init_cfg(spec, weights_path),
+        init_cfg=None if whole else _init_cfg(spec, weights_path),
     )
     _set_num_classes(cfg.model, spec.detector, len(classes))
     _set_sampling(cfg.model, spec)
@@ -272,7 +285,10 @@ def build_finetune_config(
     )
     cfg.test_dataloader = cfg.val_dataloader
     # mmdet's CocoMetric, scored by our engine (worker/coco_metric.py): same files and keys
-    cfg.custom_imports = dict(imports=["worker.coco_metric"], allow_failed_imports=False)
+    imports = ["worker.coco_metric", *(["worker.detector_init"] if whole else [])]
+    cfg.custom_imports = dict(imports=imports, allow_failed_imports=False)
+    if whole:
+        cfg.custom_hooks = [dict(type="DetectorInitHook", checkpoint=weights_path)]
     cfg.val_evaluator = dict(
         type="EngineCocoMetric",
         ann_file=dataset.val_ann,
@@ -303,6 +319,93 @@ def build_finetune_config(
     cfg.randomness = dict(seed=spec.seed, deterministic=False)
     cfg.work_dir = str(paths.work_dir)
     cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
+    apply_atomic_checkpoints(cfg)
+    return cfg
+
+
+def build_box_pretrain_config(
+    spec: PretrainSpec,
+    *,
+    proposals_ann: str,
+    image_folder: str,
+    paths: JobPaths,
+    weights_path: str | None = None,
+) -> Any:
+    """The mmengine Config of a box-domain pretraining (worker/aligndet.py): the spec's
+    detector with an FPN on its backbone, one class ("object"), trained on the images of
+    ``image_folder`` with their unsupervised proposals (the COCO file ``proposals_ann``) as
+    boxes; the backbone starts from the spec's init (``weights_path`` for a weights_id)."""
+    assert spec.detector is not None  # a box-domain spec always names one
+    cfg = _load_bases(spec.detector, spec.backbone)
+    _set_architecture(
+        cfg.model,
+        detector=spec.detector,
+        backbone=spec.backbone,
+        neck="fpn",
+        norm="bn",
+        init_cfg=_init_cfg(spec, weights_path),
+    )
+    _set_num_classes(cfg.model, spec.detector, 1)
+    detector = cfg.model.to_dict()
+    preprocessor = detector.pop("data_preprocessor")
+    cfg.model = dict(
+        type="AlignDet",
+        detector=detector,
+        detector_name=spec.detector,
+        feature_dim=spec.feature_dim,
+        queue_length=spec.queue_length,
+        temperature=spec.temperature,
+        momentum=spec.momentum_coefficient,
+        data_preprocessor=preprocessor,
+    )
+    _dataloader(
+        cfg.train_dataloader,
+        ann_file=proposals_ann,
+        images=image_folder,
+        classes=("object",),
+        batch_size=spec.batch_size,
+        num_workers=spec.num_workers,
+        scale=(spec.image_size, spec.image_size),
+    )
+    cfg.train_dataloader.sampler = dict(type="InfiniteSampler", shuffle=True)
+    if spec.by_epoch:
+        cfg.train_dataloader.sampler = dict(type="DefaultSampler", shuffle=True)
+    for unused in ("val_dataloader", "val_evaluator", "val_cfg"):
+        cfg[unused] = None
+    for unused in ("test_dataloader", "test_evaluator", "test_cfg"):
+        cfg[unused] = None
+    total = spec.length
+    cfg.train_cfg = (
+        dict(type="EpochBasedTrainLoop", max_epochs=total)
+        if spec.by_epoch
+        else dict(type="IterBasedTrainLoop", max_iters=total)
+    )
+    if not spec.by_epoch:
+        cfg.log_processor = dict(type="LogProcessor", window_size=10, by_epoch=False)
+    warmup = min(DEFAULT_WARMUP, max(1, total // 10)) if not spec.by_epoch else DEFAULT_WARMUP
+    cfg.param_scheduler = [
+        dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=warmup),
+        dict(type="CosineAnnealingLR", T_max=total, by_epoch=spec.by_epoch, begin=0, end=total),
+    ]
+    optimizer = dict(type="SGD", lr=spec.lr, momentum=0.9, weight_decay=spec.weight_decay)
+    cfg.optim_wrapper = dict(
+        type="AmpOptimWrapper" if spec.amp else "OptimWrapper", optimizer=optimizer
+    )
+    if spec.amp:
+        cfg.optim_wrapper.update(dtype="float16", loss_scale="dynamic")
+    interval = spec.checkpoint_interval or (1 if spec.by_epoch else max(1, total // 10))
+    cfg.default_hooks.checkpoint = dict(
+        type="CheckpointHook",
+        interval=interval,
+        by_epoch=spec.by_epoch,
+        max_keep_ckpts=2,
+        save_last=True,
+    )
+    cfg.default_hooks.logger = dict(type="LoggerHook", interval=10)
+    cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
+    cfg.custom_imports = dict(imports=["worker.aligndet"], allow_failed_imports=False)
+    cfg.randomness = dict(seed=spec.seed, deterministic=False)
+    cfg.work_dir = str(paths.work_dir)
     apply_atomic_checkpoints(cfg)
     return cfg
 

@@ -32,7 +32,10 @@ def register_algorithm(method: str) -> None:
 def _load_base(method: str) -> Any:
     from mmengine.config import Config
 
-    base = mmpretrain_config_dir() / PRETRAIN_METHODS[method].base_config
+    base_config = PRETRAIN_METHODS[method].base_config
+    if base_config is None:
+        raise ValueError(f"{method} is a box-domain method: mmpretrain does not run it")
+    base = mmpretrain_config_dir() / base_config
     with tempfile.NamedTemporaryFile("w", suffix=".py") as handle:
         handle.write(f"_base_ = [{str(base)!r}]\n")
         handle.flush()

@@ -102,12 +102,22 @@ def capture(
 
 def config_facts(cfg: Any) -> dict[str, Any]:
     """What the record takes from an mmengine config: the checkpoint the model starts from
-    (load_from, else the backbone's Pretrained init), the seed and the deterministic flag."""
-    init = ((cfg.get("model") or {}).get("backbone") or {}).get("init_cfg")
+    (load_from, else a whole detector's weights (DetectorInitHook), else the backbone's
+    Pretrained init, also inside a box-domain pretraining's wrapped detector), the seed and the
+    deterministic flag."""
+    model = cfg.get("model") or {}
+    backbone = model.get("backbone") or (model.get("detector") or {}).get("backbone") or {}
+    init = backbone.get("init_cfg")
+    whole = [
+        hook.get("checkpoint")
+        for hook in cfg.get("custom_hooks") or []
+        if hook.get("type") == "DetectorInitHook"
+    ]
     randomness = cfg.get("randomness") or {}
     return {
         # a list of inits (an mmdet config's own) names no one checkpoint
         "init_checkpoint": cfg.get("load_from")
+        or (whole[0] if whole else None)
         or (init.get("checkpoint") if isinstance(init, dict) else None),
         "seed": randomness.get("seed"),
         "deterministic": randomness.get("deterministic"),

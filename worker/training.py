@@ -76,10 +76,11 @@ def save_config_and_record(
     train_ann: Path | None = None,
     val_ann: Path | None = None,
     train_image_names: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Save the generated config (save_config), then capture the job's reproducibility record
     (worker/record.py: its data are the annotation files, or a pretraining folder's image
-    names) and write it into the job's row; the record."""
+    names; ``extra`` joins it) and write it into the job's row; the record."""
     config_text = save_config(
         cfg, paths.config, claim=claim, sessions=sessions, db_grace_s=settings.db_grace_s
     )
@@ -92,6 +93,7 @@ def save_config_and_record(
         cache_dir=settings.home / CACHE_FOLDER,
         **config_facts(cfg),
     )
+    record.update(extra or {})
 
     def write() -> None:
         with sessions() as session:

@@ -124,6 +124,19 @@ def _check_masks(detector: str, dataset: Dataset) -> None:
 
 
 def _check_pretrain(session: Session, spec: PretrainSpec, roots: list[Path]) -> PretrainSpec:
+    if isinstance(spec.init, WeightsInit):
+        weights = session.get(Weights, spec.init.weights_id)
+        if weights is None or weights.kind != "backbone" or weights.architecture != spec.backbone:
+            found = (
+                "not found"
+                if weights is None
+                else f"{weights.kind} weights of {weights.architecture}"
+            )
+            raise Invalid(
+                f"init.weights_id: weights {spec.init.weights_id} are {found}; a box-domain "
+                f"pretraining starts its {spec.backbone} from backbone weights of {spec.backbone} "
+                "(see GET /weights)"
+            )
     if spec.dataset_id is not None:
         _check_dataset(session, spec.dataset_id)
         return spec
@@ -230,7 +243,10 @@ def prepare(
         spec = _check_evaluate(session, spec, [*roots, *filter(None, [artifact_root])])
         jobs = [queued(JobKind.evaluate, spec, parent_id=spec.source_job_id)]
     elif isinstance(spec, PretrainSpec):
-        jobs = [queued(JobKind.pretrain, _check_pretrain(session, spec, roots))]
+        spec = _check_pretrain(session, spec, roots)
+        # a box-domain pretraining's start, like a fine-tune's: its weights' lineage
+        start = spec.init.weights_id if isinstance(spec.init, WeightsInit) else None
+        jobs = [queued(JobKind.pretrain, spec, weights_id=start)]
     else:
         dataset = _check_dataset(session, spec.dataset_id)
         _check_masks(spec.detector, dataset)
@@ -365,10 +381,22 @@ def _check_init(
         init = CheckpointInit(checkpoint=str(path), prefix=spec.init.prefix)
         return spec.model_copy(update={"init": init}), None
     if isinstance(spec.init, WeightsInit):
-        if session.get(Weights, spec.init.weights_id) is None:
+        weights = session.get(Weights, spec.init.weights_id)
+        if weights is None:
             raise Invalid(
                 f"init.weights_id: weights {spec.init.weights_id} not found; "
                 "see GET /weights for the registered ones"
+            )
+        if weights.kind == "detector" and (
+            (weights.detector, weights.architecture, "fpn")
+            != (spec.detector, spec.backbone, spec.neck)
+        ):
+            raise Invalid(
+                f"init.weights_id: weights {weights.id} are a whole {weights.detector} on "
+                f"{weights.architecture} with fpn (box-domain pretraining); they start that "
+                f"model only: set detector {weights.detector!r}, backbone "
+                f"{weights.architecture!r} and neck 'fpn' (got {spec.detector}, {spec.backbone}, "
+                f"{spec.neck})"
             )
         return spec, spec.init.weights_id
     return spec, None

@@ -334,7 +334,29 @@ class PretrainSpec(_Strict):
     iterations: int | None = Field(default=None, ge=1, le=10_000_000)
     batch_size: int = Field(default=32, ge=2, le=4096)
     gpus: Gpus = 1
-    image_size: int = Field(default=224, ge=32, le=1024, description="crop size of each view")
+    detector: DetectorName | None = Field(
+        default=None,
+        description="box-domain methods (aligndet) only: the detector pretrained whole; "
+        f"one of {', '.join(registry.BOX_PRETRAINABLE_DETECTORS)} (default faster_rcnn)",
+    )
+    init: Literal["scratch", "imagenet"] | WeightsInit = Field(
+        default="scratch",
+        description="box-domain methods only: the backbone's start (e.g. the weights of an "
+        "image-domain pretraining); image-domain methods start from scratch",
+    )
+    proposals_per_image: int = Field(
+        default=32,
+        ge=1,
+        le=512,
+        description="box-domain methods only: unsupervised proposals per image (pseudo-boxes)",
+    )
+    image_size: int = Field(
+        default=224,
+        ge=32,
+        le=1024,
+        description="crop size of each view; for a box-domain method, the images' resized "
+        "long side",
+    )
     lr: float = Field(default=0.03, gt=0, le=10)
     weight_decay: float = Field(default=1e-4, ge=0, le=1)
     momentum_coefficient: float = Field(
@@ -348,6 +370,16 @@ class PretrainSpec(_Strict):
     num_workers: int = Field(default=2, ge=0, le=64)
     checkpoint_interval: int | None = Field(default=None, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_detector(cls, data: Any) -> Any:
+        """A box-domain method pretrains Faster R-CNN unless told otherwise (stored resolved)."""
+        if isinstance(data, dict) and data.get("detector") is None:
+            method = registry.PRETRAIN_METHODS.get(data.get("method", "mocov2"))
+            if isinstance(data.get("method", "mocov2"), str) and method and method.box_domain:
+                return {**data, "detector": "faster_rcnn"}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> PretrainSpec:
         if (self.epochs is None) == (self.iterations is None):
@@ -356,12 +388,31 @@ class PretrainSpec(_Strict):
             raise ValueError(
                 "give exactly one of 'dataset_id' (its train images are used) or 'image_folder'"
             )
-        if self.queue_length % self.batch_size:
+        box_domain = registry.PRETRAIN_METHODS[self.method].box_domain
+        if box_domain and self.detector not in registry.BOX_PRETRAINABLE_DETECTORS:
+            raise ValueError(
+                f"detector {self.detector!r} cannot be pretrained by {self.method}: it contrasts "
+                "the RoI features of two-stage detectors; accepted: "
+                f"{', '.join(registry.BOX_PRETRAINABLE_DETECTORS)}"
+            )
+        if not box_domain and (self.detector is not None or self.init != "scratch"):
+            box_methods = [n for n, m in registry.PRETRAIN_METHODS.items() if m.box_domain]
+            raise ValueError(
+                f"detector and init apply to box-domain pretraining ({', '.join(box_methods)}), "
+                f"which pretrains a whole detector; {self.method} pretrains a backbone from "
+                "scratch: leave them out"
+            )
+        if not box_domain and self.queue_length % self.batch_size:
             raise ValueError(
                 f"queue_length ({self.queue_length}) must be a multiple of "
                 f"batch_size ({self.batch_size}) so whole batches enter the queue"
             )
         return self
+
+    @property
+    def box_domain(self) -> bool:
+        """Whether the method pretrains a whole detector (its output: detector weights)."""
+        return registry.PRETRAIN_METHODS[self.method].box_domain
 
     @property
     def by_epoch(self) -> bool:
@@ -472,6 +523,9 @@ def accepted_values() -> dict[str, Any]:
         "status": [status.value for status in JobStatus],
         "method": list(registry.PRETRAIN_METHODS),
         "pretrain_backbone": list(registry.pretrainable_backbones()),
+        # methods that pretrain a whole detector, and the detectors they take
+        "box_domain_methods": [n for n, m in registry.PRETRAIN_METHODS.items() if m.box_domain],
+        "box_pretrain_detector": list(registry.BOX_PRETRAINABLE_DETECTORS),
         "detector": list(registry.DETECTORS),
         "backbone": list(registry.BACKBONES),
         "neck": list(get_args(Neck)),

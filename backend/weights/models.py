@@ -20,6 +20,10 @@ class Weights(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     architecture: Mapped[str] = mapped_column(String(50))
     method: Mapped[str] = mapped_column(String(50))  # imagenet, mocov2, densecl, detco, ...
+    # "backbone": a backbone's weights (``architecture`` names it); "detector": a whole
+    # detector's (backbone, neck and heads: box-domain pretraining), ``detector`` naming it
+    kind: Mapped[str] = mapped_column(String(20), default="backbone", server_default="backbone")
+    detector: Mapped[str | None] = mapped_column(String(50))
     source: Mapped[str] = mapped_column(String(50))  # the import format or "pretrain_job"
     path: Mapped[str] = mapped_column(String(1024))
     sha256: Mapped[str] = mapped_column(String(64))

@@ -35,6 +35,11 @@ class WeightsRead(BaseModel):
     name: str
     architecture: str
     method: str
+    kind: str = Field(
+        description="backbone: a backbone's weights; detector: a whole detector's (backbone, "
+        "neck and heads), from box-domain pretraining"
+    )
+    detector: str | None = Field(description="the detector of kind-detector weights")
     source: str
     path: str
     sha256: str

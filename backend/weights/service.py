@@ -74,8 +74,10 @@ def register_produced(
     job_id: int,
     report: dict[str, Any],
     owner_id: int | None = None,
+    detector: str | None = None,
 ) -> Weights:
-    """Register the backbone a pretrain job exported; a rerun of that job updates its entry."""
+    """Register what a pretrain job exported: a backbone, or (``detector`` given) a whole
+    detector on that backbone; a rerun of that job updates its entry."""
     weights = session.scalar(select(Weights).where(Weights.name == name))
     if weights is None:
         weights = Weights(name=name, producing_job_id=job_id, owner_id=owner_id)
@@ -83,6 +85,8 @@ def register_produced(
         raise Conflict(f"weights named {name!r} exist and come from elsewhere; choose another name")
     weights.architecture = architecture
     weights.method = method
+    weights.kind = "backbone" if detector is None else "detector"
+    weights.detector = detector
     weights.source = "pretrain_job"
     weights.path = str(path)
     weights.sha256 = sha256

@@ -177,11 +177,11 @@ def history_frame(items: list[dict[str, Any]], datasets: dict[int, str]) -> pd.D
             "group": [f"#{job['group_id']}" if job["group_id"] else "" for job in items],
             "detector": [job["spec"].get("detector", "") for job in items],
             "backbone": [job["spec"].get("backbone", "") for job in items],
-            # a pretraining has no init: its method says what it does
+            # a pretraining's method says what it does (and a box-domain one's start)
             "init / method": [
                 views.init_label(job["spec"]["init"])
-                if "init" in job["spec"]
-                else job["spec"].get("method", "")
+                if job["kind"] != "pretrain" and "init" in job["spec"]
+                else pretrain_label(job["spec"])
                 for job in items
             ],
             "spec": [spec_text(job["spec"]) for job in items],
@@ -367,10 +367,19 @@ def finetune_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str
     return spec
 
 
+def pretrain_label(spec: dict[str, Any]) -> str:
+    """A pretraining's method; a box-domain one's detector and start too."""
+    method = spec.get("method", "")
+    if spec.get("detector"):
+        return f"{method} ({spec['detector']} from {views.init_label(spec.get('init', 'scratch'))})"
+    return method
+
+
 def pretrain_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str, Any] | None:
     """The self-supervised pretraining form; returns the spec when it is submitted."""
     defaults = options["pretrain_defaults"]
     methods, backbones = options["method"], options["pretrain_backbone"]
+    box_methods = options.get("box_domain_methods", [])
     with st.form("submit-pretrain"):
         name = st.text_input("Name (optional)", key="pretrain-name")
         method_col, backbone_col, source_col = st.columns([1, 1, 2])
@@ -426,8 +435,32 @@ def pretrain_form(options: dict[str, Any], datasets: dict[int, str]) -> dict[str
         values["amp"] = st.checkbox(
             "Mixed precision (amp)", value=defaults["amp"], key="pretrain-amp"
         )
+        st.caption(
+            f"Box-domain methods ({', '.join(box_methods)}) pretrain a whole detector on "
+            "unsupervised proposals, from a backbone start:"
+        )
+        detector_col, start_col, weights_col, proposals_col = st.columns(4)
+        detector = detector_col.selectbox(
+            "Detector", options.get("box_pretrain_detector", []), key="pretrain-detector"
+        )
+        start = start_col.selectbox(
+            "Backbone start", ["scratch", "imagenet", "weights_id"], key="pretrain-start"
+        )
+        start_weights = weights_col.number_input(
+            "Weights id", min_value=1, value=1, step=1, key="pretrain-start-weights"
+        )
+        proposals = proposals_col.number_input(
+            "Proposals per image",
+            value=defaults.get("proposals_per_image", 32),
+            step=1,
+            key="pretrain-proposals",
+        )
         if not st.form_submit_button("Submit pretraining job", type="primary"):
             return None
+    if values["method"] in box_methods:
+        values["detector"] = detector
+        values["init"] = {"weights_id": int(start_weights)} if start == "weights_id" else start
+        values["proposals_per_image"] = int(proposals)
     spec = without_defaults(values, defaults)
     spec.update({"kind": "pretrain", unit: int(length)})
     if source == "dataset":

@@ -473,11 +473,24 @@ def downloads(job: dict[str, Any], evaluation: dict[str, Any] | None) -> None:
         )
 
 
+def loaded_parts(report: dict[str, Any]) -> str:
+    """What a whole detector's weights gave the model: each part's loaded share, and the
+    layers left fresh (their shapes differ: the classes')."""
+    parts = ", ".join(
+        f"{part} {counts['loaded']}/{counts['of']}" for part, counts in report["parts"].items()
+    )
+    skipped = ", ".join(name.rsplit(".", 2)[-2] for name in report.get("skipped", []))
+    return f"{parts}" + (f"; fresh (shape differs): {skipped}" if skipped else "")
+
+
 def record_value(field: str, value: Any) -> str:
     """A record's value as the table shows it: a sha256 as its first HASH_CHARS characters,
-    a missing value as the empty mark."""
+    a whole detector's init as the share of each part it loaded, a missing value as the empty
+    mark."""
     if value is None:
         return views.EMPTY
+    if field == "init_loaded" and isinstance(value, dict) and "parts" in value:
+        return loaded_parts(value).replace("|", "\\|")
     if field.endswith("sha256") or field == "git_commit":
         return f"`{str(value)[:HASH_CHARS]}`"
     # a "|" would end the table's cell
