@@ -38,16 +38,29 @@ SSL_BENCHMARK = {
 }
 
 
-def _registered_inits(session: Session, architecture: str) -> list[dict[str, int]]:
-    ids = session.scalars(
-        select(Weights.id).where(Weights.architecture == architecture).order_by(Weights.id)
-    ).all()
+def _registered_inits(
+    session: Session, architecture: str, *, detector: str | None = None
+) -> list[dict[str, int]]:
+    """Registered backbone weights of an architecture; with ``detector``, the whole
+    detectors of that kind on it (box-domain pretraining's output) instead."""
+    query = select(Weights.id).where(Weights.architecture == architecture)
+    if detector is None:
+        query = query.where(Weights.kind == "backbone")
+    else:
+        query = query.where(Weights.kind == "detector", Weights.detector == detector)
+    ids = session.scalars(query.order_by(Weights.id)).all()
     return [{"weights_id": weights_id} for weights_id in ids]
 
 
 def templates(*, session: Session) -> list[Template]:
     """The templates, with the registered weights of the right architecture as inits."""
     inits = ["scratch", "imagenet", *_registered_inits(session, "resnet50")]
+    # image-domain starts (ImageNet, backbones) against image+box-domain ones (AlignDet)
+    aligned = [
+        "imagenet",
+        *_registered_inits(session, "resnet50"),
+        *_registered_inits(session, "resnet50", detector="faster_rcnn"),
+    ]
     return [
         Template(
             name="init-study",
@@ -96,6 +109,20 @@ def templates(*, session: Session) -> list[Template]:
                 "backbone": ["resnet50", "resnet50_c4"],
             },
             repeats=1,
+            needs=["dataset_id"],
+        ),
+        Template(
+            name="aligndet-study",
+            title="AlignDet study: image-domain vs image+box-domain weights at 1%, 10%, 100%",
+            description="The same Faster R-CNN R50-FPN fine-tune (1x) from image-domain weights "
+            "(ImageNet, every registered ResNet-50 backbone) and from image+box-domain weights "
+            "(every registered whole Faster R-CNN R50-FPN from an aligndet pretraining, whose "
+            "neck and heads start pretrained too), on 1%, 10% and 100% of the train images, "
+            "three seeds each. Pretrain the box-domain weights first: a pretrain job with "
+            "method aligndet and init the image-domain weights.",
+            base=R50_FPN_1X,
+            axes={"data_fraction": [0.01, 0.1, 1.0], "init": aligned},
+            repeats=3,
             needs=["dataset_id"],
         ),
     ]

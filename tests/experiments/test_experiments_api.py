@@ -200,7 +200,17 @@ def test_templates_fill_the_form_for_the_studies(client, db, dataset_id):
     weights = factories.weights(db, architecture="resnet50")
     other = factories.weights(db, architecture="resnet18")
     found = {t["name"]: t for t in client.get("/experiments/templates").json()}
-    assert set(found) == {"init-study", "backbone-study", "low-data-study", "ssl-benchmark"}
+    whole = factories.weights(db, architecture="resnet50", method="aligndet")
+    whole.kind, whole.detector = "detector", "faster_rcnn"
+    db.commit()
+    found = {t["name"]: t for t in client.get("/experiments/templates").json()}
+    assert set(found) == {
+        "init-study",
+        "backbone-study",
+        "low-data-study",
+        "ssl-benchmark",
+        "aligndet-study",
+    }
     init = found["init-study"]
     assert init["base"]["epochs"] == 12 and init["base"]["lr"] == 0.0025
     assert init["axes"]["init"] == ["scratch", "imagenet", {"weights_id": weights.id}]
@@ -241,6 +251,26 @@ def test_templates_fill_the_form_for_the_studies(client, db, dataset_id):
     created = client.post("/experiments", json=body)
     assert created.status_code == 201, created.text  # the shapes data carry polygons
     assert created.json()["jobs"] == 2 * 2
+
+    # AlignDet's study: image-domain starts against a whole pretrained detector, by data share
+    aligned = found["aligndet-study"]
+    assert aligned["axes"]["data_fraction"] == [0.01, 0.1, 1.0]
+    assert aligned["axes"]["init"] == [
+        "imagenet",
+        {"weights_id": weights.id},
+        {"weights_id": whole.id},
+    ]
+    assert {"weights_id": whole.id} not in found["init-study"]["axes"]["init"]  # a detector
+    body = {
+        "name": "aligndet",
+        "base": {**aligned["base"], "dataset_id": dataset_id},
+        "axes": aligned["axes"],
+        "repeats": 1,
+        "template": aligned["name"],
+    }
+    created = client.post("/experiments", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["jobs"] == 3 * 3
 
 
 def test_a_rerun_queues_the_same_spec_and_says_if_it_reproduced(client, db, dataset_id):
