@@ -38,6 +38,8 @@ GROUPINGS = {"backbone": "Backbone", "init": "Init"}
 # mAP75), and how many differing spec axes get a column each before they share one: with
 # every figure's interval, more would not fit a 1440 px wide window.
 SHOWN_METRICS = 3
+# shown too when a row has it: the mask figure of Mask R-CNN runs
+MASK_COLUMN = "segm_mAP"
 SPEC_COLUMNS = 3
 # The spec's axes the table can show, in its order.
 AXES = (
@@ -382,10 +384,15 @@ else:
     axes_columns = varying
 # the leading metrics (every one if asked) and the ranked one, each in its interval's column
 # (a group's ranked one followed by its std)
+# mask mAP beside the box figures when some row is a mask model's (Mask R-CNN)
+masks_shown = any(row.get(MASK_COLUMN) is not None for row in board["items"])
 metric_columns = [
     interval_column(name, grouped=grouped)
     for position, (key, name) in enumerate(labels.items())
-    if every_metric or position < SHOWN_METRICS or key == metric
+    if every_metric
+    or position < SHOWN_METRICS
+    or key == metric
+    or (key == MASK_COLUMN and masks_shown)
 ]
 if grouped:
     metric_columns.insert(metric_columns.index(ranked) + 1, std_column(label))

@@ -72,9 +72,14 @@ def runs(api, pg_engine, shapes, tmp_path_factory) -> Iterator[dict[str, int]]:
     sizes = {image["id"]: (image["height"], image["width"]) for image in val["images"]}
     segm = [{**r, "segmentation": box_mask(r["bbox"], *sizes[r["image_id"]])} for r in results]
     (folder / "masks" / "predictions.segm.json").write_text(json.dumps(segm))
+    # scored again: the mask run's evaluation now has its mask figures too
+    scored = api.post(f"/jobs/{ids['masks']}/analysis")
+    assert scored.status_code == 200, scored.text
+    ids["dataset"] = dataset_id
     yield ids
     with pg_engine.begin() as connection:
-        connection.execute(delete(Job).where(Job.id.in_(ids.values())))
+        jobs = [ids["masks"], ids["boxes"]]
+        connection.execute(delete(Job).where(Job.id.in_(jobs)))
 
 
 def masks_toggle(at):
@@ -116,3 +121,22 @@ def test_the_masks_toggle_is_offered_only_for_a_run_with_masks(api, runs):
 
     masks_toggle(at).set_value(False).run()
     assert tiles(at) == plain
+
+
+def test_the_leaderboard_shows_mask_map_beside_box_map_when_a_run_has_masks(api, runs):
+    evaluation = api.get(f"/jobs/{runs['masks']}/evaluation").json()
+    # rectangles drawn as masks of polygons: imperfect, but scored
+    assert evaluation["segm_mAP"] is not None and evaluation["bbox_mAP"] == 1.0
+    assert evaluation["per_class_mask_ap"] and "segm_mAP" in evaluation["intervals"]["metrics"]
+    at = open_page("leaderboard", dataset=runs["dataset"])
+    assert not at.exception and not at.error
+    shown = at.dataframe[0]
+    assert "mask mAP [95% CI]" in shown.proto.column_order
+    table = shown.value.set_index("job_id")
+    assert (
+        table.loc[runs["masks"], "mask mAP [95% CI]"]
+        .strip()
+        .startswith(f"{100 * evaluation['segm_mAP']:.1f} [")
+    )
+    boxes = api.get(f"/jobs/{runs['boxes']}/evaluation").json()
+    assert boxes["segm_mAP"] is None and boxes["per_class_mask_ap"] is None
