@@ -268,9 +268,9 @@ PRETRAIN_METHODS: dict[str, PretrainMethod] = _entries(
     ),
 )
 
-# Detectors a box-domain method can pretrain: those with RoI features to contrast (a dense head
-# such as RetinaNet's would need its own box features: see worker/aligndet.py)
-BOX_PRETRAINABLE_DETECTORS: tuple[str, ...] = ("faster_rcnn", "mask_rcnn")
+# Detectors a box-domain method can pretrain: each has its box features in worker/aligndet.py
+# (the RoI head's for the two-stage ones, the FPN's pooled over a box for RetinaNet)
+BOX_PRETRAINABLE_DETECTORS: tuple[str, ...] = ("faster_rcnn", "mask_rcnn", "retinanet")
 
 
 def pretrainable_backbones() -> tuple[str, ...]:

@@ -11,9 +11,12 @@ Per step, on a batch of images with their proposals (one class, "object"):
   InfoNCE, temperature T).
 So backbone, neck, RPN and RoI head all start the fine-tune pretrained, not only the backbone.
 
-Box features come from the RoI head (``BOX_FEATURES`` by detector): the shared FC layers of
-Faster R-CNN's and Mask R-CNN's box head. A detector with other box features (a dense head such
-as RetinaNet's: the anchors' head features at each proposal) would add its function there.
+Box features (``BOX_FEATURES`` by detector): Faster and Mask R-CNN contrast their RoI head's
+representation (pooled features through the box head's shared FC layers; a C4 head's stage 4,
+pooled), so the RoI head is pretrained by the contrast too; RetinaNet, a dense head without RoI
+features, contrasts its FPN's features pooled over each proposal (RoIAlign at the level its
+size maps to, averaged), while its head trains by its own classification and regression losses
+toward the proposals.
 """
 
 from __future__ import annotations
@@ -58,7 +61,25 @@ def _fc_box_features(
     return F.adaptive_avg_pool2d(feats, 1).flatten(1)  # a C4 head: stage 4, then pooled
 
 
-BOX_FEATURES = {"faster_rcnn": _fc_box_features, "mask_rcnn": _fc_box_features}
+def _neck_box_features(
+    detector: Any, x: tuple[torch.Tensor, ...], rois: torch.Tensor, extractor: Any
+) -> torch.Tensor:
+    """A dense detector's box representation: its FPN's features pooled over the box."""
+    return F.adaptive_avg_pool2d(extractor(x[: extractor.num_inputs], rois), 1).flatten(1)
+
+
+BOX_FEATURES: dict[str, Any] = {
+    "faster_rcnn": _fc_box_features,
+    "mask_rcnn": _fc_box_features,
+    "retinanet": _neck_box_features,
+}
+# RetinaNet's FPN levels as an RoI extractor reads them (P3-P6, by the box's size)
+_DENSE_EXTRACTOR: dict[str, Any] = dict(
+    type="SingleRoIExtractor",
+    roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=0),
+    out_channels=256,
+    featmap_strides=[8, 16, 32, 64],
+)
 
 
 @MODELS.register_module()
@@ -80,8 +101,15 @@ class AlignDet(BaseDetector):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.detector = MODELS.build(detector)
         self.box_features = BOX_FEATURES[detector_name]
-        width = self.detector.roi_head.bbox_head
-        in_dim = width.fc_out_channels if getattr(width, "shared_fcs", None) else width.in_channels
+        self.dense = not hasattr(self.detector, "roi_head")
+        if self.dense:
+            self.extractor = MODELS.build(_DENSE_EXTRACTOR)
+            in_dim = _DENSE_EXTRACTOR["out_channels"]
+        else:
+            width = self.detector.roi_head.bbox_head
+            in_dim = (
+                width.fc_out_channels if getattr(width, "shared_fcs", None) else width.in_channels
+            )
         self.projector = nn.Sequential(
             nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, feature_dim)
         )
@@ -102,8 +130,11 @@ class AlignDet(BaseDetector):
         return self.detector.predict(batch_inputs, batch_data_samples)
 
     def _detection_losses(self, x: Any, data_samples: list[Any]) -> dict[str, Any]:
-        """The RPN's and RoI head's losses toward the proposals (labels all 0, "object")."""
+        """The detector's own losses toward the proposals (labels all 0, "object"): the RPN's
+        and RoI head's, or a dense head's."""
         det = self.detector
+        if self.dense:
+            return dict(det.bbox_head.loss(x, data_samples))
         rpn_losses, proposals = det.rpn_head.loss_and_predict(
             x, copy.deepcopy(data_samples), proposal_cfg=det.train_cfg.rpn_proposal
         )
@@ -140,7 +171,11 @@ class AlignDet(BaseDetector):
         return view, flipped
 
     def _embed(self, model: Any, x: Any, boxes: list[torch.Tensor]) -> torch.Tensor:
-        features = self.box_features(model["detector"], x, bbox2roi(boxes))
+        rois = bbox2roi(boxes)
+        if self.dense:
+            features = self.box_features(model["detector"], x, rois, self.extractor)
+        else:
+            features = self.box_features(model["detector"], x, rois)
         return F.normalize(model["projector"](features), dim=1)
 
     @torch.no_grad()

@@ -391,8 +391,8 @@ class PretrainSpec(_Strict):
         box_domain = registry.PRETRAIN_METHODS[self.method].box_domain
         if box_domain and self.detector not in registry.BOX_PRETRAINABLE_DETECTORS:
             raise ValueError(
-                f"detector {self.detector!r} cannot be pretrained by {self.method}: it contrasts "
-                "the RoI features of two-stage detectors; accepted: "
+                f"detector {self.detector!r} cannot be pretrained by {self.method} (it has no "
+                "box features to contrast); accepted: "
                 f"{', '.join(registry.BOX_PRETRAINABLE_DETECTORS)}"
             )
         if not box_domain and (self.detector is not None or self.init != "scratch"):

@@ -72,7 +72,28 @@ def _runner(cfg, work_dir: Path):
     return Runner.from_cfg(saved)
 
 
-@pytest.mark.parametrize("detector", ["faster_rcnn", "mask_rcnn"])
+# the layers a part of each detector is judged by: trained (pretraining), loaded (fine-tune), and
+# a class-specific layer left fresh
+LAYERS = {
+    "faster_rcnn": (
+        ("backbone.", "neck.", "rpn_head.", "roi_head.bbox_head.shared_fcs"),
+        ("roi_head.bbox_head.shared_fcs.0.weight", "rpn_head.rpn_conv.weight"),
+        "roi_head.bbox_head.fc_cls.weight",
+    ),
+    "mask_rcnn": (
+        ("backbone.", "neck.", "rpn_head.", "roi_head.bbox_head.shared_fcs", "roi_head.mask_head"),
+        ("roi_head.bbox_head.shared_fcs.0.weight", "roi_head.mask_head.convs.0.conv.weight"),
+        "roi_head.mask_head.conv_logits.weight",
+    ),
+    "retinanet": (
+        ("backbone.", "neck.", "bbox_head.cls_convs", "bbox_head.reg_convs"),
+        ("bbox_head.cls_convs.0.conv.weight", "bbox_head.retina_reg.weight"),
+        "bbox_head.retina_cls.weight",
+    ),
+}
+
+
+@pytest.mark.parametrize("detector", list(LAYERS))
 def test_aligndet_trains_the_whole_detector_and_its_export_starts_a_finetune(
     tiny, tmp_path, detector
 ):
@@ -100,7 +121,7 @@ def test_aligndet_trains_the_whole_detector_and_its_export_starts_a_finetune(
         image_folder=tiny.dataset.train_images,
         paths=JobPaths(tmp_path),
     )
-    assert cfg.model.type == "AlignDet" and cfg.model.detector.roi_head.bbox_head.num_classes == 1
+    assert cfg.model.type == "AlignDet"
     runner = _runner(cfg, tmp_path)
     model = runner.model
     before = {k: v.detach().clone() for k, v in model.detector.state_dict().items()}
@@ -119,10 +140,11 @@ def test_aligndet_trains_the_whole_detector_and_its_export_starts_a_finetune(
     assert runner.iter == 3 and len(losses) == 3
     for step in losses:
         assert math.isfinite(step["loss"]), step
-        assert "loss_box_contrast" in step and "loss_rpn_cls" in step and "loss_bbox" in step
+        assert "loss_box_contrast" in step and "loss_bbox" in step and "loss_cls" in step
         assert step["loss_box_contrast"] > 0
     after = model.detector.state_dict()
-    for part in ("backbone.", "neck.", "rpn_head.", "roi_head.bbox_head.shared_fcs"):
+    trained, loaded_layers, fresh = LAYERS[detector]
+    for part in trained:
         assert any(k.startswith(part) and not torch.equal(before[k], after[k]) for k in before), (
             f"{part} did not train"
         )
@@ -154,20 +176,21 @@ def test_aligndet_trains_the_whole_detector_and_its_export_starts_a_finetune(
     (tmp_path / "ft").mkdir()
     ft_runner = _runner(tuned, tmp_path / "ft")
     ft_model = ft_runner.model
-    head = "roi_head.bbox_head.shared_fcs.0.weight"
-    assert not torch.equal(ft_model.state_dict()[head], saved[head])
+    state = ft_model.state_dict()
+    assert not any(torch.equal(state[key], saved[key]) for key in loaded_layers)
     report = load_detector_weights(ft_model, str(out))
     # before the first step: neck and head tensors are the pretrained ones
     state = ft_model.state_dict()
-    assert torch.equal(state[head], saved[head])
-    assert torch.equal(state["neck.fpn_convs.0.conv.weight"], saved["neck.fpn_convs.0.conv.weight"])
-    assert torch.equal(state["rpn_head.rpn_conv.weight"], saved["rpn_head.rpn_conv.weight"])
+    for key in (*loaded_layers, "neck.fpn_convs.0.conv.weight", "backbone.conv1.weight"):
+        assert torch.equal(state[key], saved[key]), key
     parts = report["parts"]
-    for part in ("backbone", "neck", "rpn_head"):
+    heads = [part for part in ("rpn_head", "roi_head", "bbox_head") if part in parts]
+    for part in ("backbone", "neck"):
         assert parts[part]["loaded"] == parts[part]["of"] > 0, (part, parts[part])
     # the classes' layers differ in shape (6 classes vs "object"): fresh, and listed
-    assert "roi_head.bbox_head.fc_cls.weight" in report["skipped"]
-    assert 0 < parts["roi_head"]["loaded"] < parts["roi_head"]["of"]
+    assert fresh in report["skipped"] and not torch.equal(state[fresh], saved[fresh])
+    for part in heads:
+        assert parts[part]["loaded"] > 0, (part, parts[part])
 
 
 def test_box_domain_settings_are_refused_where_they_do_not_apply(client, db, dataset_id):
@@ -180,8 +203,8 @@ def test_box_domain_settings_are_refused_where_they_do_not_apply(client, db, dat
         return detail["message"] if isinstance(detail, dict) else detail[0]["msg"]
 
     assert "box-domain" in message({**base, "method": "mocov2", "init": "imagenet"})
-    assert "accepted: faster_rcnn, mask_rcnn" in message(
-        {**base, "method": "aligndet", "detector": "retinanet"}
+    assert "accepted: faster_rcnn, mask_rcnn, retinanet" in message(
+        {**base, "method": "aligndet", "detector": "cascade_rcnn"}
     )
     backbone = factories.weights(db, architecture="resnet50")
     assert "backbone weights of resnet18" in message(
