@@ -21,7 +21,13 @@ from mmengine.utils import mkdir_or_exist
 
 from backend.artifacts_io import write_bytes_atomic, write_text_atomic
 
-__all__ = ["BACKEND", "AtomicCheckpointHook", "AtomicLocalBackend", "apply_atomic_checkpoints"]
+__all__ = [
+    "BACKEND",
+    "AtomicCheckpointHook",
+    "AtomicLocalBackend",
+    "apply_atomic_checkpoints",
+    "checkpoint_hook",
+]
 
 BACKEND = "detlab_atomic"
 
@@ -64,6 +70,18 @@ class AtomicCheckpointHook(CheckpointHook):
             super()._save_checkpoint_with_step(_WorkDirElsewhere(runner, scratch), step, meta)
         if is_main_process():
             write_text_atomic(Path(runner.work_dir) / "last_checkpoint", str(self.last_ckpt))
+
+
+def checkpoint_hook(*, interval: int, by_epoch: bool) -> dict[str, Any]:
+    """The checkpoint hook of every DetLab run: every ``interval`` epochs or iterations, the
+    last two kept and the final state saved (apply_atomic_checkpoints makes it write whole)."""
+    return dict(
+        type="CheckpointHook",
+        interval=interval,
+        by_epoch=by_epoch,
+        max_keep_ckpts=2,
+        save_last=True,
+    )
 
 
 def apply_atomic_checkpoints(cfg: Any) -> None:

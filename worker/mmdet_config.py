@@ -25,7 +25,8 @@ from backend.jobs.spec import (
     WeightsInit,
 )
 from backend.registry import BACKBONES, DETECTORS
-from worker.atomic_checkpoints import apply_atomic_checkpoints
+from worker.atomic_checkpoints import apply_atomic_checkpoints, checkpoint_hook
+from worker.mmpretrain_config import pretrain_optim_wrapper
 
 __all__ = [
     "DetLabModel",
@@ -387,20 +388,9 @@ def build_box_pretrain_config(
         dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=warmup),
         dict(type="CosineAnnealingLR", T_max=total, by_epoch=spec.by_epoch, begin=0, end=total),
     ]
-    optimizer = dict(type="SGD", lr=spec.lr, momentum=0.9, weight_decay=spec.weight_decay)
-    cfg.optim_wrapper = dict(
-        type="AmpOptimWrapper" if spec.amp else "OptimWrapper", optimizer=optimizer
-    )
-    if spec.amp:
-        cfg.optim_wrapper.update(dtype="float16", loss_scale="dynamic")
+    cfg.optim_wrapper = pretrain_optim_wrapper(spec)
     interval = spec.checkpoint_interval or (1 if spec.by_epoch else max(1, total // 10))
-    cfg.default_hooks.checkpoint = dict(
-        type="CheckpointHook",
-        interval=interval,
-        by_epoch=spec.by_epoch,
-        max_keep_ckpts=2,
-        save_last=True,
-    )
+    cfg.default_hooks.checkpoint = checkpoint_hook(interval=interval, by_epoch=spec.by_epoch)
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=10)
     cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
     cfg.custom_imports = dict(imports=["worker.aligndet"], allow_failed_imports=False)
@@ -542,6 +532,7 @@ def _test_split(
 
 def _schedule(cfg: Any, spec: FinetuneSpec) -> None:
     interval = spec.checkpoint_interval or spec.eval_interval
+    assert interval is not None  # the spec fills eval_interval from the run's length
     if spec.by_epoch:
         total = spec.length
         cfg.train_cfg = dict(
@@ -597,11 +588,5 @@ def _schedule(cfg: Any, spec: FinetuneSpec) -> None:
             )
         )
     cfg.param_scheduler = schedulers
-    cfg.default_hooks.checkpoint = dict(
-        type="CheckpointHook",
-        interval=interval,
-        by_epoch=spec.by_epoch,
-        max_keep_ckpts=2,
-        save_last=True,
-    )
+    cfg.default_hooks.checkpoint = checkpoint_hook(interval=interval, by_epoch=spec.by_epoch)
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=10)

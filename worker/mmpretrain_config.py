@@ -10,9 +10,14 @@ from typing import Any
 from backend.jobs.paths import JobPaths
 from backend.jobs.spec import PretrainSpec
 from backend.registry import BACKBONES, PRETRAIN_METHODS
-from worker.atomic_checkpoints import apply_atomic_checkpoints
+from worker.atomic_checkpoints import apply_atomic_checkpoints, checkpoint_hook
 
-__all__ = ["build_pretrain_config", "mmpretrain_config_dir", "register_algorithm"]
+__all__ = [
+    "build_pretrain_config",
+    "mmpretrain_config_dir",
+    "pretrain_optim_wrapper",
+    "register_algorithm",
+]
 
 
 def mmpretrain_config_dir() -> Path:
@@ -74,6 +79,17 @@ def _model(spec: PretrainSpec, base_model: Any) -> dict[str, Any]:
     return model
 
 
+def pretrain_optim_wrapper(spec: PretrainSpec) -> dict[str, Any]:
+    """SGD (momentum 0.9) at the spec's lr and weight decay, in fp16 AMP when it asks."""
+    optimizer = dict(type="SGD", lr=spec.lr, weight_decay=spec.weight_decay, momentum=0.9)
+    wrapper: dict[str, Any] = dict(
+        type="AmpOptimWrapper" if spec.amp else "OptimWrapper", optimizer=optimizer
+    )
+    if spec.amp:
+        wrapper.update(dtype="float16", loss_scale="dynamic")
+    return wrapper
+
+
 def build_pretrain_config(spec: PretrainSpec, *, image_folder: str, paths: JobPaths) -> Any:
     """The mmengine Config of a self-supervised pretraining run on a folder of images."""
     cfg = _load_base(spec.method)
@@ -113,20 +129,9 @@ def build_pretrain_config(spec: PretrainSpec, *, image_folder: str, paths: JobPa
     cfg.param_scheduler = [
         dict(type="CosineAnnealingLR", T_max=total, by_epoch=spec.by_epoch, begin=0, end=total)
     ]
-    optimizer = dict(type="SGD", lr=spec.lr, weight_decay=spec.weight_decay, momentum=0.9)
-    cfg.optim_wrapper = dict(
-        type="AmpOptimWrapper" if spec.amp else "OptimWrapper", optimizer=optimizer
-    )
-    if spec.amp:
-        cfg.optim_wrapper.update(dtype="float16", loss_scale="dynamic")
+    cfg.optim_wrapper = pretrain_optim_wrapper(spec)
     interval = spec.checkpoint_interval or (1 if spec.by_epoch else max(1, total // 10))
-    cfg.default_hooks.checkpoint = dict(
-        type="CheckpointHook",
-        interval=interval,
-        by_epoch=spec.by_epoch,
-        max_keep_ckpts=2,
-        save_last=True,
-    )
+    cfg.default_hooks.checkpoint = checkpoint_hook(interval=interval, by_epoch=spec.by_epoch)
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=10)
     cfg.randomness = dict(seed=spec.seed, deterministic=False)
     cfg.work_dir = str(paths.work_dir)
