@@ -98,6 +98,25 @@ def _unique(prefix: str) -> str:
     return f"{prefix}-{next(_serial)}"
 
 
+def tiny_dataset(root: Path, *, seed: int = 1) -> SimpleNamespace:
+    """Four train and two val shapes images of 96 px (boxes and polygons), as a registered
+    dataset's fields (for config builders and one-step trainings; no database)."""
+    from backend.datasets.shapes import generate_shapes
+    from backend.datasets.validation import check_split
+
+    paths = generate_shapes(root, seed=seed, num_train=4, num_val=2, image_size=(96, 96))
+    train = check_split("train", paths.train_ann, paths.train_images)
+    val = check_split("val", paths.val_ann, paths.val_images)
+    return SimpleNamespace(
+        paths=paths,
+        train_ann=str(paths.train_ann),
+        val_ann=str(paths.val_ann),
+        train_images=str(paths.train_images),
+        val_images=str(paths.val_images),
+        stats={"categories": train.categories, "train": train.stats, "val": val.stats},
+    )
+
+
 def dataset_files(shapes: Any) -> dict[str, str]:
     """The paths of a POST /datasets body for generate_shapes' dataset, with annotation files of
     its own: copies in a new folder beside the images. The same annotation files register only

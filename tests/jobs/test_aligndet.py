@@ -15,7 +15,6 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from backend.datasets.shapes import generate_shapes
 from backend.jobs.paths import JobPaths
 from backend.jobs.spec import FinetuneSpec, PretrainSpec
 from worker.aligndet import export_detector
@@ -28,9 +27,8 @@ TINY = factories.TINY_TRAINING
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    root = tmp_path_factory.mktemp("shapes")
-    paths = generate_shapes(root, seed=2, num_train=4, num_val=2, image_size=(96, 96))
-    train = json.loads(paths.train_ann.read_text())
+    dataset = factories.tiny_dataset(tmp_path_factory.mktemp("shapes"), seed=2)
+    train = json.loads(Path(dataset.train_ann).read_text())
     # the ground-truth boxes stand in for proposals here (tests/jobs/test_proposals.py covers
     # the unsupervised ones)
     names = {image["id"]: image["file_name"] for image in train["images"]}
@@ -39,22 +37,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         x, y, w, h = ann["bbox"]
         boxes[names[ann["image_id"]]].append([x, y, x + w, y + h])
     proposals = {name: np.array(found, dtype=np.float32) for name, found in boxes.items()}
-    return SimpleNamespace(
-        paths=paths,
-        names=sorted(names.values()),
-        proposals=proposals,
-        dataset=SimpleNamespace(
-            train_ann=str(paths.train_ann),
-            val_ann=str(paths.val_ann),
-            train_images=str(paths.train_images),
-            val_images=str(paths.val_images),
-            stats={
-                "categories": train["categories"],
-                "train": {"boxes": 1, "masks": 1},
-                "val": {"boxes": 1, "masks": 1},
-            },
-        ),
-    )
+    return SimpleNamespace(names=sorted(names.values()), proposals=proposals, dataset=dataset)
 
 
 def _runner(cfg, work_dir: Path):

@@ -4,15 +4,14 @@ head."""
 
 from __future__ import annotations
 
-import json
 import pickle
 from types import SimpleNamespace
 
+import factories
 import pytest
 import torch
 from mmengine.config import Config
 
-from backend.datasets.shapes import generate_shapes
 from backend.jobs.paths import JobPaths
 from backend.jobs.spec import FinetuneSpec
 from backend.registry import BACKBONES, DETECTORS, c4_backbones, c4_detectors
@@ -24,18 +23,7 @@ C4 = "resnet50_c4"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """Four train and two val images of 96 px, as a registered dataset's fields."""
-    paths = generate_shapes(
-        tmp_path_factory.mktemp("shapes"), seed=1, num_train=4, num_val=2, image_size=(96, 96)
-    )
-    categories = json.loads(paths.train_ann.read_text())["categories"]
-    return SimpleNamespace(
-        train_ann=str(paths.train_ann),
-        val_ann=str(paths.val_ann),
-        train_images=str(paths.train_images),
-        val_images=str(paths.val_images),
-        stats={"categories": categories},
-    )
+    return factories.tiny_dataset(tmp_path_factory.mktemp("shapes"))
 
 
 def _registered() -> None:

@@ -20,7 +20,6 @@ from pycocotools.cocoeval import COCOeval
 
 from backend.analysis.metrics import coco_metrics
 from backend.analysis.tables import MASK_METRICS, METRIC_KEYS
-from backend.datasets.shapes import generate_shapes
 from backend.jobs.paths import JobPaths
 from backend.jobs.spec import FinetuneSpec
 from backend.registry import DETECTORS, c4_detectors, mask_detectors
@@ -45,21 +44,7 @@ def _segm_cocoeval(val_ann: str | Path, results: list[dict]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """Four train and two val images of 96 px with polygons, as a registered dataset's fields."""
-    paths = generate_shapes(
-        tmp_path_factory.mktemp("shapes"), seed=1, num_train=4, num_val=2, image_size=(96, 96)
-    )
-    categories = json.loads(paths.train_ann.read_text())["categories"]
-    return SimpleNamespace(
-        train_ann=str(paths.train_ann),
-        val_ann=str(paths.val_ann),
-        train_images=str(paths.train_images),
-        val_images=str(paths.val_images),
-        stats={
-            "categories": categories,
-            "train": {"boxes": 1, "masks": 1},
-            "val": {"boxes": 1, "masks": 1},
-        },
-    )
+    return factories.tiny_dataset(tmp_path_factory.mktemp("shapes"))
 
 
 def test_the_registry_has_mask_rcnn_with_fpn_and_c4_models():
