@@ -737,3 +737,29 @@ def test_runs_scored_elsewhere_or_again_join_the_board_marked(api, admin_token, 
     shown = " ".join(str(v) for frame in at.dataframe for v in frame.value.to_numpy().ravel())
     assert "dash-evaluated" in shown and "dash-imported" in shown
     assert "evaluated" in shown and "imported" in shown
+
+
+def test_jobs_page_submits_a_box_domain_pretraining(api, seeded):
+    at = open_page("jobs")
+    assert not at.exception and not at.error
+    method = next(box for box in at.selectbox if box.label == "Method")
+    method.select("aligndet")
+    at.selectbox(key="pretrain-dataset").select(seeded.dataset_id)
+    at.selectbox(key="pretrain-detector").select("mask_rcnn")
+    at.selectbox(key="pretrain-start").select("scratch")
+    at.radio(key="pretrain-unit").set_value("iterations")
+    at.number_input(key="pretrain-length").set_value(2)
+    at.number_input(key="pretrain-batch_size").set_value(2)
+    at.number_input(key="pretrain-queue_length").set_value(64)
+    at.number_input(key="pretrain-proposals").set_value(16)
+    at.number_input(key="pretrain-num_workers").set_value(0)
+    at.text_input(key="pretrain-name").input("dash-aligndet")
+    at.button(key="FormSubmitter:submit-pretrain-Submit pretraining job").click().run()
+    assert not at.error, texts(at.error)
+    job_id = int(texts(at.success).split("#")[1].split(" ")[0])
+    api.post(f"/jobs/{job_id}/cancel")  # what was sent is the point, not the training
+    spec = api.get(f"/jobs/{job_id}").json()["spec"]
+    assert (spec["method"], spec["detector"], spec["init"]) == ("aligndet", "mask_rcnn", "scratch")
+    assert spec["proposals_per_image"] == 16 and spec["iterations"] == 2
+    history = open_page("jobs").dataframe[0].value.set_index("name")
+    assert history.loc["dash-aligndet", "init / method"] == "aligndet (mask_rcnn from scratch)"
