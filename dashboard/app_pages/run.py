@@ -126,17 +126,31 @@ def show_progress(job: dict[str, Any]) -> None:
     training_curves(job)
 
 
+def scored_labels(labels: dict[str, str], rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The box figures, and the mask figures where some row has them (a mask model's)."""
+    return {
+        key: label
+        for key, label in labels.items()
+        if not key.startswith("segm_") or any(row.get(key) is not None for row in rows)
+    }
+
+
 def final_metrics(evaluation: dict[str, Any]) -> None:
-    """Each COCO figure, its interval under it."""
-    labels = views.metric_labels()
+    """Each COCO figure, its interval under it: the box figures, then a mask model's mask
+    figures in a row of their own."""
+    labels = scored_labels(views.metric_labels(), [evaluation])
     intervals = (evaluation["intervals"] or {}).get("metrics", {})
     level = views.interval_level()
-    for column, (metric, label) in zip(st.columns(len(labels)), labels.items(), strict=True):
-        column.metric(label, views.format_ap(evaluation[metric]))
-        interval = intervals.get(metric) or {}
-        bounds = views.format_interval(interval.get("low"), interval.get("high"))
-        if bounds and views.ap_points(evaluation[metric]) is not None:
-            column.caption(f"{level} CI {bounds}")
+    for prefix in ("bbox_", "segm_"):
+        row = {key: label for key, label in labels.items() if key.startswith(prefix)}
+        if not row:
+            continue
+        for column, (metric, label) in zip(st.columns(len(row)), row.items(), strict=True):
+            column.metric(label, views.format_ap(evaluation[metric]))
+            interval = intervals.get(metric) or {}
+            bounds = views.format_interval(interval.get("low"), interval.get("high"))
+            if bounds and views.ap_points(evaluation[metric]) is not None:
+                column.caption(f"{level} CI {bounds}")
 
 
 def scoring_record(job: dict[str, Any], evaluation: dict[str, Any]) -> None:
@@ -290,9 +304,9 @@ def replicates(job: dict[str, Any]) -> None:
     """The job's replicate group: each run (seed, status, figures, a link), then each figure's
     mean ± std and interval over the seeds, and the share of one run's variance from the seed."""
     group = cached.group(job["group_id"])
-    labels = views.metric_labels()
-    first = next(iter(labels))
     runs = group["runs"]
+    labels = scored_labels(views.metric_labels(), runs)
+    first = next(iter(labels))
     st.markdown(replicates_sentence(group["metrics"][first], label=labels[first], runs=len(runs)))
     st.dataframe(
         pd.DataFrame(
