@@ -100,15 +100,40 @@ def test_a_mask_rcnn_config_loads_masks_trains_a_step_and_scores_masks_as_cocoev
         assert found[metric.key] == pytest.approx(expected, abs=1e-12), metric.key
 
 
-def test_a_c4_mask_rcnn_config_is_mmdets_c4_mask_model(tiny, tmp_path):
+def test_a_c4_mask_rcnn_config_is_mmdets_c4_mask_model_and_trains_a_step(tiny, tmp_path):
+    from mmdet.utils import register_all_modules
+    from mmengine.runner import Runner
+
+    register_all_modules(init_default_scope=True)
     spec = FinetuneSpec(
-        dataset_id=1, detector="mask_rcnn", backbone="resnet50_c4", init="scratch", iterations=1
+        dataset_id=1,
+        detector="mask_rcnn",
+        backbone="resnet50_c4",
+        init="scratch",
+        image_scale=(96, 96),
+        iterations=1,
+        batch_size=2,
+        num_workers=0,
+        roi_samples_per_image=16,
+        test_proposals_per_image=10,
+        lr=0.001,
     )
-    cfg = build_finetune_config(spec, dataset=tiny, paths=JobPaths(tmp_path))
+    paths = JobPaths(tmp_path)
+    cfg = build_finetune_config(spec, dataset=tiny, paths=paths)
     assert "neck" not in cfg.model
     assert cfg.model.roi_head.shared_head.style == "pytorch"
     assert cfg.model.roi_head.mask_head.num_classes == 6
     assert cfg.val_evaluator.metric == ["bbox", "segm"]
+    cfg.dump(str(tmp_path / "config.py"))
+    saved = Config.fromfile(str(tmp_path / "config.py"))
+    saved.work_dir = str(paths.work_dir)
+    runner = Runner.from_cfg(saved)
+    head = runner.model.roi_head
+    before = head.mask_head.conv_logits.weight.detach().clone()
+    runner.train()  # one iteration, then the val split scored on boxes and masks
+    assert runner.iter == 1
+    assert not head.mask_head.conv_logits.weight.equal(before)
+    assert paths.mask_predictions.is_file()
 
 
 def test_an_evaluate_config_of_a_mask_model_scores_masks_only_where_the_dataset_has_them(
