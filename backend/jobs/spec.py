@@ -375,8 +375,10 @@ class PretrainSpec(_Strict):
     def _default_detector(cls, data: Any) -> Any:
         """A box-domain method pretrains Faster R-CNN unless told otherwise (stored resolved)."""
         if isinstance(data, dict) and data.get("detector") is None:
-            method = registry.PRETRAIN_METHODS.get(data.get("method", "mocov2"))
-            if isinstance(data.get("method", "mocov2"), str) and method and method.box_domain:
+            name = data.get("method", "mocov2")
+            # a method that is not a name is reported by its field
+            method = registry.PRETRAIN_METHODS.get(name) if isinstance(name, str) else None
+            if method is not None and method.box_domain:
                 return {**data, "detector": "faster_rcnn"}
         return data
 

@@ -72,8 +72,13 @@ def pick_runs(rows: dict[int, dict[str, Any]]) -> list[int]:
 
 
 def metrics_table(runs: list[dict[str, Any]]) -> None:
-    """One column per run: AP figures, then the spec axes on which the runs differ."""
-    labels = views.metric_labels()
+    """One column per run: AP figures (mask ones when some run has them), then the spec axes
+    on which the runs differ."""
+    labels = {
+        key: label
+        for key, label in views.metric_labels().items()
+        if not key.startswith("segm_") or any(r.get(key) is not None for r in runs)
+    }
     points = pd.DataFrame(
         {short_label(r): [views.ap_points(r[m]) for m in labels] for r in runs},
         index=list(labels.values()),
@@ -230,7 +235,10 @@ def significance(
             group_significance(baseline, other, groups)
     level = f"{100 * found['level']:g}%"
     labels = views.metric_labels()
-    by_metric = {labels.get(key, key): found["metrics"][key] for key in labels}
+    # the comparison's own figures: the box ones, or a mask model's mask ones
+    by_metric = {
+        labels.get(key, key): found["metrics"][key] for key in labels if key in found["metrics"]
+    }
     name = f"{short_label(other)} − {short_label(baseline)}"
     left, right = st.columns(2)
     left.plotly_chart(

@@ -284,3 +284,11 @@ def test_image_domain_vs_image_and_box_domain_weights_through_the_api(
     inits = {row["job_id"]: row["init"] for row in board}
     assert inits[finetunes["scratch"]] == "scratch"
     assert inits[finetunes["box"]] == f"weights:{weights['name']} (aligndet)"
+
+
+def test_a_pretrain_method_that_is_not_a_name_is_a_422(client, dataset_id):
+    """The detector's default reads the method before the field is validated: an object there
+    (as the fuzzer sent) must reach the field's own 422, not a 500."""
+    body = {"kind": "pretrain", "dataset_id": dataset_id, "iterations": 1, "method": {}}
+    response = client.post("/jobs", json=body)
+    assert response.status_code == 422 and "method" in response.text
