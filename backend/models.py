@@ -6,6 +6,7 @@ from backend.db import Base
 from backend.evaluations.models import Evaluation, ImageError, ImageResult
 from backend.experiments.models import Experiment
 from backend.jobs.models import Job, MetricPoint
+from backend.leaderboard.models import LeaderboardVersion
 from backend.users.models import ApiToken, User
 from backend.weights.models import Weights
 from backend.workers.models import Worker
@@ -20,6 +21,7 @@ __all__ = [
     "ImageError",
     "ImageResult",
     "Job",
+    "LeaderboardVersion",
     "MetricPoint",
     "User",
     "Weights",

@@ -20,6 +20,15 @@ sent) is the figure least moved by what else the machine runs.
 
 --set DETLAB_X=value runs the API with a setting changed (for example DETLAB_API_THREADS).
 
+Both APIs stay up for the whole run and keep their pools' connections (32 a uvicorn worker by
+default): `--workers 2 --baseline DIR` holds up to 128, more than Postgres' default
+max_connections of 100, and the second checkout's requests then fail for want of one. Compare
+two workers one checkout at a time, or raise max_connections.
+
+What the API spends its CPU on under load is best seen by sampling it, for example with
+py-spy (`py-spy record --gil -p <uvicorn pid>`): the threads that hold the GIL are the ones
+that cost, since one process runs Python on one core at a time.
+
 Run: ``python benchmarks/bench_load.py`` (needs Postgres, as the tests do; the databases are
 dropped afterwards). Exits 1 when a target is missed.
 """

@@ -173,7 +173,7 @@ def list_jobs(
         limit=limit,
         offset=offset,
     )
-    return JobPage(items=_read_all(session, items), total=total)
+    return JobPage(items=[JobRead.model_validate(item) for item in items], total=total)
 
 
 def _owner_id(session: SessionDep, user: User, owner: str | None) -> int | None:
