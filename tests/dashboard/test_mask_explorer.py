@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from backend.jobs.models import Job
 
-DATASET_NAME = "shapes-masks"
+DATASET_NAME = "shapes-mask-explorer"
 
 
 @pytest.fixture(autouse=True)

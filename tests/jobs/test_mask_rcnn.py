@@ -188,7 +188,7 @@ def test_a_mask_rcnn_job_on_a_box_only_dataset_is_a_422_saying_why(client, shape
 @pytest.fixture(scope="module")
 def mask_dataset_id(api, shapes):
     response = api.post(
-        "/datasets", json={"name": "shapes-masks", **factories.dataset_files(shapes)}
+        "/datasets", json={"name": "shapes-mask-rcnn", **factories.dataset_files(shapes)}
     )
     assert response.status_code == 201, response.text
     return response.json()["id"]
