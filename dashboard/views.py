@@ -48,6 +48,16 @@ def metric_labels() -> dict[str, str]:
     return {metric["key"]: metric["label"] for metric in cached.legend()["metrics"]}
 
 
+def scored_metric_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The figures some rows show: the box ones always, the mask ones (segm_) where a row has
+    them (a mask model's)."""
+    return {
+        key: label
+        for key, label in metric_labels().items()
+        if not key.startswith("segm_") or any(row.get(key) is not None for row in rows)
+    }
+
+
 def box_colours() -> dict[str, tuple[int, int, int]]:
     """The colour of each kind of box in the API's overlays: "gt", then the outcomes drawn."""
     legend = cached.legend()

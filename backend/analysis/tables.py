@@ -28,8 +28,8 @@ __all__ = [
     "Defaults",
     "Metric",
     "Outcome",
-    "box_key",
     "code",
+    "is_mask_metric",
     "is_error_code",
     "legend",
     "mask_key",
@@ -187,9 +187,9 @@ def mask_key(box_key: str) -> str:
     return "segm" + box_key.removeprefix("bbox")
 
 
-def box_key(key: str) -> str:
-    """The box figure behind a key, mask or box: segm_mAP_50 -> bbox_mAP_50."""
-    return "bbox" + key.removeprefix("segm") if key.startswith("segm") else key
+def is_mask_metric(key: str) -> bool:
+    """Whether a metric key is a mask (segm) figure."""
+    return key.startswith("segm_")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.analysis.replicates import compare_groups, summarize_group
-from backend.analysis.tables import DEFAULTS, METRIC_KEYS
+from backend.analysis.tables import DEFAULTS, METRIC_KEYS, is_mask_metric
 from backend.errors import Conflict, Invalid, NotFound
 from backend.evaluations import significance_service
 from backend.evaluations.models import Evaluation
@@ -90,7 +90,7 @@ def compare(
 ) -> dict[str, Any]:
     """Mean of B's runs - mean of A's, with intervals and p-values over val images and seeds."""
     significance_service.check_metric(metric)
-    masks = significance_service.is_mask_metric(metric)
+    masks = is_mask_metric(metric)
     groups = []
     for group_id in (group_a, group_b):
         runs = [

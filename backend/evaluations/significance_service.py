@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from backend.analysis.bootstrap import Comparison, describe_difference, holm, paired_comparison
 from backend.analysis.engine import CocoMatches, evaluate_arrays
 from backend.analysis.metrics import class_labels
-from backend.analysis.tables import DEFAULTS, METRIC_KEYS, mask_key
+from backend.analysis.tables import DEFAULTS, METRIC_KEYS, is_mask_metric, mask_key
 from backend.datasets import service as dataset_service
 from backend.errors import Invalid, NotFound
 from backend.evaluations import service as evaluation_service
@@ -27,7 +27,6 @@ __all__ = [
     "as_mask_comparison",
     "check_metric",
     "compare_jobs",
-    "is_mask_metric",
     "scored_matches",
     "versus_leader",
 ]
@@ -128,11 +127,6 @@ def _compare(
     if masks:
         comparison = as_mask_comparison(comparison)
     return comparison, a, name_a, name_b
-
-
-def is_mask_metric(metric: str) -> bool:
-    """Whether a metric key is a mask (segm) figure."""
-    return metric.startswith("segm_")
 
 
 def check_metric(metric: str) -> None:

@@ -57,6 +57,11 @@ def leaderboard(
         "offset": offset,
         "grouped": group,
     }
+    if significance and group:
+        raise Invalid(
+            "significance compares single runs with the leader; for replicate groups use "
+            "GET /groups/{a}/compare/{b}, or drop group=true"
+        )
     if not significance:
         # the JSON kept from an earlier request while no row it shows has changed (cache.py);
         # significance tests are not kept: they read the runs' prediction files
@@ -64,11 +69,6 @@ def leaderboard(
         body = answers.answer(session=session, key=key, compute=lambda: _json(session, query))
         return Response(body, media_type="application/json")
     items, total = service.rows(session=session, **query)
-    if group:
-        raise Invalid(
-            "significance compares single runs with the leader; for replicate groups use "
-            "GET /groups/{a}/compare/{b}, or drop group=true"
-        )
     service.mark_ties_with_leader(
         session=session,
         dataset_id=dataset,

@@ -74,11 +74,7 @@ def pick_runs(rows: dict[int, dict[str, Any]]) -> list[int]:
 def metrics_table(runs: list[dict[str, Any]]) -> None:
     """One column per run: AP figures (mask ones when some run has them), then the spec axes
     on which the runs differ."""
-    labels = {
-        key: label
-        for key, label in views.metric_labels().items()
-        if not key.startswith("segm_") or any(r.get(key) is not None for r in runs)
-    }
+    labels = views.scored_metric_labels(runs)
     points = pd.DataFrame(
         {short_label(r): [views.ap_points(r[m]) for m in labels] for r in runs},
         index=list(labels.values()),

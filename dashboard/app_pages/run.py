@@ -126,19 +126,10 @@ def show_progress(job: dict[str, Any]) -> None:
     training_curves(job)
 
 
-def scored_labels(labels: dict[str, str], rows: list[dict[str, Any]]) -> dict[str, str]:
-    """The box figures, and the mask figures where some row has them (a mask model's)."""
-    return {
-        key: label
-        for key, label in labels.items()
-        if not key.startswith("segm_") or any(row.get(key) is not None for row in rows)
-    }
-
-
 def final_metrics(evaluation: dict[str, Any]) -> None:
     """Each COCO figure, its interval under it: the box figures, then a mask model's mask
     figures in a row of their own."""
-    labels = scored_labels(views.metric_labels(), [evaluation])
+    labels = views.scored_metric_labels([evaluation])
     intervals = (evaluation["intervals"] or {}).get("metrics", {})
     level = views.interval_level()
     for prefix in ("bbox_", "segm_"):
@@ -305,7 +296,7 @@ def replicates(job: dict[str, Any]) -> None:
     mean ± std and interval over the seeds, and the share of one run's variance from the seed."""
     group = cached.group(job["group_id"])
     runs = group["runs"]
-    labels = scored_labels(views.metric_labels(), runs)
+    labels = views.scored_metric_labels(runs)
     first = next(iter(labels))
     st.markdown(replicates_sentence(group["metrics"][first], label=labels[first], runs=len(runs)))
     st.dataframe(
