@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=32, ge=1, le=1000)
     db_max_overflow: int = Field(default=8, ge=0, le=1000)
     db_pool_timeout_s: float = Field(default=10, gt=0, le=600)
+    # How long an API process may keep a token's user without looking it up again; Postgres'
+    # notifications end it at once when a user or token changes (0 looks up every request).
+    token_cache_s: float = Field(default=30, ge=0, le=3600)
     # Requests in progress past this are answered 503 with Retry-After at once.
     max_requests_in_flight: int = Field(default=4096, ge=1, le=1_000_000)
     retry_after_s: int = Field(default=2, ge=1, le=3600)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
 import anyio
+import orjson
 from anyio.lowlevel import RunVar
 from sqlalchemy import JSON, Engine, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
@@ -87,9 +89,19 @@ def make_engine(
     }
     return create_engine(
         url,
+        json_deserializer=_json_loads,
         pool_pre_ping=True,
         **{key: value for key, value in sizes.items() if value is not None},
     )
+
+
+def _json_loads(text: str | bytes) -> Any:
+    """Postgres' JSON columns decoded by orjson (specs, records and intervals fill most rows
+    the API lists); the standard library takes what orjson refuses (integers past 64 bits)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 @lru_cache
@@ -141,6 +153,9 @@ async def get_session() -> AsyncIterator[Session]:
         try:
             yield session
         finally:
-            # closing rolls back over the network: in a thread of its own, so the event loop
-            # never blocks and the close never queues behind routes for a thread
-            await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
+            if session.get_transaction() is None:  # never used: nothing to roll back
+                session.close()
+            else:
+                # closing rolls back over the network: in a thread of its own, so the event
+                # loop never blocks and the close never queues behind routes for a thread
+                await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))

@@ -97,6 +97,12 @@ def main() -> int:
         "--baseline", type=Path, help="a checkout to serve the same load, for ratios"
     )
     parser.add_argument(
+        "--baseline-uvicorn",
+        default="",
+        metavar="ARGS",
+        help="uvicorn arguments for the baseline only, e.g. '--loop asyncio --http h11'",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -118,7 +124,13 @@ def main() -> int:
     with ExitStack() as stack:
         served = {
             label: stack.enter_context(
-                seeded_api(code, jobs=args.jobs, workers=args.workers, settings=settings)
+                seeded_api(
+                    code,
+                    jobs=args.jobs,
+                    workers=args.workers,
+                    settings=settings,
+                    uvicorn_args=args.baseline_uvicorn.split() if label == "baseline" else [],
+                )
             )
             for label, code in checkouts.items()
         }
@@ -171,7 +183,12 @@ def fresh_database() -> Iterator[str]:
 
 @contextmanager
 def seeded_api(
-    code: Path, *, jobs: int, workers: int, settings: dict[str, str]
+    code: Path,
+    *,
+    jobs: int,
+    workers: int,
+    settings: dict[str, str],
+    uvicorn_args: list[str],
 ) -> Iterator[tuple[Server, int, list[int]]]:
     """`code`'s API on a fresh database with a dataset and `jobs` finished jobs: the server,
     the dataset's id and the jobs' ids."""
@@ -199,7 +216,9 @@ def seeded_api(
             stdout=subprocess.DEVNULL,
         )
         headers = admin_headers(code, env)
-        server = stack.enter_context(api_process(code, env, workers=workers, headers=headers))
+        server = stack.enter_context(
+            api_process(code, env, workers=workers, headers=headers, uvicorn_args=uvicorn_args)
+        )
         with httpx.Client(
             base_url=server.base_url, timeout=CLIENT_TIMEOUT_S, headers=server.headers
         ) as api:
@@ -247,7 +266,12 @@ def admin_headers(code: Path, env: dict[str, str]) -> dict[str, str]:
 
 @contextmanager
 def api_process(
-    code: Path, env: dict[str, str], *, workers: int, headers: dict[str, str]
+    code: Path,
+    env: dict[str, str],
+    *,
+    workers: int,
+    headers: dict[str, str],
+    uvicorn_args: list[str],
 ) -> Iterator[Server]:
     """uvicorn serving `code`'s backend.main:app on a free port, as docker-compose starts it."""
     with socket.socket() as probe:
@@ -256,6 +280,7 @@ def api_process(
     command = [sys.executable, "-m", "uvicorn", "backend.main:app", "--port", str(port)]
     if workers > 1:
         command += ["--workers", str(workers)]
+    command += uvicorn_args
     log = Path(env["DETLAB_HOME"]).parent / "api.log"
     with log.open("w") as output:
         process = subprocess.Popen(

@@ -17,8 +17,11 @@ __all__ = ["ACTIONS", "Actor", "list_events", "record", "record_request"]
 class Actor(Protocol):
     """Who made a change: a user (the audit trail needs only their id and name)."""
 
-    id: int
-    name: str
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
 
 
 # every action the trail records, with what it is about

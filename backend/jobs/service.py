@@ -411,6 +411,13 @@ def get(*, session: Session, job_id: int) -> Job:
     return job
 
 
+def check_exists(*, session: Session, job_id: int) -> None:
+    """NotFound unless the job exists; reads its id only (a Job row carries its config and
+    record texts)."""
+    if session.scalar(select(Job.id).where(Job.id == job_id)) is None:
+        raise NotFound(f"job {job_id} not found")
+
+
 def list_jobs(
     *,
     session: Session,
@@ -439,10 +446,15 @@ def list_jobs(
         )
         if wanted is not None
     ]
-    total = session.scalar(select(func.count()).select_from(Job).where(*conditions)) or 0
     line = _queue_line().subquery()
     page = (
-        select(*LISTED_COLUMNS, User.name.label("owner_name"), line.c.place.label("queue_position"))
+        select(
+            *LISTED_COLUMNS,
+            User.name.label("owner_name"),
+            line.c.place.label("queue_position"),
+            # the total matching, counted by the same query (a window over the whole result)
+            func.count().over().label("matching"),
+        )
         .outerjoin(User, User.id == Job.owner_id)
         .outerjoin(line, line.c.id == Job.id)
         .where(*conditions)
@@ -450,7 +462,16 @@ def list_jobs(
         .limit(limit)
         .offset(offset)
     )
-    return [dict(row._mapping) for row in session.execute(page)], total
+    rows = [dict(row._mapping) for row in session.execute(page)]
+    if rows:
+        total = rows[0]["matching"]
+    elif offset:  # a page past the end still says how many there are
+        total = session.scalar(select(func.count()).select_from(Job).where(*conditions)) or 0
+    else:
+        total = 0
+    for row in rows:
+        del row["matching"]
+    return rows, total
 
 
 # what a listed job shows: every column but its config text, claim token and send time
@@ -811,7 +832,7 @@ def metric_series(
     *, session: Session, job_id: int, keys: list[str] | None = None, max_points: int = 1000
 ) -> list[MetricSeries]:
     """Each metric of a job over steps; long series are averaged down to max_points buckets."""
-    get(session=session, job_id=job_id)
+    check_exists(session=session, job_id=job_id)
     query = select(MetricPoint.key, MetricPoint.step, MetricPoint.epoch, MetricPoint.value).where(
         MetricPoint.job_id == job_id
     )

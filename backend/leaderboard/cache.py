@@ -20,7 +20,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-from sqlalchemy import select, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from backend.leaderboard.models import LeaderboardVersion
@@ -32,9 +32,12 @@ def database_version(session: Session) -> Hashable | None:
     """What identifies the leaderboard's contents in the session's database: its URL and the
     version its triggers set; None where the version row is missing (nothing is then kept)."""
     bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
+    # a session of the engine's that has not begun a transaction has written nothing yet (one
+    # on a connection of its own may be inside its caller's transaction)
+    untouched = isinstance(bind, Engine) and session.get_transaction() is None
+    if bind.dialect.name == "postgresql" and not untouched:
         # Postgres' triggers are deferred to commit: this makes the transaction's own pending
-        # changes count (a no-op in a request that has written nothing)
+        # changes count
         session.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))
     version = session.scalar(select(LeaderboardVersion.version).where(LeaderboardVersion.id == 1))
     return None if version is None else (bind.engine.url, version)

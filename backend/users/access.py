@@ -11,10 +11,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
+from backend.config import get_settings
 from backend.deps import SessionDep
 from backend.errors import Forbidden
-from backend.users import service
+from backend.users import callers, service
+from backend.users.callers import Caller
 from backend.users.models import Role, User
 
 __all__ = [
@@ -22,6 +26,7 @@ __all__ = [
     "MemberDep",
     "PUBLIC",
     "Require",
+    "Caller",
     "ViewerDep",
     "check_owner",
     "is_admin",
@@ -43,19 +48,41 @@ class Require:
     def __repr__(self) -> str:
         return f"Require({self.role.value if self.role else 'public'})"
 
-    def __call__(self, request: Request, session: SessionDep, credentials: Credentials) -> User:
-        user = service.authenticate(
-            session=session, secret=credentials.credentials if credentials else None
-        )
+    async def __call__(
+        self, request: Request, session: SessionDep, credentials: Credentials
+    ) -> Caller:
+        secret = credentials.credentials if credentials else None
+        caller = await _caller(session, secret)
         assert self.role is not None  # PUBLIC is never called with a user
-        if user.role.rank < self.role.rank:
+        if caller.role.rank < self.role.rank:
             raise Forbidden(
-                f"{user.name} is a {user.role.value}; this needs the {self.role.value} role "
+                f"{caller.name} is a {caller.role.value}; this needs the {self.role.value} role "
                 "or above; ask an admin"
             )
         # read by the response filter that hides server paths from non-admins
-        request.state.user_role = user.role
-        return user
+        request.state.user_role = caller.role
+        return caller
+
+
+async def _caller(session: Session, secret: str | None) -> Caller:
+    """The caller holding secret: kept from an earlier request (no query, no thread), or looked
+    up in a route thread (backend/users/callers.py says when a kept one is still valid)."""
+    max_age_s = get_settings().token_cache_s
+    cache = callers.cache_for(session) if secret and max_age_s > 0 else None
+    if cache is None:
+        user = await run_in_threadpool(service.authenticate, session=session, secret=secret)
+        return Caller.of(user)
+    digest = service.hash_token(secret or "")
+    kept = cache.get(digest, max_age_s=max_age_s)
+    if kept is not None:
+        return kept
+    generation = cache.generation  # a change announced from here on is not missed
+    token, user = await run_in_threadpool(
+        service.authenticate_token, session=session, secret=secret
+    )
+    caller = Caller.of(user)
+    cache.keep(digest, caller, generation=generation, token_expires_at=token.expires_at)
+    return caller
 
 
 def _public() -> None:
@@ -64,16 +91,16 @@ def _public() -> None:
 
 _public.detlab_public = True  # type: ignore[attr-defined]
 PUBLIC = Depends(_public)
-ViewerDep = Annotated[User, Depends(Require(Role.viewer))]
-MemberDep = Annotated[User, Depends(Require(Role.member))]
-AdminDep = Annotated[User, Depends(Require(Role.admin))]
+ViewerDep = Annotated[Caller, Depends(Require(Role.viewer))]
+MemberDep = Annotated[Caller, Depends(Require(Role.member))]
+AdminDep = Annotated[Caller, Depends(Require(Role.admin))]
 
 
-def is_admin(user: User) -> bool:
+def is_admin(user: Caller) -> bool:
     return user.role == Role.admin
 
 
-def check_owner(*, user: User, owner: User | None, what: str) -> None:
+def check_owner(*, user: Caller, owner: User | Caller | None, what: str) -> None:
     """Members change only what they own; admins change anything."""
     if is_admin(user) or (owner is not None and owner.id == user.id):
         return

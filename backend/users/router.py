@@ -14,7 +14,8 @@ from backend.audit.service import record_request
 from backend.deps import Offset, OptionalId, RowId, SessionDep
 from backend.errors import error_responses
 from backend.users import service
-from backend.users.access import AdminDep, ViewerDep, check_owner, is_admin
+from backend.users.access import AdminDep, Caller, ViewerDep, check_owner, is_admin
+from backend.users.models import User
 from backend.users.schemas import (
     TokenCreate,
     TokenCreated,
@@ -96,7 +97,7 @@ def list_tokens(session: SessionDep, user: ViewerDep):
 )
 def create_token(token_in: TokenCreate, request: Request, session: SessionDep, user: ViewerDep):
     """A new token for you (an admin may name another user); its secret is in this answer only."""
-    holder = user
+    holder: User | Caller = user
     if token_in.user is not None and token_in.user != user.name:
         holder = service.get_user_by_name(session=session, name=token_in.user)
         check_owner(user=user, owner=holder, what=f"a token for {holder.name}")

@@ -14,11 +14,14 @@ from sqlalchemy.orm import Session
 
 from backend.db import as_utc, utcnow
 from backend.errors import Conflict, Invalid, NotFound, Unauthorized
+from backend.users import callers
+from backend.users.callers import Caller
 from backend.users.models import ApiToken, Role, User
 
 __all__ = [
     "TOKEN_PREFIX",
     "authenticate",
+    "authenticate_token",
     "create_token",
     "create_user",
     "get_token",
@@ -98,11 +101,12 @@ def update_user(
             raise Conflict(f"{user.name} is the last active admin; make another user admin first")
     user.role, user.active = new_role, new_active
     session.commit()
+    callers.clear_all()  # other processes hear of it from the database (migration 0014)
     return user
 
 
 def create_token(
-    *, session: Session, user: User, name: str, expires_in: timedelta | None = None
+    *, session: Session, user: User | Caller, name: str, expires_in: timedelta | None = None
 ) -> tuple[ApiToken, str]:
     """A new token for user, and its secret: the only time the secret exists outside the
     caller's hands."""
@@ -139,11 +143,19 @@ def revoke_token(*, session: Session, token_id: int) -> ApiToken:
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         session.commit()
+        callers.clear_all()
     return token
 
 
 def authenticate(*, session: Session, secret: str | None, now: datetime | None = None) -> User:
     """The active user holding secret, or Unauthorized saying why."""
+    return authenticate_token(session=session, secret=secret, now=now)[1]
+
+
+def authenticate_token(
+    *, session: Session, secret: str | None, now: datetime | None = None
+) -> tuple[ApiToken, User]:
+    """The token that secret is, and its active user; or Unauthorized saying why."""
     if not secret:
         raise Unauthorized(
             "this route needs a token: send the header 'Authorization: Bearer <token>'; an "
@@ -171,4 +183,4 @@ def authenticate(*, session: Session, secret: str | None, now: datetime | None =
     if last_used_at is None or now - last_used_at >= TOUCH_INTERVAL:
         session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
         session.commit()
-    return user
+    return token, user
