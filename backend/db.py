@@ -21,6 +21,7 @@ __all__ = [
     "Base",
     "JSONType",
     "get_engine",
+    "get_lazy_session",
     "get_session",
     "make_engine",
     "session_factory",
@@ -137,6 +138,27 @@ def session_slots() -> anyio.CapacityLimiter:
         return slots
 
 
+async def get_lazy_session() -> AsyncIterator[Session]:
+    """FastAPI dependency: a session that holds nothing until it is used, for async routes
+    (and the access rule) that often answer without the database. Whoever uses it does so in
+    a thread, within `session_slots()` (or a limiter of its own), and ends its transaction
+    there (commit), so that no connection outlives the slot."""
+    session = session_factory()()
+    try:
+        yield session
+    finally:
+        await _close(session)
+
+
+async def _close(session: Session) -> None:
+    if session.get_transaction() is None:  # nothing to roll back: no network
+        session.close()
+    else:
+        # closing rolls back over the network: in a thread of its own, so the event loop
+        # never blocks and the close never queues behind routes for a thread
+        await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
+
+
 async def get_session() -> AsyncIterator[Session]:
     """FastAPI dependency: one session per request, closed before the response is sent.
 
@@ -153,9 +175,4 @@ async def get_session() -> AsyncIterator[Session]:
         try:
             yield session
         finally:
-            if session.get_transaction() is None:  # never used: nothing to roll back
-                session.close()
-            else:
-                # closing rolls back over the network: in a thread of its own, so the event
-                # loop never blocks and the close never queues behind routes for a thread
-                await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
+            await _close(session)

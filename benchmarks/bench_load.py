@@ -103,6 +103,13 @@ def main() -> int:
         help="uvicorn arguments for the baseline only, e.g. '--loop asyncio --http h11'",
     )
     parser.add_argument(
+        "--baseline-set",
+        action="append",
+        default=[],
+        metavar="DETLAB_X=value",
+        help="a setting for the baseline's API only (repeatable), after --set's",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -113,6 +120,7 @@ def main() -> int:
     # one token stands for a whole lab here: its submissions must not meet one person's quota
     settings = {"DETLAB_MAX_ACTIVE_JOBS_PER_USER": "1000000"}
     settings.update(item.split("=", 1) for item in args.set)
+    baseline_settings = dict(item.split("=", 1) for item in args.baseline_set)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the databases are dropped
     levels = [int(level) for level in args.levels.split(",")]
     raise_open_files_limit(2 * max(levels) + 512)
@@ -128,7 +136,7 @@ def main() -> int:
                     code,
                     jobs=args.jobs,
                     workers=args.workers,
-                    settings=settings,
+                    settings={**settings, **baseline_settings} if label == "baseline" else settings,
                     uvicorn_args=args.baseline_uvicorn.split() if label == "baseline" else [],
                 )
             )

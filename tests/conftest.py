@@ -218,11 +218,12 @@ def client_as(db: Session, redis_url: str):
     its requests in the test's rolled-back transaction."""
     from fastapi.testclient import TestClient
 
-    from backend.db import get_session
+    from backend.db import get_lazy_session, get_session
     from backend.main import create_app
 
     app = create_app(migrate=False)
     app.dependency_overrides[get_session] = lambda: db
+    app.dependency_overrides[get_lazy_session] = lambda: db
     clients: list[TestClient] = []
 
     def make(token: str | None) -> TestClient:

@@ -7,16 +7,19 @@ route table and fails on a route that declares none.
 
 from __future__ import annotations
 
+from datetime import datetime
+from functools import partial
 from typing import Annotated
 
+import anyio
+from anyio.lowlevel import RunVar
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from backend.config import get_settings
-from backend.deps import SessionDep
-from backend.errors import Forbidden
+from backend.deps import LazySessionDep
+from backend.errors import Forbidden, Unauthorized
 from backend.users import callers, service
 from backend.users.callers import Caller
 from backend.users.models import Role, User
@@ -49,7 +52,7 @@ class Require:
         return f"Require({self.role.value if self.role else 'public'})"
 
     async def __call__(
-        self, request: Request, session: SessionDep, credentials: Credentials
+        self, request: Request, session: LazySessionDep, credentials: Credentials
     ) -> Caller:
         secret = credentials.credentials if credentials else None
         caller = await _caller(session, secret)
@@ -65,24 +68,50 @@ class Require:
 
 
 async def _caller(session: Session, secret: str | None) -> Caller:
-    """The caller holding secret: kept from an earlier request (no query, no thread), or looked
-    up in a route thread (backend/users/callers.py says when a kept one is still valid)."""
+    """The caller holding secret: kept from an earlier request (no query, no thread, no
+    connection), or looked up (backend/users/callers.py says when a kept one is still valid).
+
+    A look-up runs in a thread of the look-ups' own (LOOKUP_THREADS), not the routes': the
+    request may already hold a route's session slot, and must not wait for a second one."""
     max_age_s = get_settings().token_cache_s
     cache = callers.cache_for(session) if secret and max_age_s > 0 else None
-    if cache is None:
-        user = await run_in_threadpool(service.authenticate, session=session, secret=secret)
-        return Caller.of(user)
-    digest = service.hash_token(secret or "")
-    kept = cache.get(digest, max_age_s=max_age_s)
-    if kept is not None:
-        return kept
-    generation = cache.generation  # a change announced from here on is not missed
-    token, user = await run_in_threadpool(
-        service.authenticate_token, session=session, secret=secret
+    generation = cache.generation if cache is not None else 0  # announced later: not missed
+    if cache is not None:
+        kept = cache.get(service.hash_token(secret or ""), max_age_s=max_age_s)
+        if kept is not None:
+            return kept
+    caller, expires_at = await anyio.to_thread.run_sync(
+        partial(_look_up, session, secret), limiter=_lookups()
     )
-    caller = Caller.of(user)
-    cache.keep(digest, caller, generation=generation, token_expires_at=token.expires_at)
+    if cache is not None:
+        digest = service.hash_token(secret or "")
+        cache.keep(digest, caller, generation=generation, token_expires_at=expires_at)
     return caller
+
+
+def _look_up(session: Session, secret: str | None) -> tuple[Caller, datetime | None]:
+    """The caller and their token's expiry, the session's transaction ended (its connection
+    back in the pool) whatever the answer."""
+    try:
+        token, user = service.authenticate_token(session=session, secret=secret)
+    except Unauthorized:
+        session.commit()  # it only read
+        raise
+    session.commit()
+    return Caller.of(user), token.expires_at
+
+
+LOOKUP_THREADS = 4
+_LOOKUPS: RunVar[anyio.CapacityLimiter] = RunVar("detlab_token_lookups")
+
+
+def _lookups() -> anyio.CapacityLimiter:
+    try:
+        return _LOOKUPS.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(LOOKUP_THREADS)
+        _LOOKUPS.set(limiter)
+        return limiter
 
 
 def _public() -> None:

@@ -5,16 +5,22 @@ second API process's); submissions, progress and heartbeats of unfinished jobs k
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
 import factories
 import pytest
+from conftest import bearer
 from fastapi.routing import APIRoute
-from sqlalchemy import create_engine, delete, select, text
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, delete, event, select, text
 from sqlalchemy.orm import Session
 
+from backend.config import get_settings
 from backend.datasets.models import Dataset
+from backend.db import get_engine, session_factory
 from backend.evaluations import service as evaluation_service
 from backend.evaluations.models import Evaluation
 from backend.jobs import service as job_service
@@ -22,7 +28,9 @@ from backend.jobs.models import Job, JobKind, JobStatus
 from backend.leaderboard import service as leaderboard_service
 from backend.leaderboard.cache import AnswerCache, answers, database_version
 from backend.leaderboard.router import router
+from backend.main import create_app
 from backend.migrate import upgrade_head
+from backend.users import callers
 
 TRIGGERS = {
     "leaderboard_job_inserted",
@@ -189,8 +197,82 @@ def test_every_change_to_what_the_board_shows_is_in_the_next_answer(client, db, 
     assert shows(after), after
 
 
+@pytest.fixture
+def app_sessions(monkeypatch, admin_token) -> Iterator[tuple[TestClient, list[str]]]:
+    """The API in process with sessions of its own (as it serves), and the statements its
+    engine sends."""
+    for cached in (get_settings, get_engine, session_factory):
+        cached.cache_clear()
+    client = TestClient(create_app(migrate=False), headers=bearer(admin_token))
+    client.__enter__()
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    event.listen(get_engine(), "before_cursor_execute", seen)
+    yield client, statements
+    event.remove(get_engine(), "before_cursor_execute", seen)
+    client.__exit__(None, None, None)
+    get_engine().dispose()
+    for cached in (get_settings, get_engine, session_factory):
+        cached.cache_clear()
+
+
+def test_a_kept_board_is_sent_from_the_event_loop(app_sessions, pg_engine, shapes):
+    """With sessions of its own on Postgres, a kept answer costs the route no session, no
+    route thread and no statement on the API's engine (its version is read over the loop's
+    own connection); a change committed elsewhere is still in the very next answer."""
+    client, statements = app_sessions
+    threads = []
+
+    def counting_run_sync(*args, **kwargs):  # type: ignore[no-untyped-def]
+        threads.append(args[0])
+        return real_run_sync(*args, **kwargs)
+
+    real_run_sync = anyio.to_thread.run_sync
+    _a_change_committed_elsewhere_is_in_the_next_answer(client, pg_engine, shapes)
+    with Session(pg_engine, expire_on_commit=False) as other:
+        dataset = factories.dataset(other, shapes=shapes)
+        try:
+            ranked(other, dataset.id, 0.5)
+            other.commit()
+            get_board(client, dataset.id)
+            _wait_until_callers_are_kept()  # else the access rule looks the token up
+            get_board(client, dataset.id)
+            statements.clear()
+            hits = answers.hits
+            anyio.to_thread.run_sync = counting_run_sync
+            try:
+                for _ in range(3):
+                    get_board(client, dataset.id)
+            finally:
+                anyio.to_thread.run_sync = real_run_sync
+            assert answers.hits == hits + 3
+            assert statements == [] and threads == [], (statements, threads)
+        finally:
+            other.rollback()
+            other.execute(delete(Job).where(Job.dataset_id == dataset.id))
+            other.execute(delete(Dataset).where(Dataset.id == dataset.id))
+            other.commit()
+
+
+def _wait_until_callers_are_kept() -> None:
+    with session_factory()() as session:
+        cache = callers.cache_for(session)
+    assert cache is not None
+    deadline = time.monotonic() + 10
+    while not cache.listening:
+        assert time.monotonic() < deadline, "the token cache's listener did not connect"
+        time.sleep(0.02)
+
+
 def test_a_change_committed_by_another_connection_is_in_the_next_answer(client, pg_engine, shapes):
     """As a worker or a second API process writes: committed on a connection of its own."""
+    _a_change_committed_elsewhere_is_in_the_next_answer(client, pg_engine, shapes)
+
+
+def _a_change_committed_elsewhere_is_in_the_next_answer(client, pg_engine, shapes) -> None:
     with Session(pg_engine, expire_on_commit=False) as other:
         other.execute(text("SET lock_timeout = '10s'"))
         dataset = factories.dataset(other, shapes=shapes)
