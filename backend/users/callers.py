@@ -84,6 +84,7 @@ class CallerCache:
         self.conninfo = conninfo
         self.generation = 0
         self.listening = False
+        self.backend_pid: int | None = None  # the listening connection's server process
         self._kept: dict[str, _Kept] = {}
         self._lock = threading.Lock()
         self._listener: threading.Thread | None = None
@@ -152,6 +153,7 @@ class CallerCache:
                     application_name=LISTENER_NAME,
                 ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self.backend_pid = conn.info.backend_pid
                     self._set_listening(True)  # what was looked up before is not trusted
                     wait = RECONNECT_S[0]
                     while True:

@@ -171,14 +171,15 @@ def test_without_its_listener_a_process_looks_every_token_up(
     _kept_and_listening(client)
     cache = _cache()
     with other_connection.connect() as connection:
-        ended = connection.scalar(
-            text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name = :name"
-            ),
-            {"name": callers.LISTENER_NAME},
+        name = connection.scalar(
+            text("SELECT application_name FROM pg_stat_activity WHERE pid = :pid"),
+            {"pid": cache.backend_pid},
         )
-    assert ended == 1
+        assert name == callers.LISTENER_NAME
+        ended = connection.scalar(
+            text("SELECT pg_terminate_backend(:pid)"), {"pid": cache.backend_pid}
+        )
+    assert ended
     _eventually(lambda: not cache.listening, "the process notices its listener is gone")
     token_queries.clear()
     assert client.get("/users/me").status_code == 200
