@@ -23,6 +23,7 @@ __all__ = [
     "get_engine",
     "get_lazy_session",
     "get_session",
+    "libpq_url",
     "make_engine",
     "session_factory",
     "session_slots",
@@ -103,6 +104,11 @@ def _json_loads(text: str | bytes) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
+
+
+def libpq_url(engine: Engine) -> str:
+    """The engine's database as psycopg.connect takes it, for connections outside its pool."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @lru_cache

@@ -32,7 +32,7 @@ from anyio.lowlevel import RunVar
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
-from backend.db import session_slots
+from backend.db import libpq_url, session_slots
 from backend.leaderboard.models import LeaderboardVersion
 
 __all__ = ["AnswerCache", "VersionReader", "answers", "database_version"]
@@ -167,7 +167,7 @@ class VersionReader:
             _READERS.set(readers)
         reader = readers.get(bind)
         if reader is None:
-            conninfo = bind.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            conninfo = libpq_url(bind)
             reader = readers[bind] = cls(bind.url, conninfo)
         return reader
 

@@ -34,7 +34,7 @@ import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from backend.db import as_utc, utcnow
+from backend.db import as_utc, libpq_url, utcnow
 from backend.users.models import Role, User
 
 __all__ = ["CHANNEL", "LISTENER_NAME", "Caller", "CallerCache", "cache_for", "clear_all"]
@@ -180,7 +180,7 @@ def cache_for(session: Session) -> CallerCache | None:
         return None
     cache = _engines.get(bind)
     if cache is None and bind.dialect.name == "postgresql":
-        conninfo = bind.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        conninfo = libpq_url(bind)
         with _caches_lock:
             cache = _caches.setdefault(conninfo, CallerCache(conninfo))
             _engines[bind] = cache
