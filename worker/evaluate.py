@@ -154,6 +154,7 @@ def _model_to_score(
                 neck=trained.neck,
                 norm=trained.resolved_norm,
                 test_proposals_per_image=trained.test_proposals_per_image,
+                feature_channels=trained.feature_channels,
             ),
             checkpoint=_last_checkpoint(artifact_root, source.id),
             own=True,
@@ -175,7 +176,12 @@ def _model_to_score(
         )
     assert spec.detector is not None and spec.backbone is not None
     return ModelToScore(
-        model=DetLabModel(detector=spec.detector, backbone=spec.backbone, neck=spec.neck),
+        model=DetLabModel(
+            detector=spec.detector,
+            backbone=spec.backbone,
+            neck=spec.neck,
+            feature_channels=spec.feature_channels,
+        ),
         checkpoint=Path(spec.checkpoint),
         own=False,
         image_scale=spec.image_scale or DEFAULT_SCALE,

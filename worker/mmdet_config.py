@@ -168,6 +168,33 @@ def _neck(*, detector: str, backbone: str, neck: str) -> dict[str, Any]:
     )
 
 
+# the width mmdet's FPN/PAFPN and the heads that read them are configured with
+MMDET_FEATURE_CHANNELS = 256
+_CHANNEL_KEYS = ("in_channels", "feat_channels", "out_channels", "conv_out_channels")
+
+
+def _set_feature_channels(model: Any, channels: int) -> None:
+    """The neck's output width, and every head layer of the base config's 256 channels (the
+    RPN's and RetinaNet's convolutions, the RoI extractors, the box and mask heads' inputs and
+    convolutions) set to `channels`; fully connected widths (1024) stay."""
+    model.neck.out_channels = channels
+
+    def visit(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                visit(item)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if key in _CHANNEL_KEYS and value == MMDET_FEATURE_CHANNELS:
+                    node[key] = channels
+                else:
+                    visit(value)
+
+    for name, part in model.items():
+        if name.endswith("head"):
+            visit(part)
+
+
 def _set_num_classes(model: Any, detector: str, num_classes: int) -> None:
     for path in DETECTORS[detector].class_heads:
         head = model
@@ -255,6 +282,8 @@ def build_finetune_config(
     )
     _set_num_classes(cfg.model, spec.detector, len(classes))
     _set_sampling(cfg.model, spec)
+    if spec.feature_channels is not None:
+        _set_feature_channels(cfg.model, spec.feature_channels)
 
     train_ann = dataset.train_ann
     if spec.data_fraction < 1.0:
@@ -413,6 +442,7 @@ class DetLabModel:
     neck: str | None = "fpn"
     norm: str | None = None
     test_proposals_per_image: int | None = None
+    feature_channels: int | None = None
 
 
 def build_evaluate_config(
@@ -447,6 +477,8 @@ def build_evaluate_config(
         _set_num_classes(cfg.model, model.detector, len(classes))
         if model.test_proposals_per_image is not None and DETECTORS[model.detector].two_stage:
             _set_test_proposals(cfg.model, model.test_proposals_per_image)
+        if model.feature_channels is not None:
+            _set_feature_channels(cfg.model, model.feature_channels)
     else:
         cfg = Config.fromfile(str(model))
         if not _set_every_num_classes(cfg.model, len(classes)):

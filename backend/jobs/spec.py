@@ -74,6 +74,22 @@ NECK_DESCRIPTION = (
 )
 
 
+FEATURE_CHANNELS_DESCRIPTION = (
+    "channels of the neck's outputs and of every head layer that reads them (mmdet's "
+    "configs: 256, the default); fewer make a small model train faster, e.g. on a CPU; needs "
+    "a neck"
+)
+
+
+def _check_feature_channels(channels: int | None, neck: str | None) -> None:
+    """Feature channels are the neck's width: a model without a neck (C4) has none to set."""
+    if channels is not None and neck is None:
+        raise ValueError(
+            f"feature_channels {channels} applies to models with a neck (fpn, pafpn); in the C4 "
+            "layout the heads read the backbone's own stage 3 and 4 channels; leave it unset"
+        )
+
+
 def _fill_neck(data: Any, default_backbone: str | None) -> Any:
     """The neck a spec leaves unset (or null): fpn, or none for a C4 backbone."""
     if not isinstance(data, dict) or data.get("neck") is not None:
@@ -210,6 +226,9 @@ class FinetuneSpec(_Strict):
     test_proposals_per_image: int = Field(
         default=1000, ge=10, le=10_000, description="RPN proposals kept per image at test time"
     )
+    feature_channels: int | None = Field(
+        default=None, ge=16, le=1024, description=FEATURE_CHANNELS_DESCRIPTION
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneSpec:
@@ -222,14 +241,17 @@ class FinetuneSpec(_Strict):
                 "width and height must be between 32 and 4096"
             )
         _check_layout(self.detector, self.backbone, self.neck)
+        _check_feature_channels(self.feature_channels, self.neck)
         if not registry.BACKBONES[self.backbone].has_batch_norm and self.norm is not None:
             raise ValueError(
                 f"norm applies to backbones with batch norm; {self.backbone} uses LayerNorm, "
                 "leave norm unset"
             )
+        # a stored spec holds every field, so the default is not a choice to refuse
         if (
             not registry.DETECTORS[self.detector].two_stage
-            and "roi_samples_per_image" in self.model_fields_set
+            and self.roi_samples_per_image
+            != type(self).model_fields["roi_samples_per_image"].default
         ):
             two_stage = [name for name, entry in registry.DETECTORS.items() if entry.two_stage]
             raise ValueError(
@@ -454,6 +476,13 @@ class EvaluateSpec(_Strict):
         pattern=r"^[A-Za-z0-9_.\-]{1,200}$",
         description="the name of a config in the installed mmdet package, without .py",
     )
+    feature_channels: int | None = Field(
+        default=None,
+        ge=16,
+        le=1024,
+        description="with detector and backbone: the checkpoint's neck width (see fine-tune's "
+        "feature_channels); a source job's own is used for its model",
+    )
     image_scale: Annotated[tuple[int, int] | None, Field(description="(width, height)")] = None
     batch_size: int = Field(default=1, ge=1, le=64, description="images per inference batch")
     amp: bool = Field(default=False, description="fp16 inference (needs a CUDA GPU)")
@@ -484,6 +513,12 @@ class EvaluateSpec(_Strict):
             raise ValueError("give both detector and backbone")
         if self.detector is not None and self.backbone is not None:
             _check_layout(self.detector, self.backbone, self.neck)
+            _check_feature_channels(self.feature_channels, self.neck)
+        elif self.feature_channels is not None:
+            raise ValueError(
+                "feature_channels describes a model given by detector and backbone; a source "
+                "job's model has its own, and an mmdet_config fixes its own"
+            )
         if self.source_job_id is None and self.checkpoint is None:
             raise ValueError(f"{given[0]} needs a checkpoint file")
         if self.image_scale is not None:

@@ -11,6 +11,7 @@ import inspect
 import itertools
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import factories
 import pytest
@@ -254,3 +255,90 @@ def test_the_lr_schedule_and_gradient_clipping_reach_mmengine(schedule, dataset,
         assert 0 < late < 0.04 * 0.05 and lrs[60] < 0.04 * 0.75
     else:
         assert late == pytest.approx(expected, rel=0.01)
+
+
+def _widths(model: Any) -> dict[str, int]:
+    """Every channel count the neck and heads are configured with, by its path."""
+    found: dict[str, int] = {}
+
+    def visit(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key.endswith("channels") and isinstance(value, int):
+                    found[f"{path}.{key}"] = value
+                visit(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for k, item in enumerate(node):
+                visit(item, f"{path}[{k}]")
+
+    visit({k: v for k, v in model.items() if k == "neck" or k.endswith("head")}, "model")
+    return found
+
+
+def _convs_outside_backbone(model: torch.nn.Module) -> dict[str, torch.nn.Conv2d]:
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Conv2d) and not name.startswith("backbone.")
+    }
+
+
+@pytest.mark.parametrize("detector", list(DETECTORS))
+def test_feature_channels_narrow_the_neck_and_every_head_and_the_model_still_runs(
+    detector, dataset, tmp_path
+):
+    from mmdet.structures import DetDataSample
+
+    from worker.mmdet_config import MMDET_FEATURE_CHANNELS, DetLabModel, build_evaluate_config
+
+    spec = FinetuneSpec(
+        dataset_id=1, detector=detector, backbone="resnet18", iterations=10, feature_channels=48
+    )
+    cfg = build_finetune_config(spec, dataset=dataset, paths=JobPaths(tmp_path))
+    _register_mmdet()
+    from mmdet.registry import MODELS
+    from mmengine.registry import DefaultScope
+
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        model = MODELS.build(cfg.model).eval()
+    convs = _convs_outside_backbone(model)
+    # no conv after the backbone keeps mmdet's width; every output of the neck has the new one
+    assert [n for n, c in convs.items() if MMDET_FEATURE_CHANNELS == c.out_channels] == []
+    assert {c.out_channels for n, c in convs.items() if n.startswith("neck.fpn_convs")} == {48}
+    # the layers agree with each other: a forward pass through neck and heads runs
+    sample = DetDataSample(
+        metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), scale_factor=(1.0, 1.0))
+    )
+    with torch.no_grad():
+        outputs = model(torch.rand(1, 3, 64, 64), [sample], mode="tensor")
+    assert outputs
+
+    # a model scored later (its source job's spec) is rebuilt as narrow
+    evaluate = build_evaluate_config(
+        DetLabModel(detector=detector, backbone="resnet18", feature_channels=48),
+        dataset=dataset,
+        paths=JobPaths(tmp_path / "evaluate"),
+        classes=CLASSES,
+        batch_size=1,
+        image_scale=(64, 64),
+        checkpoint=str(tmp_path / "model.pth"),
+    )
+    assert _widths(evaluate.model) == _widths(cfg.model)
+    assert 48 in _widths(evaluate.model).values()
+
+
+def test_feature_channels_are_refused_without_a_neck():
+    c4 = next(name for name, entry in BACKBONES.items() if entry.c4)
+    with pytest.raises(ValueError, match="feature_channels 64 applies to models with a neck"):
+        FinetuneSpec(
+            dataset_id=1, detector="faster_rcnn", backbone=c4, iterations=10, feature_channels=64
+        )
+
+
+@pytest.mark.parametrize("detector", list(DETECTORS))
+def test_a_stored_spec_of_every_detector_reads_back_as_the_worker_reads_it(detector):
+    # the API stores every field (defaults too); the worker validates that dict again
+    spec = FinetuneSpec(dataset_id=1, detector=detector, backbone="resnet18", iterations=10)
+    stored = spec.model_dump(mode="json")
+    assert "roi_samples_per_image" in stored
+    assert FinetuneSpec.model_validate(stored) == spec
