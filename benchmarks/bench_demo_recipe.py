@@ -7,6 +7,7 @@ circle/ellipse), then whether the mAP50 target was met (exit status 1 when it wa
     python benchmarks/bench_demo_recipe.py --out /tmp/demo-recipe
     python benchmarks/bench_demo_recipe.py --iterations 100          # a quick, test-sized run
     python benchmarks/bench_demo_recipe.py --set lr=0.04 --shapes max_objects=3   # explore
+    python benchmarks/bench_demo_recipe.py --unset grad_clip      # a key at the spec's default
 
 No API, worker or database: the mmdet config comes from worker/mmdet_config.py as the
 worker builds it, and mmengine's Runner trains it on this machine's CPU (or a GPU if any).
@@ -100,12 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, help="override the recipe's iterations")
     parser.add_argument("--set", nargs="*", default=[], help="FINETUNE overrides, KEY=VALUE")
     parser.add_argument("--shapes", nargs="*", default=[], help="SHAPES overrides, KEY=VALUE")
+    parser.add_argument(
+        "--unset", nargs="*", default=[], help="FINETUNE keys to leave at the spec's default"
+    )
     args = parser.parse_args(argv)
 
     out = args.out or Path(tempfile.mkdtemp(prefix="demo-recipe-"))
     out.mkdir(parents=True, exist_ok=True)
     shapes = {**SHAPES, **_assignments(args.shapes)}
     recipe = {**FINETUNE, **_assignments(args.set)}
+    for key in args.unset:
+        if key not in recipe:
+            raise SystemExit(f"--unset {key}: the recipe has no such key; it has {sorted(recipe)}")
+        del recipe[key]
     if args.iterations:
         recipe["iterations"] = args.iterations
         recipe["eval_interval"] = min(recipe["eval_interval"], args.iterations)

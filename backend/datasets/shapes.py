@@ -54,6 +54,15 @@ PALETTE = np.array(
     ],
     dtype=np.float32,
 )
+# colour_by_pair: the palette indices each pair of classes (square/rectangle, circle/ellipse,
+# triangle/cross) draws from, so that colour tells the pairs apart and only shape tells apart
+# the two classes of a pair
+PAIR_COLOURS: tuple[tuple[int, ...], ...] = (
+    (0, 6, 3),  # red, orange, yellow
+    (1, 2, 5),  # green, blue, cyan
+    (4, 9, 7, 8),  # magenta, purple, white, black
+)
+BACKGROUNDS = ("textured", "plain")
 # The plus sign's corners in units of half its bar thickness.
 CROSS = np.array(
     [(-1, -3), (1, -3), (1, -1), (3, -1), (3, 1), (1, 1), (1, 3), (-1, 3), (-1, 1), (-3, 1)]
@@ -107,8 +116,12 @@ def _segmentation(polygon: np.ndarray) -> list[list[float]]:
     return [[round(float(v), 2) for v in (grown + 0.5).ravel()]]
 
 
-def _background(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
-    """A float (3, H, W) RGB background: smooth blotches, a linear gradient or stripes."""
+def _background(
+    rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, *, plain: bool = False
+) -> np.ndarray:
+    """A float (3, H, W) RGB background: smooth blotches, a linear gradient or stripes; or,
+    plain, one flat colour (the texture is drawn all the same, so the scene that follows is
+    the textured one's)."""
     height, width = xx.shape
     base = rng.uniform(50, 205, 3).astype(np.float32)
     other = np.clip(base + rng.uniform(-80, 80, 3), 0, 255).astype(np.float32)
@@ -125,6 +138,8 @@ def _background(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.
         proj = xx * math.cos(theta) + yy * math.sin(theta)
         mix = 0.5 + 0.5 * np.sin(proj * (2 * math.pi / period) + rng.uniform(0, 2 * math.pi))
     # Planar (channel-first) arrays: numpy broadcasts over a leading axis far faster.
+    if plain:
+        mix = np.zeros_like(mix)
     mix = np.clip(mix, 0, 1)[None]
     return base[:, None, None] + (other - base)[:, None, None] * mix
 
@@ -147,10 +162,15 @@ def _ellipse(a: float, b: float) -> np.ndarray:
     return np.stack([a * np.cos(t), b * np.sin(t)], axis=1)
 
 
-def _outline(name: str, area: float, rng: np.random.Generator) -> np.ndarray:
+def _outline(
+    name: str,
+    area: float,
+    rng: np.random.Generator,
+    elongation: tuple[float, float] = ELONGATION,
+) -> np.ndarray:
     """The polygon of one shape of the given area, centred on the origin."""
     tilt = rng.uniform(-TILT_DEGREES, TILT_DEGREES)
-    ratio = rng.uniform(*ELONGATION)  # used by rectangles and ellipses only
+    ratio = rng.uniform(*elongation)  # used by rectangles and ellipses only
     if rng.random() < 0.5:
         ratio = 1 / ratio
     if name == "square":
@@ -210,12 +230,19 @@ def _rasterise(points: np.ndarray) -> tuple[int, int, np.ndarray]:
 
 
 def _pick_colour(
-    rng: np.random.Generator, under: np.ndarray, neighbours: list[np.ndarray]
+    rng: np.random.Generator,
+    under: np.ndarray,
+    neighbours: list[np.ndarray],
+    allowed: tuple[int, ...] | None = None,
 ) -> np.ndarray:
-    """A palette colour far from the background under the shape and from shapes it touches."""
+    """A palette colour (one of the allowed indices, if given) far from the background under
+    the shape and from shapes it touches."""
     avoid = [under.mean(axis=0), *neighbours]
-    best, best_gap = PALETTE[0], -1.0
-    for index in rng.permutation(len(PALETTE)):
+    order = rng.permutation(len(PALETTE))  # all of it, so a restriction leaves the stream be
+    if allowed is not None:
+        order = order[np.isin(order, allowed)]
+    best, best_gap = PALETTE[order[0]], -1.0
+    for index in order:
         gap = min(float(np.linalg.norm(PALETTE[index] - colour)) for colour in avoid)
         if gap >= MIN_CONTRAST:
             return PALETTE[index]
@@ -226,10 +253,13 @@ def _pick_colour(
 
 @dataclass(frozen=True)
 class _Scene:
-    """How crowded a scene is and how large its shapes are."""
+    """How crowded a scene is, how large and how elongated its shapes are, how it looks."""
 
     max_objects: int = MAX_OBJECTS
     size_buckets: SizeBuckets = SIZE_BUCKETS
+    background: str = "textured"
+    colour_by_pair: bool = False
+    elongation: tuple[float, float] = ELONGATION
 
 
 def _render(
@@ -241,7 +271,7 @@ def _render(
 ) -> tuple[np.ndarray, list[_Shape]]:
     """One image (BGR, as OpenCV writes it) and its shapes, in drawing order."""
     height, width = xx.shape
-    background = _background(rng, xx, yy)
+    background = _background(rng, xx, yy, plain=scene.background == "plain")
     image = background.copy()
     owner = np.full((height, width), -1, np.int16)  # index of the topmost shape per pixel
     scale = (min(width, height) / 256) ** 2
@@ -249,7 +279,7 @@ def _render(
     for _ in range(int(rng.integers(1, scene.max_objects + 1))):
         category = int(rng.integers(num_classes))
         area = _sample_area(rng, scale, scene.size_buckets)
-        outline = _outline(CLASS_NAMES[category], area, rng)
+        outline = _outline(CLASS_NAMES[category], area, rng, scene.elongation)
         for _attempt in range(PLACEMENT_ATTEMPTS):
             centre = _centre(rng, outline, shapes, width, height)
             if centre is None:
@@ -265,7 +295,9 @@ def _render(
             if any(s.visible - n < MIN_VISIBLE * s.area for s, n in zip(shapes, lost, strict=True)):
                 continue
             neighbours = [shapes[j].colour for j in np.flatnonzero(lost)]
-            colour = _pick_colour(rng, background[:, box[0], box[1]][:, mask].T, neighbours)
+            allowed = PAIR_COLOURS[category // 2] if scene.colour_by_pair else None
+            under = background[:, box[0], box[1]][:, mask].T
+            colour = _pick_colour(rng, under, neighbours, allowed)
             image[:, box[0], box[1]][:, mask] = colour[:, None]
             owner[box][mask] = len(shapes)
             for shape, n in zip(shapes, lost, strict=True):
@@ -358,10 +390,16 @@ def generate_shapes(
     num_classes: int = 6,
     max_objects: int = MAX_OBJECTS,
     size_buckets: SizeBuckets = SIZE_BUCKETS,
+    background: str = "textured",
+    colour_by_pair: bool = False,
+    elongation: tuple[float, float] = ELONGATION,
 ) -> ShapesPaths:
     """Write the shapes dataset (image_size is width, height) under out_dir: 1..max_objects
     shapes an image, each area drawn from size_buckets ((probability, min px², max px²) for a
-    256 px short side, scaled with the image's area)."""
+    256 px short side, scaled with the image's area), on a textured or a plain background;
+    colour_by_pair draws each pair of classes from its own colours (PAIR_COLOURS). The two
+    options change colours only: the same seed places the same shapes. Rectangles and ellipses
+    are elongation[0] to elongation[1] times as long as wide."""
     if not 2 <= num_classes <= len(CLASS_NAMES):
         raise ValueError(f"num_classes is {num_classes}; expected 2..{len(CLASS_NAMES)}")
     if max_objects < 1:
@@ -375,6 +413,15 @@ def generate_shapes(
             f"size_buckets is {size_buckets!r}; expected (probability, min area, max area) "
             "triples with 0 < min <= max and probabilities summing to 1"
         )
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background is {background!r}; expected one of {', '.join(BACKGROUNDS)}")
+    if not isinstance(colour_by_pair, bool):
+        raise ValueError(f"colour_by_pair is {colour_by_pair!r}; expected True or False")
+    if len(elongation) != 2 or not 1 < elongation[0] <= elongation[1]:
+        raise ValueError(
+            f"elongation is {elongation!r}; expected (min, max) length-to-width ratios with "
+            "1 < min <= max"
+        )
     if seed < 0:
         raise ValueError(f"seed is {seed}; expected a non-negative integer")
     if num_train < 1 or num_val < 0:
@@ -386,7 +433,8 @@ def generate_shapes(
         raise ValueError(f"image_size is {width}x{height}; expected both sides >= 64")
     root = Path(out_dir)
     size = (width, height)
-    scene = _Scene(max_objects, tuple(size_buckets))
+    low, high = float(elongation[0]), float(elongation[1])
+    scene = _Scene(max_objects, tuple(size_buckets), background, colour_by_pair, (low, high))
     train_ann, train_images = _write_split("train", num_train, seed, size, num_classes, scene, root)
     val_ann, val_images = _write_split("val", num_val, seed, size, num_classes, scene, root)
     return ShapesPaths(root, train_ann, val_ann, train_images, val_images)
@@ -406,6 +454,15 @@ def _parse_size(text: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(f"{text!r} is not a size; expected WIDTHxHEIGHT or one int")
 
 
+def _parse_range(text: str) -> tuple[float, float]:
+    """'2,3' as (2.0, 3.0)."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a range; expected MIN,MAX") from None
+    return low, high
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: detlab-shapes OUT_DIR [--seed] [--num-train] [--num-val] [--size] ..."""
     parser = argparse.ArgumentParser(
@@ -421,6 +478,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--classes", type=int, default=len(CLASS_NAMES), help=f"2..{len(CLASS_NAMES)} classes"
     )
+    parser.add_argument("--background", choices=BACKGROUNDS, default="textured")
+    parser.add_argument(
+        "--colour-by-pair",
+        action="store_true",
+        help="each pair of look-alike classes drawn in colours of its own",
+    )
+    parser.add_argument(
+        "--elongation",
+        type=_parse_range,
+        default=ELONGATION,
+        help=f"MIN,MAX length-to-width of rectangles and ellipses (default {ELONGATION[0]},"
+        f"{ELONGATION[1]})",
+    )
     args = parser.parse_args(argv)
     try:
         paths = generate_shapes(
@@ -430,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
             num_val=args.num_val,
             image_size=args.size,
             num_classes=args.classes,
+            background=args.background,
+            colour_by_pair=args.colour_by_pair,
+            elongation=args.elongation,
         )
     except ValueError as exc:
         print(f"detlab-shapes: error: {exc}", file=sys.stderr)

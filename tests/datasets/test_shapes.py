@@ -7,6 +7,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -184,6 +185,88 @@ def test_scene_options_bound_the_count_and_size_of_shapes(tmp_path: Path) -> Non
     assert max(per_image.values()) == 3 and min(per_image.values()) >= 1
 
 
+def _elongations(paths: ShapesPaths) -> dict[str, list[float]]:
+    """Each class's box elongations (long side over short side) in the train split."""
+    names = dict(enumerate(CLASS_NAMES, start=1))
+    elongation: dict[str, list[float]] = defaultdict(list)
+    for ann in _load(paths.train_ann)["annotations"]:
+        _, _, w, h = ann["bbox"]
+        elongation[names[ann["category_id"]]].append(max(w, h) / min(w, h))
+    return elongation
+
+
+def test_elongation_stretches_rectangles_and_ellipses_only(tmp_path: Path) -> None:
+    kwargs = {"seed": 6, "num_train": 30, "num_val": 1, "image_size": SIZE, "num_classes": 4}
+    default = _elongations(generate_shapes(tmp_path / "a", **kwargs))
+    long = _elongations(generate_shapes(tmp_path / "b", elongation=(2.5, 3.0), **kwargs))
+    stretched = long["rectangle"] + long["ellipse"]
+    # a tilt of up to 15 degrees shortens a box's elongation, to 1.66 at worst for 2.5
+    assert len(stretched) > 10 and min(stretched) >= 1.6
+    assert np.median(stretched) >= 2.2 > np.median(default["rectangle"] + default["ellipse"])
+    assert max(long["square"] + long["circle"]) <= 1.25
+
+
+def _background_spread(paths: ShapesPaths) -> list[float]:
+    """Per train image, the largest channel's spread of the smoothed pixels outside every box
+    (grown by 4 px): smoothing removes the grain, so a plain background measures near 0."""
+    data = _load(paths.train_ann)
+    spreads = []
+    for image in data["images"]:
+        rgb = np.asarray(Image.open(paths.train_images / image["file_name"]), np.float32)
+        smooth = cv2.blur(rgb, (9, 9))
+        outside = np.ones(rgb.shape[:2], bool)
+        for ann in data["annotations"]:
+            if ann["image_id"] == image["id"]:
+                x, y, w, h = (int(v) for v in ann["bbox"])
+                outside[max(0, y - 8) : y + h + 8, max(0, x - 8) : x + w + 8] = False
+        outside[:4], outside[-4:], outside[:, :4], outside[:, -4:] = False, False, False, False
+        if outside.sum() > 500:
+            spreads.append(float(smooth[outside].std(axis=0).max()))
+    return spreads
+
+
+def test_plain_background_keeps_the_scenes_and_flattens_the_texture(tmp_path: Path) -> None:
+    textured = generate_shapes(tmp_path / "a", seed=4, num_train=24, num_val=2, image_size=SIZE)
+    plain = generate_shapes(
+        tmp_path / "b", seed=4, num_train=24, num_val=2, image_size=SIZE, background="plain"
+    )
+    # only colours change: the same shapes in the same places
+    assert _load(plain.train_ann)["annotations"] == _load(textured.train_ann)["annotations"]
+    flat, rough = _background_spread(plain), _background_spread(textured)
+    assert len(flat) > 15 and max(flat) < 3.0, flat
+    assert sum(spread > 6.0 for spread in rough) > len(rough) / 2, rough
+
+
+def test_colour_by_pair_gives_each_pair_its_own_colours(tmp_path: Path) -> None:
+    yy, xx = np.mgrid[0:128, 0:128].astype(np.float32)
+    palette = [tuple(colour) for colour in shapes_module.PALETTE]
+    used: dict[int, set[int]] = defaultdict(set)
+    for index in range(40):
+        scenes = [
+            shapes_module._render(
+                np.random.default_rng([2, index]),
+                len(CLASS_NAMES),
+                xx,
+                yy,
+                shapes_module._Scene(colour_by_pair=by_pair),
+            )[1]
+            for by_pair in (False, True)
+        ]
+        assert [s.category_id for s in scenes[0]] == [s.category_id for s in scenes[1]]
+        for shape in scenes[1]:
+            used[(shape.category_id - 1) // 2].add(palette.index(tuple(shape.colour)))
+    # every pair shows several colours, all from its own set, and the sets do not overlap
+    for pair, colours in used.items():
+        assert len(colours) >= 2 and colours <= set(shapes_module.PAIR_COLOURS[pair]), pair
+    assert sorted(used) == [0, 1, 2]
+    assert not set.intersection(*(set(c) for c in shapes_module.PAIR_COLOURS[:2]))
+    # and through the public entry point, the annotations stay the default's
+    kwargs = {"seed": 5, "num_train": 6, "num_val": 2, "image_size": (128, 128)}
+    default = generate_shapes(tmp_path / "a", **kwargs)
+    by_pair = generate_shapes(tmp_path / "b", colour_by_pair=True, **kwargs)
+    assert by_pair.train_ann.read_bytes() == default.train_ann.read_bytes()
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -194,6 +277,10 @@ def test_scene_options_bound_the_count_and_size_of_shapes(tmp_path: Path) -> Non
         {"max_objects": 0},
         {"size_buckets": ((0.5, 100.0, 200.0),)},
         {"size_buckets": ((1.0, 300.0, 200.0),)},
+        {"background": "stripes"},
+        {"colour_by_pair": "yes"},
+        {"elongation": (1.0, 2.0)},
+        {"elongation": (3.0, 2.0)},
     ],
 )
 def test_invalid_arguments_are_refused(tmp_path: Path, kwargs: dict) -> None:
@@ -224,6 +311,42 @@ def test_cli_accepts_a_single_int_size_and_rejects_bad_sizes(
         main([str(tmp_path), "--size", "big"])
     assert "WIDTHxHEIGHT" in capsys.readouterr().err
     assert main([str(tmp_path), "--classes", "9"]) == 2
+
+
+def test_cli_takes_the_scene_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--seed", "3", "--num-train", "12", "--num-val", "1", "--size", "128"]
+    assert (
+        main(
+            [
+                str(tmp_path / "cli"),
+                *argv,
+                "--background",
+                "plain",
+                "--colour-by-pair",
+                "--elongation",
+                "2.5,3",
+            ]
+        )
+        == 0
+    )
+    made = generate_shapes(
+        tmp_path / "api",
+        seed=3,
+        num_train=12,
+        num_val=1,
+        image_size=(128, 128),
+        background="plain",
+        colour_by_pair=True,
+        elongation=(2.5, 3.0),
+    )
+    # the command line writes what the function does with the same options, byte for byte
+    for name in ("annotations/train.json", "train/000000.png"):
+        assert (tmp_path / "cli" / name).read_bytes() == (made.root / name).read_bytes(), name
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "bad"), "--elongation", "long"])
+    assert "MIN,MAX" in capsys.readouterr().err
+    assert main([str(tmp_path / "bad"), "--elongation", "3,2"]) == 2
+    assert "elongation is (3.0, 2.0)" in capsys.readouterr().err
 
 
 def _drawn_and_coco_masks(paths: ShapesPaths, seed: int, num_classes: int = len(CLASS_NAMES)):
