@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import socket
 import threading
 import time
@@ -43,6 +44,12 @@ def _prepare_child(**_: object) -> None:
     # own, which PyTorch's DataLoader workers are. The child runs one job and exits; torch
     # reaps its loader workers itself (and they exit when their parent dies).
     multiprocessing.current_process()._config["daemon"] = False  # type: ignore[attr-defined]
+    # CPU slots share the cores: two jobs of two threads each on two cores run slower than one
+    threads = worker_devices(settings).threads_per_job(len(os.sched_getaffinity(0)))
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @worker_ready.connect

@@ -122,6 +122,15 @@ class WorkerDevices:
         """Jobs this worker runs at once: one per GPU, or cpu_slots on a CPU worker."""
         return len(self.gpus) or self.cpu_slots
 
+    def threads_per_job(self, cores: int) -> int | None:
+        """Torch threads for each job of a CPU worker that runs several at once: the host's
+        `cores` shared out between the slots, so that jobs side by side do not oversubscribe
+        the cores (each would otherwise take all of them). None leaves torch's default: a GPU
+        worker, one slot, or OMP_NUM_THREADS set by whoever started the worker."""
+        if self.gpus or self.cpu_slots == 1 or "OMP_NUM_THREADS" in os.environ:
+            return None
+        return max(1, cores // self.cpu_slots)
+
     @property
     def max_job_gpus(self) -> int:
         """The most processes one job gets here: its GPUs, or MAX_GPUS gloo processes on CPU."""

@@ -3,6 +3,7 @@ GPUs, and the config of a multi-process job. (The real workers: test_scale_out_e
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,38 @@ def test_a_job_sees_exactly_its_gpus_numbered_as_nvidia_smi_does():
     }
     assert cuda_environment(["cpu"])["CUDA_VISIBLE_DEVICES"] == ""  # a CPU job sees no GPU
     assert cuda_environment(None) == {}
+
+
+def test_cpu_slots_share_the_cores_between_their_jobs(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert WorkerDevices(gpus=[], cpu_slots=2).threads_per_job(8) == 4
+    assert WorkerDevices(gpus=[], cpu_slots=3).threads_per_job(2) == 1  # never none
+    assert WorkerDevices(gpus=[], cpu_slots=1).threads_per_job(8) is None  # torch's default
+    assert WorkerDevices(gpus=FOUR, cpu_slots=2).threads_per_job(8) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the operator's word stands
+    assert WorkerDevices(gpus=[], cpu_slots=2).threads_per_job(8) is None
+
+
+def test_a_celery_child_of_a_two_slot_cpu_worker_takes_its_share_of_the_cores(tmp_path):
+    code = (
+        "import os, torch\n"
+        "from worker import celery_app\n"
+        "before = torch.get_num_threads()\n"
+        "celery_app._prepare_child()\n"
+        "print(len(os.sched_getaffinity(0)), before, torch.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env |= {
+        "DETLAB_HOME": str(tmp_path),
+        "DETLAB_DATABASE_URL": f"sqlite:///{tmp_path}/detlab.db",
+        "DETLAB_WORKER_GPUS": "none",
+        "DETLAB_WORKER_CPU_SLOTS": "2",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    cores, before, after = (int(v) for v in done.stdout.split()[-3:])
+    assert after == max(1, cores // 2) and before == cores
 
 
 def test_two_claimers_on_one_host_never_hold_the_same_gpu(tmp_path):
