@@ -76,7 +76,10 @@ fi
 "$VENV/bin/uvicorn" backend.main:app --host "$API_HOST" --port "$API_PORT" \
   >"$LOGS/api.log" 2>&1 &
 pids+=($!)
-"$VENV/bin/celery" -A worker.celery_app worker --loglevel=INFO >"$LOGS/worker.log" 2>&1 &
+# two CPU slots, the cores shared between them: the scratch fine-tune runs beside the
+# pretraining and then beside the MoCo v2 fine-tune, instead of before both
+DETLAB_WORKER_CPU_SLOTS=${DETLAB_WORKER_CPU_SLOTS:-2} \
+  "$VENV/bin/celery" -A worker.celery_app worker --loglevel=INFO >"$LOGS/worker.log" 2>&1 &
 pids+=($!)
 # Signed in as the demo's admin only where nobody else can reach it.
 if is_loopback "$UI_ADDRESS"; then
@@ -105,10 +108,10 @@ DetLab demo is running (logs in $LOGS):
   API        $DETLAB_API_URL   (OpenAPI: $DETLAB_API_URL/docs)
   Dashboard  $UI_URL
              $signed_in
-  Demo jobs: a short MoCo v2 pretraining on the unlabelled train images, then two identical
-  Faster R-CNN fine-tunes, from scratch and from MoCo v2; leaderboard rows appear as they
-  finish (all three within about 15 minutes on a 2-core CPU; progress in $LOGS/demo.log and
-  the dashboard).
+  Demo jobs: a short MoCo v2 pretraining on the unlabelled train images and two identical
+  RetinaNet fine-tunes, from scratch (beside the pretraining) and from MoCo v2 (once it is
+  done); leaderboard rows appear as they finish (all three within about 15 minutes on a
+  2-core CPU; progress in $LOGS/demo.log and the dashboard).
 Every API route but /health and the docs needs "Authorization: Bearer <token>". Tokens for
 others, from $PWD (roles: viewer, member, admin; a token is shown once):
   ${VENV#"$PWD"/}/bin/detlab-admin create-user alice --role member

@@ -165,6 +165,21 @@ def test_demo_seeding_script_needs_a_token(tmp_path):
     assert "DETLAB_API_TOKEN is not set" in done.stderr and "scripts/demo.sh" in done.stderr
 
 
+def test_demo_jobs_are_specs_the_api_accepts_as_written():
+    from backend.jobs.spec import FinetuneSpec, PretrainSpec
+    from scripts import demo
+
+    for method in demo.METHODS:
+        pretrain = PretrainSpec.model_validate({**demo.PRETRAIN, "method": method, "dataset_id": 1})
+        assert pretrain.method == method
+    for init in ("scratch", {"weights_id": 1}):
+        spec = FinetuneSpec.model_validate({**demo.FINETUNE, "dataset_id": 1, "init": init})
+        # every key the recipe sets reaches the spec as written
+        assert {k: getattr(spec, k) for k in demo.FINETUNE} == {
+            k: tuple(v) if isinstance(v, list) else v for k, v in demo.FINETUNE.items()
+        }
+
+
 STUB = """#!/bin/sh
 # records how the demo started it, then stays up like the server it stands for
 out="$DETLAB_HOME/started-$(basename "$0")"
