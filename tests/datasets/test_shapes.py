@@ -340,7 +340,7 @@ def test_cli_takes_the_scene_options(tmp_path: Path, capsys: pytest.CaptureFixtu
         elongation=(2.5, 3.0),
     )
     # the command line writes what the function does with the same options, byte for byte
-    for name in ("annotations/train.json", "train/000000.png"):
+    for name in ("annotations/train.json", "train/000001.png"):
         assert (tmp_path / "cli" / name).read_bytes() == (made.root / name).read_bytes(), name
     with pytest.raises(SystemExit):
         main([str(tmp_path / "bad"), "--elongation", "long"])
