@@ -25,8 +25,8 @@ from backend.datasets.shapes import generate_shapes
 # reaches every one (the generator's default mix, down to 7 px at 128 px, it does not).
 # Plain backgrounds and one set of colours per pair make the pairs quick to tell apart in the
 # demo's budget, so what the model still gets wrong is mostly which member of a pair it saw
-# (92% of its class confusions in the run measured below; about 30% on textured, randomly
-# coloured shapes); rectangles and ellipses 2-3 times as long as wide.
+# (60% of the MoCo v2 model's class confusions in the measured demo run, see the README; about
+# 30% on textured, randomly coloured shapes); rectangles and ellipses 2-3 times as long as wide.
 # the demo's dataset, named for its recipe: a demo run after the recipe changes makes new data
 # instead of reusing an older demo's images
 DATASET = "demo-shapes-v3"

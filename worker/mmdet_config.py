@@ -158,19 +158,19 @@ def _set_architecture(
     )
 
 
+# the width mmdet's FPN/PAFPN and the heads that read them are configured with
+MMDET_FEATURE_CHANNELS = 256
+_CHANNEL_KEYS = ("in_channels", "feat_channels", "out_channels", "conv_out_channels")
+
+
 def _neck(*, detector: str, backbone: str, neck: str) -> dict[str, Any]:
     return dict(
         type="FPN" if neck == "fpn" else "PAFPN",
         in_channels=list(BACKBONES[backbone].channels),
-        out_channels=256,
+        out_channels=MMDET_FEATURE_CHANNELS,
         num_outs=5,
         **DETECTORS[detector].neck_overrides,
     )
-
-
-# the width mmdet's FPN/PAFPN and the heads that read them are configured with
-MMDET_FEATURE_CHANNELS = 256
-_CHANNEL_KEYS = ("in_channels", "feat_channels", "out_channels", "conv_out_channels")
 
 
 def _set_feature_channels(model: Any, channels: int) -> None:
