@@ -120,8 +120,14 @@ def query_int(name: str) -> int | None:
 
 
 def weights_names() -> dict[int, str]:
-    """Registered weights as "name (method)" by id."""
-    return {w["id"]: f"{w['name']} ({w['method']})" for w in cached.weights()}
+    """Registered weights as "name (method)" by id, or the name alone where it says the method
+    (a pretrain job's weights: "mocov2-resnet18-job3"), as the leaderboard labels them."""
+    return {
+        w["id"]: w["name"]
+        if w["method"].lower() in w["name"].lower()
+        else f"{w['name']} ({w['method']})"
+        for w in cached.weights()
+    }
 
 
 def init_label(init: Any) -> str:

@@ -26,12 +26,16 @@ MAX_TESTED_ROWS = 50
 
 def init_label(init: Any, weights_name: str | None = None, method: str | None = None) -> str:
     """A short name for a spec's backbone init, as the leaderboard shows and filters it;
-    ``weights_name``/``method`` are those of the registered weights a ``weights_id`` names."""
+    ``weights_name``/``method`` are those of the registered weights a ``weights_id`` names
+    (the method in brackets unless the name says it, as a pretrain job's weights' names do:
+    "weights:mocov2-resnet18-job3", "weights:moco-800ep (mocov2)")."""
     if isinstance(init, str):
         return init
     if "weights_id" in init:
         if weights_name is None:
             return f"weights:{init['weights_id']}"
+        if method is None or method.lower() in weights_name.lower():
+            return f"weights:{weights_name}"
         return f"weights:{weights_name} ({method})"
     return f"checkpoint:{Path(init['checkpoint']).name}"
 

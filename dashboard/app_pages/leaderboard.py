@@ -58,6 +58,8 @@ AXES = (
 # runs' val images: about a second a row on 5,000 images).
 TESTED_ROWS = 50
 CHARTED_RUNS = 30
+# the run column's pixels: a job id of up to six digits (Streamlit's "small" is 75)
+RUN_WIDTH = 56
 # A figure's text is padded to the width of "100.0" with figure spaces (as wide as a digit), so
 # that the text column lines up and sorts as the numbers do ("  9.5" before " 37.6").
 FIGURE_SPACE = "\u2007"
@@ -174,10 +176,15 @@ def leaderboard_frame(
             if missing.any()
             else values
         )
-    # as text (ISO order sorts as time does), so that a missing time reads as every empty cell
+    # as text (ISO order sorts as time does), so that a missing time reads as every empty cell;
+    # without the year when every run finished this year, so that the column fits the page
     finished = pd.to_datetime(rows["finished_at"], utc=True)
+    year = pd.Timestamp.now(tz="UTC").year
+    stamp = (
+        "%m-%d %H:%M" if all(pd.isna(w) or w.year == year for w in finished) else "%Y-%m-%d %H:%M"
+    )
     frame["finished"] = [
-        views.EMPTY if pd.isna(when) else when.strftime("%Y-%m-%d %H:%M") for when in finished
+        views.EMPTY if pd.isna(when) else when.strftime(stamp) for when in finished
     ]
     frame["record"] = [record_cell(fields) for fields in rows["record_differs"]]
     if grouped:
@@ -414,7 +421,7 @@ selection = st.dataframe(
         "finished",
     ],
     column_config={
-        "run": st.column_config.LinkColumn("Run", display_text=r"job=(\d+)", width="small"),
+        "run": st.column_config.LinkColumn("Run", display_text=r"job=(\d+)", width=RUN_WIDTH),
         **{name: st.column_config.NumberColumn(name, format="%.1f") for name in labels.values()},
         ranked: st.column_config.TextColumn(
             ranked,
@@ -427,13 +434,15 @@ selection = st.dataframe(
             std_column(label), format="%.1f", help="standard deviation between the seeds' runs"
         ),
         "n": st.column_config.NumberColumn("n", help="runs (seeds) in the group", width="small"),
-        "init": st.column_config.TextColumn("init", width="medium"),
+        "init": st.column_config.TextColumn("init"),
         "spec": st.column_config.TextColumn(
             "spec", width="large", help=f"the axes that differ: {' · '.join(varying)}"
         ),
         "seed": st.column_config.TextColumn("seeds") if grouped else "seed",
         "lr": st.column_config.NumberColumn("lr", format="%g"),
-        "finished": st.column_config.TextColumn("finished", help="UTC"),
+        "finished": st.column_config.TextColumn(
+            "finished", help="UTC; month-day hours:minutes when every run finished this year"
+        ),
         "record": st.column_config.TextColumn(
             "record",
             width="medium",

@@ -283,7 +283,7 @@ def test_image_domain_vs_image_and_box_domain_weights_through_the_api(
     board = api.get("/leaderboard", params={"dataset": e2e_dataset_id}).json()["items"]
     inits = {row["job_id"]: row["init"] for row in board}
     assert inits[finetunes["scratch"]] == "scratch"
-    assert inits[finetunes["box"]] == f"weights:{weights['name']} (aligndet)"
+    assert inits[finetunes["box"]] == f"weights:{weights['name']}"  # it says aligndet
 
 
 def test_a_pretrain_method_that_is_not_a_name_is_a_422(client, dataset_id):

@@ -111,7 +111,7 @@ def test_densecl_loss_falls_and_finetune_starts_from_its_weights(
     assert torch.equal(trained["state_dict"]["backbone.conv1.weight"], saved["conv1.weight"])
     rows = api.get("/leaderboard", params={"dataset": dataset_id}).json()["items"]
     row = next(r for r in rows if r["job_id"] == finetune["id"])
-    assert row["init"] == f"weights:{weights['name']} (densecl)"
+    assert row["init"] == f"weights:{weights['name']}"  # the name says densecl
     assert [j["id"] for j in api.get(f"/weights/{weights['id']}").json()["finetune_jobs"]] == [
         finetune["id"]
     ]

@@ -120,3 +120,16 @@ def test_runs_scored_again_or_imported_are_ranked_and_marked(client, db, dataset
     assert by_id[rescored]["backbone"] == "resnet101" and by_id[rescored]["neck"] == "fpn"
     evaluated = client.get("/leaderboard", params={"dataset": dataset_id, "init": "evaluated"})
     assert [row["job_id"] for row in evaluated.json()["items"]] == [rescored]
+
+
+def test_a_weights_name_that_says_its_method_is_not_followed_by_it(client, db, dataset_id):
+    """A pretrain job's weights are named for their method ("mocov2-resnet18-job3"): the init
+    label does not repeat it, so that the leaderboard's init column stays narrow; filtering by
+    the method or the label still finds the run."""
+    weights = factories.weights(db, name="MoCoV2-resnet18-job3", method="mocov2")
+    job = add_job(db, dataset_id, 0.3, init={"weights_id": weights.id})
+    board = client.get("/leaderboard", params={"dataset": dataset_id}).json()["items"]
+    assert [row["init"] for row in board] == ["weights:MoCoV2-resnet18-job3"]
+    for wanted in ("mocov2", "weights:MoCoV2-resnet18-job3", "weights"):
+        found = client.get("/leaderboard", params={"dataset": dataset_id, "init": wanted}).json()
+        assert [row["job_id"] for row in found["items"]] == [job], wanted
