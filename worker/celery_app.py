@@ -14,7 +14,7 @@ import threading
 import time
 
 from celery import Celery, Task
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import celeryd_after_setup, worker_process_init, worker_ready, worker_shutdown
 
 from backend.config import get_settings
 from backend.db import get_engine, session_factory
@@ -31,9 +31,20 @@ settings.prepare_folders()
 app = Celery("detlab-worker")
 app.conf.update(celery_config(settings))
 # one child per GPU (a multi-GPU job takes one child and several GPUs); CPU workers run
-# DETLAB_WORKER_CPU_SLOTS jobs at once. `--concurrency` on the command line still wins.
+# DETLAB_WORKER_CPU_SLOTS jobs at once. `--concurrency` on the command line still wins (and
+# then decides how many jobs share the cores' threads).
 app.conf.worker_concurrency = worker_devices(settings).slots
 registration: Registration | None = None
+# the pool's size as the worker started it (`--concurrency` or the slots), set in the parent
+# before its children fork, so that each child knows how many jobs share the cores
+pool_size: int | None = None
+
+
+@celeryd_after_setup.connect
+def _remember_pool_size(instance: object = None, **_: object) -> None:
+    global pool_size
+    found = getattr(instance, "concurrency", None)
+    pool_size = found if isinstance(found, int) and found > 0 else None
 
 
 @worker_process_init.connect
@@ -45,7 +56,7 @@ def _prepare_child(**_: object) -> None:
     # reaps its loader workers itself (and they exit when their parent dies).
     multiprocessing.current_process()._config["daemon"] = False  # type: ignore[attr-defined]
     # CPU slots share the cores: two jobs of two threads each on two cores run slower than one
-    threads = worker_devices(settings).threads_per_job(len(os.sched_getaffinity(0)))
+    threads = worker_devices(settings).threads_per_job(len(os.sched_getaffinity(0)), pool_size)
     if threads is not None:
         import torch
 

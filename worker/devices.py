@@ -122,14 +122,16 @@ class WorkerDevices:
         """Jobs this worker runs at once: one per GPU, or cpu_slots on a CPU worker."""
         return len(self.gpus) or self.cpu_slots
 
-    def threads_per_job(self, cores: int) -> int | None:
+    def threads_per_job(self, cores: int, jobs: int | None = None) -> int | None:
         """Torch threads for each job of a CPU worker that runs several at once: the host's
-        `cores` shared out between the slots, so that jobs side by side do not oversubscribe
-        the cores (each would otherwise take all of them). None leaves torch's default: a GPU
-        worker, one slot, or OMP_NUM_THREADS set by whoever started the worker."""
-        if self.gpus or self.cpu_slots == 1 or "OMP_NUM_THREADS" in os.environ:
+        `cores` shared out between the jobs it runs side by side (`jobs`, the pool's size when
+        `--concurrency` set it, else the slots), so that they do not oversubscribe the cores
+        (each would otherwise take all of them). None leaves torch's default: a GPU worker, one
+        job at a time, or OMP_NUM_THREADS set by whoever started the worker."""
+        at_once = jobs or self.cpu_slots
+        if self.gpus or at_once == 1 or "OMP_NUM_THREADS" in os.environ:
             return None
-        return max(1, cores // self.cpu_slots)
+        return max(1, cores // at_once)
 
     @property
     def max_job_gpus(self) -> int:

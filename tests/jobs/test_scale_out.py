@@ -54,15 +54,31 @@ def test_cpu_slots_share_the_cores_between_their_jobs(monkeypatch):
     assert WorkerDevices(gpus=[], cpu_slots=3).threads_per_job(2) == 1  # never none
     assert WorkerDevices(gpus=[], cpu_slots=1).threads_per_job(8) is None  # torch's default
     assert WorkerDevices(gpus=FOUR, cpu_slots=2).threads_per_job(8) is None
+    # --concurrency decides how many jobs run side by side, whatever the slots say
+    assert WorkerDevices(gpus=[], cpu_slots=2).threads_per_job(8, jobs=4) == 2
+    assert WorkerDevices(gpus=[], cpu_slots=2).threads_per_job(8, jobs=1) is None
+    assert WorkerDevices(gpus=[], cpu_slots=1).threads_per_job(8, jobs=2) == 4
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the operator's word stands
     assert WorkerDevices(gpus=[], cpu_slots=2).threads_per_job(8) is None
 
 
-def test_a_celery_child_of_a_two_slot_cpu_worker_takes_its_share_of_the_cores(tmp_path):
+@pytest.mark.parametrize("concurrency", [None, 1])
+def test_a_celery_child_of_a_two_slot_cpu_worker_takes_its_share_of_the_cores(
+    tmp_path, concurrency
+):
+    """A child's torch threads: the cores shared by the slots, or by the pool's size when the
+    worker was started with --concurrency (celeryd_after_setup gives it, before the fork): one
+    job at a time keeps torch's default, every core."""
     code = (
-        "import os, torch\n"
+        "import os, torch, types\n"
+        "from celery.signals import celeryd_after_setup\n"
         "from worker import celery_app\n"
         "before = torch.get_num_threads()\n"
+        f"if {concurrency!r}:\n"
+        "    celeryd_after_setup.send(\n"
+        f"        sender='w@h', conf={{}},\n"
+        f"        instance=types.SimpleNamespace(concurrency={concurrency!r}),\n"
+        "    )\n"
         "celery_app._prepare_child()\n"
         "print(len(os.sched_getaffinity(0)), before, torch.get_num_threads())\n"
     )
@@ -77,7 +93,8 @@ def test_a_celery_child_of_a_two_slot_cpu_worker_takes_its_share_of_the_cores(tm
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     cores, before, after = (int(v) for v in done.stdout.split()[-3:])
-    assert after == max(1, cores // 2) and before == cores
+    expected = cores if concurrency == 1 else max(1, cores // 2)
+    assert after == expected and before == cores
 
 
 def test_two_claimers_on_one_host_never_hold_the_same_gpu(tmp_path):
