@@ -18,6 +18,7 @@ from backend.artifacts_io import write_text_atomic
 from backend.datasets.service import masks_missing
 from backend.jobs.paths import JobPaths
 from backend.jobs.spec import (
+    DEFAULT_FEATURE_CHANNELS,
     DEFAULT_WARMUP,
     CheckpointInit,
     FinetuneSpec,
@@ -159,7 +160,7 @@ def _set_architecture(
 
 
 # the width mmdet's FPN/PAFPN and the heads that read them are configured with
-MMDET_FEATURE_CHANNELS = 256
+MMDET_FEATURE_CHANNELS = DEFAULT_FEATURE_CHANNELS
 _CHANNEL_KEYS = ("in_channels", "feat_channels", "out_channels", "conv_out_channels")
 
 

@@ -40,6 +40,7 @@ from backend.jobs.models import FINISHED_STATUSES, Job, JobKind, JobStatus, Metr
 from backend.jobs.quota import Quota
 from backend.jobs.schemas import MetricSeries
 from backend.jobs.spec import (
+    DEFAULT_FEATURE_CHANNELS,
     CheckpointInit,
     EvaluateSpec,
     FinetuneSpec,
@@ -398,6 +399,16 @@ def _check_init(
                 f"model only: set detector {weights.detector!r}, backbone "
                 f"{weights.architecture!r} and neck 'fpn' (got {spec.detector}, {spec.backbone}, "
                 f"{spec.neck})"
+            )
+        if weights.kind == "detector" and spec.feature_channels not in (
+            None,
+            DEFAULT_FEATURE_CHANNELS,
+        ):
+            raise Invalid(
+                f"feature_channels: weights {weights.id} are a whole {weights.detector} whose "
+                f"neck and heads are {DEFAULT_FEATURE_CHANNELS} channels wide; they load only "
+                f"into that width: leave feature_channels out or set it to "
+                f"{DEFAULT_FEATURE_CHANNELS} (got {spec.feature_channels})"
             )
         return spec, spec.init.weights_id
     return spec, None

@@ -74,6 +74,9 @@ NECK_DESCRIPTION = (
 )
 
 
+# the width of mmdet's necks (FPN, PAFPN) and of the heads that read them in its configs: what a
+# spec without feature_channels gets, and what a box-domain pretraining's whole detector has
+DEFAULT_FEATURE_CHANNELS = 256
 FEATURE_CHANNELS_DESCRIPTION = (
     "channels of the neck's outputs and of every head layer that reads them (mmdet's "
     "configs: 256, the default); fewer make a small model train faster, e.g. on a CPU; needs "

@@ -204,6 +204,13 @@ def test_box_domain_settings_are_refused_where_they_do_not_apply(client, db, dat
     }
     refused = message({**finetune, "detector": "cascade_rcnn"})
     assert "whole faster_rcnn on resnet18" in refused and "set detector 'faster_rcnn'" in refused
+    # the whole detector's neck and heads are 256 wide: another width would fail at load
+    narrow = message({**finetune, "detector": "faster_rcnn", "feature_channels": 128})
+    assert narrow.startswith("feature_channels:") and "(got 128)" in narrow and "256" in narrow
+    accepted = client.post(
+        "/jobs", json={**finetune, "detector": "faster_rcnn", "feature_channels": 256}
+    )
+    assert accepted.status_code == 201, accepted.text
     accepted = client.post("/jobs", json={**finetune, "detector": "faster_rcnn"})
     assert accepted.status_code == 201, accepted.text
     assert accepted.json()["weights_id"] == whole.id
