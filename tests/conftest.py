@@ -160,6 +160,9 @@ def pg_url() -> Iterator[str]:
 
     upgrade_head(TEST_DATABASE_URL)
     yield TEST_DATABASE_URL
+    from backend.users.callers import stop_all
+
+    stop_all()  # this process's token-cache listeners, which would reconnect to a dropped database
     admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
     admin.close()
 

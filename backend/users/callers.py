@@ -37,7 +37,15 @@ from sqlalchemy.orm import Session
 from backend.db import as_utc, libpq_url, utcnow
 from backend.users.models import Role, User
 
-__all__ = ["CHANNEL", "LISTENER_NAME", "Caller", "CallerCache", "cache_for", "clear_all"]
+__all__ = [
+    "CHANNEL",
+    "LISTENER_NAME",
+    "Caller",
+    "CallerCache",
+    "cache_for",
+    "clear_all",
+    "stop_all",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +96,7 @@ class CallerCache:
         self._kept: dict[str, _Kept] = {}
         self._lock = threading.Lock()
         self._listener: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     def get(self, digest: str, *, max_age_s: float) -> Caller | None:
         """The caller kept for digest, if still valid; else None (look it up)."""
@@ -130,8 +139,15 @@ class CallerCache:
             self.generation += 1
             self._kept.clear()
 
+    def stop(self) -> None:
+        """Stop listening for good (the process ends, or its database is dropped): nothing is
+        kept from now on, and the listener exits within its 5-second poll instead of
+        reconnecting."""
+        self._stopped.set()
+        self._set_listening(False)
+
     def _ensure_listener(self) -> None:
-        if self._listener is not None:
+        if self._listener is not None or self._stopped.is_set():
             return
         with self._lock:
             if self._listener is None:
@@ -144,7 +160,7 @@ class CallerCache:
         """Forever: connect, LISTEN, clear the cache on every notification; while
         disconnected, nothing is served from the cache."""
         wait = RECONNECT_S[0]
-        while True:
+        while not self._stopped.is_set():
             try:
                 with psycopg.connect(
                     self.conninfo,
@@ -154,16 +170,20 @@ class CallerCache:
                 ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.backend_pid = conn.info.backend_pid
+                    if self._stopped.is_set():
+                        return
                     self._set_listening(True)  # what was looked up before is not trusted
                     wait = RECONNECT_S[0]
-                    while True:
+                    while not self._stopped.is_set():
                         for _ in conn.notifies(timeout=5.0):
                             self.clear()
                         conn.execute("SELECT 1")  # a dead connection raises here
             except Exception as exc:  # noqa: BLE001 - any failure: stop serving, reconnect
+                if self._stopped.is_set():
+                    return
                 log.warning("token cache: listener lost (%s); reconnecting", exc)
             self._set_listening(False)
-            time.sleep(wait)
+            self._stopped.wait(wait)
             wait = min(wait * 2, RECONNECT_S[1])
 
 
@@ -185,6 +205,12 @@ def cache_for(session: Session) -> CallerCache | None:
             cache = _caches.setdefault(conninfo, CallerCache(conninfo))
             _engines[bind] = cache
     return cache
+
+
+def stop_all() -> None:
+    """Stop every listener of this process (before its databases go away)."""
+    for cache in list(_caches.values()):
+        cache.stop()
 
 
 def clear_all() -> None:

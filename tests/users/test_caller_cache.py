@@ -19,7 +19,7 @@ from sqlalchemy import Engine, create_engine, event, text, update
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
-from backend.db import get_engine, session_factory, utcnow
+from backend.db import get_engine, libpq_url, session_factory, utcnow
 from backend.main import create_app
 from backend.users import callers, service
 from backend.users.callers import Caller, CallerCache
@@ -237,3 +237,30 @@ def test_the_migration_installs_the_announcing_triggers(pg_url):
             session.commit()
         tables = [notice.payload for notice in conn.notifies(timeout=5, stop_after=1)]
         assert tables == ["users"]
+
+
+def test_a_stopped_cache_stops_listening_and_keeps_nothing(other_connection):
+    """stop() (the process ends, or its database is dropped): the listener's connection closes
+    instead of reconnecting, and no caller is kept from then on."""
+    cache = CallerCache(libpq_url(other_connection))  # a cache of its own, not the process's
+    cache.get("digest", max_age_s=60)  # starts the listener
+    _eventually(lambda: cache.listening, "the listener connects")
+    pid = cache.backend_pid
+
+    def connected() -> bool:
+        with other_connection.connect() as connection:
+            found = connection.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+            )
+        return bool(found)
+
+    assert connected()
+    cache.stop()
+    assert not cache.listening
+    caller = Caller(id=1, name="x", role=Role.member, active=True, created_at=utcnow())
+    cache.keep("digest", caller, generation=cache.generation, token_expires_at=None)
+    assert cache.get("digest", max_age_s=60) is None
+    _eventually(lambda: not connected(), "the stopped listener closes its connection")
+    assert cache._listener is not None
+    cache._listener.join(timeout=10)
+    assert not cache._listener.is_alive()
