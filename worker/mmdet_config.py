@@ -159,8 +159,7 @@ def _set_architecture(
     )
 
 
-# the width mmdet's FPN/PAFPN and the heads that read them are configured with
-MMDET_FEATURE_CHANNELS = DEFAULT_FEATURE_CHANNELS
+# the keys of a head's config that hold its width (DEFAULT_FEATURE_CHANNELS in mmdet's configs)
 _CHANNEL_KEYS = ("in_channels", "feat_channels", "out_channels", "conv_out_channels")
 
 
@@ -168,7 +167,7 @@ def _neck(*, detector: str, backbone: str, neck: str) -> dict[str, Any]:
     return dict(
         type="FPN" if neck == "fpn" else "PAFPN",
         in_channels=list(BACKBONES[backbone].channels),
-        out_channels=MMDET_FEATURE_CHANNELS,
+        out_channels=DEFAULT_FEATURE_CHANNELS,
         num_outs=5,
         **DETECTORS[detector].neck_overrides,
     )
@@ -186,7 +185,7 @@ def _set_feature_channels(model: Any, channels: int) -> None:
                 visit(item)
         elif isinstance(node, dict):
             for key, value in node.items():
-                if key in _CHANNEL_KEYS and value == MMDET_FEATURE_CHANNELS:
+                if key in _CHANNEL_KEYS and value == DEFAULT_FEATURE_CHANNELS:
                     node[key] = channels
                 else:
                     visit(value)

@@ -389,27 +389,26 @@ def _check_init(
                 f"init.weights_id: weights {spec.init.weights_id} not found; "
                 "see GET /weights for the registered ones"
             )
-        if weights.kind == "detector" and (
-            (weights.detector, weights.architecture, "fpn")
-            != (spec.detector, spec.backbone, spec.neck)
-        ):
-            raise Invalid(
-                f"init.weights_id: weights {weights.id} are a whole {weights.detector} on "
-                f"{weights.architecture} with fpn (box-domain pretraining); they start that "
-                f"model only: set detector {weights.detector!r}, backbone "
-                f"{weights.architecture!r} and neck 'fpn' (got {spec.detector}, {spec.backbone}, "
-                f"{spec.neck})"
-            )
-        if weights.kind == "detector" and spec.feature_channels not in (
-            None,
-            DEFAULT_FEATURE_CHANNELS,
-        ):
-            raise Invalid(
-                f"feature_channels: weights {weights.id} are a whole {weights.detector} whose "
-                f"neck and heads are {DEFAULT_FEATURE_CHANNELS} channels wide; they load only "
-                f"into that width: leave feature_channels out or set it to "
-                f"{DEFAULT_FEATURE_CHANNELS} (got {spec.feature_channels})"
-            )
+        if weights.kind == "detector":
+            if (weights.detector, weights.architecture, "fpn") != (
+                spec.detector,
+                spec.backbone,
+                spec.neck,
+            ):
+                raise Invalid(
+                    f"init.weights_id: weights {weights.id} are a whole {weights.detector} on "
+                    f"{weights.architecture} with fpn (box-domain pretraining); they start that "
+                    f"model only: set detector {weights.detector!r}, backbone "
+                    f"{weights.architecture!r} and neck 'fpn' (got {spec.detector}, "
+                    f"{spec.backbone}, {spec.neck})"
+                )
+            if spec.feature_channels not in (None, DEFAULT_FEATURE_CHANNELS):
+                raise Invalid(
+                    f"feature_channels: weights {weights.id} are a whole {weights.detector} "
+                    f"whose neck and heads are {DEFAULT_FEATURE_CHANNELS} channels wide; they "
+                    f"load only into that width: leave feature_channels out or set it to "
+                    f"{DEFAULT_FEATURE_CHANNELS} (got {spec.feature_channels})"
+                )
         return spec, spec.init.weights_id
     return spec, None
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from backend.jobs.paths import JobPaths
-from backend.jobs.spec import FinetuneSpec, PretrainSpec, accepted_values
+from backend.jobs.spec import DEFAULT_FEATURE_CHANNELS, FinetuneSpec, PretrainSpec, accepted_values
 from backend.registry import (
     BACKBONES,
     DETECTORS,
@@ -289,7 +289,7 @@ def test_feature_channels_narrow_the_neck_and_every_head_and_the_model_still_run
 ):
     from mmdet.structures import DetDataSample
 
-    from worker.mmdet_config import MMDET_FEATURE_CHANNELS, DetLabModel, build_evaluate_config
+    from worker.mmdet_config import DetLabModel, build_evaluate_config
 
     spec = FinetuneSpec(
         dataset_id=1, detector=detector, backbone="resnet18", iterations=10, feature_channels=48
@@ -303,7 +303,7 @@ def test_feature_channels_narrow_the_neck_and_every_head_and_the_model_still_run
         model = MODELS.build(cfg.model).eval()
     convs = _convs_outside_backbone(model)
     # no conv after the backbone keeps mmdet's width; every output of the neck has the new one
-    assert [n for n, c in convs.items() if MMDET_FEATURE_CHANNELS == c.out_channels] == []
+    assert [n for n, c in convs.items() if DEFAULT_FEATURE_CHANNELS == c.out_channels] == []
     assert {c.out_channels for n, c in convs.items() if n.startswith("neck.fpn_convs")} == {48}
     # the layers agree with each other: a forward pass through neck and heads runs
     sample = DetDataSample(
